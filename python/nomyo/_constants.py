@@ -1,0 +1,37 @@
+"""Protocol constants and client defaults, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT_BASE_URL: Final = "https://api.nomyo.ai"
+PUBLIC_KEY_PATH: Final = "/pki/public_key"
+COMPLETION_PATH: Final = "/v1/chat/secure_completion"
+
+#: Client RSA key size (the protocol's production size).
+KEY_SIZE: Final = 4096
+PRIVATE_KEY_FILE: Final = "private_key.pem"
+PUBLIC_KEY_FILE: Final = "public_key.pem"
+
+SECURITY_TIERS: Final = ("standard", "high", "maximum")
+
+DEFAULT_MAX_RETRIES: Final = 2
+#: Statuses worth another try (PROTOCOL.md section 4).
+RETRYABLE_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+INITIAL_RETRY_DELAY: Final = 0.5
+MAX_RETRY_DELAY: Final = 8.0
+#: A Retry-After longer than this (e.g. the 30-minute cool-down) raises at once.
+MAX_RETRY_AFTER: Final = 60.0
+
+#: Timeouts in seconds: connecting fails fast; inference may take minutes.
+CONNECT_TIMEOUT: Final = 10.0
+READ_TIMEOUT: Final = 300.0
+WRITE_TIMEOUT: Final = 60.0
+POOL_TIMEOUT: Final = 60.0
+
+#: Largest reply body read from the server, in bytes.
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+#: Largest error body read from the server, in bytes.
+MAX_ERROR_BODY_BYTES: Final = 64 * 1024
+#: Longest server ``detail`` kept in an exception message.
+MAX_DETAIL_CHARS: Final = 500

@@ -1,0 +1,126 @@
+"""Type stubs for the native module ``nomyo._core`` (built from ``rust/nomyo-python``).
+
+Every secret (private keys, AES keys, plaintext) lives in native memory owned by these
+objects and is zeroed when they are dropped. Errors are raised as the exception classes of
+``nomyo._exceptions``: ``SecurityError`` (opaque crypto failure), ``EnvelopeError`` (a
+structural problem with an envelope), ``KeyFormatError`` (a key that cannot be loaded).
+"""
+
+from typing import Any, final
+
+__version__: str
+
+#: Version string of the envelope format ("1.0").
+ENVELOPE_VERSION: str
+#: Algorithm name of the envelope format ("hybrid-aes256-rsa4096").
+ENVELOPE_ALGORITHM: str
+
+@final
+class PublicKey:
+    """An RSA public key (SubjectPublicKeyInfo)."""
+
+    @staticmethod
+    def from_pem(data: bytes | str) -> PublicKey:
+        """Parse SPKI PEM. Raises KeyFormatError (also for RSA keys under 2048 bits)."""
+
+    @staticmethod
+    def from_der(data: bytes) -> PublicKey:
+        """Parse SPKI DER. Raises KeyFormatError."""
+
+    @property
+    def key_size(self) -> int:
+        """Modulus size in bits."""
+
+    def to_pem(self) -> str:
+        """SPKI PEM text, 64-character lines, trailing newline (as pyca/cryptography writes)."""
+
+    def to_der(self) -> bytes:
+        """SPKI DER bytes."""
+
+    def fingerprint(self) -> str:
+        """``"sha256:<hex>"``: SHA-256 over the SPKI DER."""
+
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class PrivateKey:
+    """An RSA private key held in native memory; never exposed unless exported explicitly."""
+
+    @staticmethod
+    def generate(bits: int = 4096) -> PrivateKey:
+        """Generate an RSA key pair (e = 65537); bits is 2048, 3072 or 4096. GIL released."""
+
+    @staticmethod
+    def from_pem(data: bytes, password: bytes | None = None) -> PrivateKey:
+        """Load PKCS#8 PEM, encrypted ("ENCRYPTED PRIVATE KEY") or not.
+
+        Raises KeyFormatError for a corrupt file, a wrong or missing password, a non-RSA key
+        or an RSA key under 2048 bits.
+        """
+
+    @property
+    def key_size(self) -> int:
+        """Modulus size in bits."""
+
+    def public_key(self) -> PublicKey: ...
+    def to_pem(self, password: bytes | None = None) -> bytes:
+        """Export PKCS#8 PEM; with a password, PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC)."""
+
+    def save(self, path: str, password: bytes | None = None, overwrite: bool = False) -> None:
+        """Write the PKCS#8 PEM to ``path``, created 0600 atomically and fsync'ed.
+
+        Raises FileExistsError unless ``overwrite`` is true.
+        """
+
+@final
+class SecretBuffer:
+    """A page-aligned, best-effort locked, zero-on-drop native buffer (buffer protocol)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview = b"", lock: bool = True) -> None: ...
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+    @property
+    def locked(self) -> bool:
+        """True if the pages are locked in RAM (mlock succeeded)."""
+
+    @property
+    def dump_excluded(self) -> bool:
+        """True if the pages are excluded from core dumps (MADV_DONTDUMP succeeded)."""
+
+    def zero(self) -> None:
+        """Overwrite the contents with zeros now (also done on drop)."""
+
+    def close(self) -> None:
+        """Zero, unlock and release the memory now; the buffer is empty afterwards."""
+
+def seal_json(obj: Any, recipient: PublicKey, processed_at: int | float | None = None) -> bytes:
+    """Serialize ``obj`` to JSON inside native memory and seal it to ``recipient``.
+
+    Returns the envelope as UTF-8 JSON bytes. ``processed_at`` (server side) is added to the
+    envelope when given. Raises TypeError/ValueError for objects JSON cannot represent.
+    """
+
+def open_json(
+    envelope: bytes, key: PrivateKey, max_size: int = ...
+) -> tuple[Any, int | float | None, str]:
+    """Open an envelope sealed to ``key`` and parse its plaintext JSON into Python objects.
+
+    Returns ``(value, processed_at, algorithm)``. Raises EnvelopeError for structural
+    problems and SecurityError (opaque) for any unwrap or authentication failure.
+    """
+
+def seal_bytes(data: bytes | bytearray | memoryview, recipient: PublicKey) -> bytes:
+    """Seal raw bytes (the caller's own buffer) into an envelope."""
+
+def open_bytes(envelope: bytes, key: PrivateKey, max_size: int = ...) -> SecretBuffer:
+    """Open an envelope into a SecretBuffer holding the plaintext."""
+
+def dumps(obj: Any) -> SecretBuffer:
+    """Serialize ``obj`` to compact JSON into a SecretBuffer (what ``seal_json`` encrypts)."""
+
+def memory_protection_info() -> dict[str, Any]:
+    """What this platform actually grants: locking, dump exclusion, zeroing, page size."""
+
+def disable_core_dumps() -> bool:
+    """Set RLIMIT_CORE to 0 and PR_SET_DUMPABLE to 0 (Linux). Returns True on success."""

@@ -1,0 +1,223 @@
+//! The hybrid envelope of the NOMYO protocol, version 1.0 (PROTOCOL.md section 3).
+//!
+//! Sealing: a fresh AES-256 key and 12-byte nonce from the OS CSPRNG, AES-256-GCM over the
+//! plaintext without associated data, the AES key wrapped with RSA-OAEP-SHA256 (MGF1-SHA256,
+//! empty label) for the recipient, every binary field standard base64, all in one JSON object.
+//!
+//! Opening checks the structure strictly and early (size limits before any decoding, version
+//! and algorithm pinned, exact field lengths), then unwraps and authenticates. Every failure
+//! after the structural checks is the single opaque [`Error::Security`].
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::aead::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::b64;
+use crate::error::{Error, Result};
+use crate::keys::{PrivateKey, PublicKey};
+use crate::rsa;
+use crate::secret::SecretBuf;
+
+/// The only envelope version spoken.
+pub const VERSION: &str = "1.0";
+/// The only envelope algorithm spoken.
+pub const ALGORITHM: &str = "hybrid-aes256-rsa4096";
+/// The key-wrap algorithm name.
+pub const KEY_ALGORITHM: &str = "RSA-OAEP-SHA256";
+/// The payload algorithm name.
+pub const PAYLOAD_ALGORITHM: &str = "AES-256-GCM";
+/// Default largest envelope accepted by [`open`], in bytes (64 MiB).
+pub const DEFAULT_MAX_ENVELOPE: usize = 64 << 20;
+
+#[derive(Deserialize)]
+struct WirePayload<'a> {
+    #[serde(borrow)]
+    ciphertext: Cow<'a, str>,
+    #[serde(borrow)]
+    nonce: Cow<'a, str>,
+    #[serde(borrow)]
+    tag: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(borrow)]
+    algorithm: Cow<'a, str>,
+    #[serde(borrow)]
+    encrypted_payload: WirePayload<'a>,
+    #[serde(borrow)]
+    encrypted_aes_key: Cow<'a, str>,
+    #[serde(borrow, default)]
+    key_algorithm: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload_algorithm: Option<Cow<'a, str>>,
+    #[serde(default)]
+    processed_at: Option<serde_json::Number>,
+}
+
+/// An opened envelope.
+#[derive(Debug)]
+pub struct Opened {
+    /// The decrypted plaintext.
+    pub plaintext: SecretBuf,
+    /// The envelope's `processed_at`, when the sender put one in.
+    pub processed_at: Option<serde_json::Number>,
+}
+
+fn short(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+fn pinned(field: &str, got: &str, want: &str) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::envelope(format!(
+            "unsupported {field} '{}': expected '{want}'",
+            short(got)
+        )))
+    }
+}
+
+fn fixed<const N: usize>(field: &str, encoded: &str) -> Result<[u8; N]> {
+    match b64::decoded_len(encoded) {
+        Some(n) if n == N => {
+            let mut out = [0u8; N];
+            b64::decode_into(field, encoded, &mut out)?;
+            Ok(out)
+        }
+        Some(n) => Err(Error::envelope(format!(
+            "field '{field}' must be {N} bytes, got {n}"
+        ))),
+        None => Err(Error::envelope(format!(
+            "field '{field}' is not valid base64"
+        ))),
+    }
+}
+
+/// Open `envelope`, sealed to `key`. `max_size` bounds the envelope's length in bytes.
+pub fn open(envelope: &[u8], key: &PrivateKey, max_size: usize) -> Result<Opened> {
+    if envelope.is_empty() {
+        return Err(Error::envelope("empty envelope"));
+    }
+    if envelope.len() > max_size {
+        return Err(Error::envelope(format!(
+            "envelope of {} bytes exceeds the limit of {max_size} bytes",
+            envelope.len()
+        )));
+    }
+    let text = std::str::from_utf8(envelope).map_err(|_| Error::envelope("not valid UTF-8"))?;
+    let first = text.trim_start().as_bytes().first().copied();
+    if first != Some(b'{') {
+        return Err(Error::envelope(
+            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                "not a JSON object"
+            } else {
+                "not valid JSON"
+            },
+        ));
+    }
+    let wire: Wire<'_> =
+        serde_json::from_str(text).map_err(|e| Error::envelope(format!("malformed: {e}")))?;
+    pinned("version", &wire.version, VERSION)?;
+    pinned("algorithm", &wire.algorithm, ALGORITHM)?;
+    if let Some(k) = &wire.key_algorithm {
+        pinned("key_algorithm", k, KEY_ALGORITHM)?;
+    }
+    if let Some(p) = &wire.payload_algorithm {
+        pinned("payload_algorithm", p, PAYLOAD_ALGORITHM)?;
+    }
+    let nonce: [u8; NONCE_LEN] = fixed("nonce", &wire.encrypted_payload.nonce)?;
+    let tag: [u8; TAG_LEN] = fixed("tag", &wire.encrypted_payload.tag)?;
+    let wrapped = b64::decode("encrypted_aes_key", &wire.encrypted_aes_key)?;
+    let modulus = key.public_key().key_size_bytes();
+    if wrapped.len() != modulus {
+        return Err(Error::envelope(format!(
+            "field 'encrypted_aes_key' must be {modulus} bytes for this key, got {}",
+            wrapped.len()
+        )));
+    }
+    let ct = &wire.encrypted_payload.ciphertext;
+    let ct_len = b64::decoded_len(ct)
+        .ok_or_else(|| Error::envelope("field 'ciphertext' is not valid base64"))?;
+    let mut plaintext = SecretBuf::zeroed(ct_len)?;
+    b64::decode_into("ciphertext", ct, plaintext.as_mut_slice())?;
+
+    let aes_key = rsa::oaep_decrypt(key.as_decrypting_key(), &wrapped, None)?;
+    if aes_key.len() != KEY_LEN {
+        return Err(Error::Security);
+    }
+    if let Err(e) = aead::open_in_place(
+        aes_key.as_slice(),
+        &nonce,
+        b"",
+        &tag,
+        plaintext.as_mut_slice(),
+    ) {
+        plaintext.clear();
+        return Err(e);
+    }
+    Ok(Opened {
+        plaintext,
+        processed_at: wire.processed_at,
+    })
+}
+
+/// Seal the plaintext held in `buf` for `recipient`; `buf` is encrypted in place (and so no
+/// longer holds the plaintext afterwards). `processed_at` is written when given.
+pub fn seal_in_place(
+    buf: &mut SecretBuf,
+    recipient: &PublicKey,
+    processed_at: Option<&serde_json::Number>,
+) -> Result<Vec<u8>> {
+    let mut aes_key = SecretBuf::zeroed(KEY_LEN)?;
+    crate::rand::fill(aes_key.as_mut_slice())?;
+    let mut nonce = [0u8; NONCE_LEN];
+    crate::rand::fill(&mut nonce)?;
+    let tag = aead::seal_in_place(aes_key.as_slice(), &nonce, b"", buf.as_mut_slice())?;
+    let wrapped = rsa::oaep_encrypt(recipient.as_encrypting_key(), aes_key.as_slice(), None)?;
+    drop(aes_key);
+
+    let ct_b64 = b64::encode(buf.as_slice());
+    let mut out = String::with_capacity(ct_b64.len() + 4 * wrapped.len() / 3 + 320);
+    out.push_str("{\"version\": \"");
+    out.push_str(VERSION);
+    out.push_str("\", \"algorithm\": \"");
+    out.push_str(ALGORITHM);
+    out.push_str("\", \"encrypted_payload\": {\"ciphertext\": \"");
+    out.push_str(&ct_b64);
+    out.push_str("\", \"nonce\": \"");
+    out.push_str(&b64::encode(&nonce));
+    out.push_str("\", \"tag\": \"");
+    out.push_str(&b64::encode(&tag));
+    out.push_str("\"}, \"encrypted_aes_key\": \"");
+    out.push_str(&b64::encode(&wrapped));
+    out.push_str("\", \"key_algorithm\": \"");
+    out.push_str(KEY_ALGORITHM);
+    out.push_str("\", \"payload_algorithm\": \"");
+    out.push_str(PAYLOAD_ALGORITHM);
+    out.push('"');
+    if let Some(ts) = processed_at {
+        out.push_str(", \"processed_at\": ");
+        out.push_str(&ts.to_string());
+    }
+    out.push('}');
+    Ok(out.into_bytes())
+}
+
+/// Seal a copy of `plaintext` for `recipient`.
+pub fn seal(
+    plaintext: &[u8],
+    recipient: &PublicKey,
+    processed_at: Option<&serde_json::Number>,
+) -> Result<Vec<u8>> {
+    let mut buf = SecretBuf::from_slice(plaintext)?;
+    seal_in_place(&mut buf, recipient, processed_at)
+}

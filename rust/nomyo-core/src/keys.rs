@@ -1,0 +1,399 @@
+//! RSA key pairs: generation, PEM import and export, fingerprints and key files.
+//!
+//! Private keys are PKCS#8 (RFC 5208), optionally encrypted with PBES2 (PBKDF2-HMAC-SHA256
+//! with AES-256-CBC, as pyca/cryptography's `BestAvailableEncryption` writes them); public
+//! keys are SubjectPublicKeyInfo. Every intermediate DER or PEM copy of a private key is held in a
+//! type that zeroes itself on drop.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey, PublicEncryptingKey};
+use pkcs8::der::pem::LineEnding;
+use pkcs8::der::{Decode, SecretDocument};
+use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo};
+use spki::SubjectPublicKeyInfoRef;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Smallest RSA modulus accepted on load.
+pub const MIN_BITS: usize = 2048;
+/// Largest RSA modulus accepted on load.
+pub const MAX_BITS: usize = 8192;
+/// PBKDF2-HMAC-SHA256 iterations used when writing a password-protected key.
+pub const PBKDF2_ITERATIONS: u32 = 600_000;
+
+const RSA_OID: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// An RSA private key (with its public half).
+#[derive(Clone)]
+pub struct PrivateKey {
+    inner: PrivateDecryptingKey,
+    public: PublicKey,
+}
+
+/// An RSA public key.
+#[derive(Clone)]
+pub struct PublicKey {
+    inner: PublicEncryptingKey,
+    der: Vec<u8>,
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateKey(rsa {} bits, redacted)", self.key_size())
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PublicKey(rsa {} bits, {})",
+            self.key_size(),
+            self.fingerprint()
+        )
+    }
+}
+
+fn modulus_bits(modulus: &[u8]) -> usize {
+    let trimmed: &[u8] = match modulus.iter().position(|&b| b != 0) {
+        Some(i) => &modulus[i..],
+        None => return 0,
+    };
+    trimmed.len() * 8 - trimmed[0].leading_zeros() as usize
+}
+
+fn check_size(bits: usize) -> Result<()> {
+    if bits < MIN_BITS {
+        return Err(Error::key(format!(
+            "RSA key of {bits} bits is too small: at least {MIN_BITS} bits are required"
+        )));
+    }
+    if bits > MAX_BITS {
+        return Err(Error::key(format!(
+            "RSA key of {bits} bits is too large: at most {MAX_BITS} bits are supported"
+        )));
+    }
+    Ok(())
+}
+
+impl PrivateKey {
+    /// Generate a key pair with e = 65537. `bits` is 2048, 3072 or 4096.
+    pub fn generate(bits: usize) -> Result<Self> {
+        let size = match bits {
+            2048 => KeySize::Rsa2048,
+            3072 => KeySize::Rsa3072,
+            4096 => KeySize::Rsa4096,
+            _ => {
+                return Err(Error::key(format!(
+                    "unsupported RSA key size {bits}: use 2048, 3072 or 4096"
+                )))
+            }
+        };
+        let inner = PrivateDecryptingKey::generate(size)
+            .map_err(|_| Error::Internal("RSA key generation failed"))?;
+        Self::from_inner(inner)
+    }
+
+    fn from_inner(inner: PrivateDecryptingKey) -> Result<Self> {
+        let public = PublicKey::from_inner(inner.public_key())?;
+        Ok(PrivateKey { inner, public })
+    }
+
+    /// Load an unencrypted PKCS#8 DER private key.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self> {
+        let info = PrivateKeyInfo::from_der(der)
+            .map_err(|_| Error::key("not a valid PKCS#8 private key"))?;
+        if info.algorithm.oid != RSA_OID {
+            return Err(Error::key(format!(
+                "not an RSA private key (algorithm {})",
+                info.algorithm.oid
+            )));
+        }
+        let rsa = pkcs1::RsaPrivateKey::from_der(info.private_key)
+            .map_err(|_| Error::key("not a valid RSA private key"))?;
+        check_size(modulus_bits(rsa.modulus.as_bytes()))?;
+        let inner = PrivateDecryptingKey::from_pkcs8(der)
+            .map_err(|e| Error::key(format!("RSA private key rejected: {e}")))?;
+        Self::from_inner(inner)
+    }
+
+    /// Load a PEM private key: `PRIVATE KEY`, `ENCRYPTED PRIVATE KEY` (needs `password`) or
+    /// `RSA PRIVATE KEY` (unencrypted PKCS#1).
+    pub fn from_pem(pem: &[u8], password: Option<&[u8]>) -> Result<Self> {
+        let text =
+            std::str::from_utf8(pem).map_err(|_| Error::key("private key file is not PEM text"))?;
+        let (label, doc) = SecretDocument::from_pem(text.trim())
+            .map_err(|_| Error::key("private key file is not valid PEM"))?;
+        match (label, password) {
+            ("PRIVATE KEY", None) => Self::from_pkcs8_der(doc.as_bytes()),
+            ("PRIVATE KEY" | "RSA PRIVATE KEY", Some(_)) => Err(Error::key(
+                "a password was given but the private key is not encrypted",
+            )),
+            ("ENCRYPTED PRIVATE KEY", None) => Err(Error::key(
+                "the private key is encrypted: a password is required",
+            )),
+            ("ENCRYPTED PRIVATE KEY", Some(pw)) => {
+                let enc = EncryptedPrivateKeyInfo::from_der(doc.as_bytes())
+                    .map_err(|_| Error::key("not a valid encrypted PKCS#8 private key"))?;
+                let plain = enc.decrypt(pw).map_err(|_| {
+                    Error::key("could not decrypt the private key: wrong password or corrupt file")
+                })?;
+                Self::from_pkcs8_der(plain.as_bytes())
+            }
+            ("RSA PRIVATE KEY", None) => Self::from_pkcs1_der(doc.as_bytes()),
+            (other, _) => Err(Error::key(format!(
+                "unsupported PEM type '{other}': expected PRIVATE KEY"
+            ))),
+        }
+    }
+
+    fn from_pkcs1_der(der: &[u8]) -> Result<Self> {
+        let rsa = pkcs1::RsaPrivateKey::from_der(der)
+            .map_err(|_| Error::key("not a valid PKCS#1 RSA private key"))?;
+        check_size(modulus_bits(rsa.modulus.as_bytes()))?;
+        let info = PrivateKeyInfo::new(
+            spki::AlgorithmIdentifierRef {
+                oid: RSA_OID,
+                parameters: Some(pkcs8::der::asn1::AnyRef::NULL),
+            },
+            der,
+        );
+        let wrapped = SecretDocument::encode_msg(&info)
+            .map_err(|_| Error::key("could not convert PKCS#1 key"))?;
+        Self::from_pkcs8_der(wrapped.as_bytes())
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The modulus size in bits.
+    pub fn key_size(&self) -> usize {
+        self.inner.key_size_bits()
+    }
+
+    /// The aws-lc key, for decryption.
+    pub fn as_decrypting_key(&self) -> &PrivateDecryptingKey {
+        &self.inner
+    }
+
+    /// The unencrypted PKCS#8 DER, in memory that is zeroed on drop.
+    pub fn to_pkcs8_der(&self) -> Result<SecretDocument> {
+        let der = self
+            .inner
+            .as_der()
+            .map_err(|_| Error::Internal("private key export failed"))?;
+        SecretDocument::try_from(der.as_ref())
+            .map_err(|_| Error::Internal("private key export failed"))
+    }
+
+    /// PKCS#8 PEM; with a password, encrypted with PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC).
+    pub fn to_pem(&self, password: Option<&[u8]>) -> Result<Zeroizing<String>> {
+        let der = self.to_pkcs8_der()?;
+        let doc = match password {
+            None => {
+                return der
+                    .to_pem("PRIVATE KEY", LineEnding::LF)
+                    .map_err(|_| Error::Internal("PEM encoding failed"))
+            }
+            Some(pw) => {
+                let mut salt = [0u8; 16];
+                let mut iv = [0u8; 16];
+                crate::rand::fill(&mut salt)?;
+                crate::rand::fill(&mut iv)?;
+                let params = pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(
+                    PBKDF2_ITERATIONS,
+                    &salt,
+                    &iv,
+                )
+                .map_err(|_| Error::Internal("PBES2 parameters"))?;
+                let info = PrivateKeyInfo::from_der(der.as_bytes())
+                    .map_err(|_| Error::Internal("PKCS#8 re-parse"))?;
+                info.encrypt_with_params(params, pw)
+                    .map_err(|_| Error::Internal("private key encryption failed"))?
+            }
+        };
+        doc.to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+            .map_err(|_| Error::Internal("PEM encoding failed"))
+    }
+
+    /// Write the PEM to `path`, readable by the owner only (0600) from the moment it exists.
+    ///
+    /// The file is written under a temporary name in the same directory, fsync'ed, and then
+    /// linked into place; without `overwrite` an existing file is an error and is untouched.
+    pub fn save(&self, path: &Path, password: Option<&[u8]>, overwrite: bool) -> Result<()> {
+        let pem = self.to_pem(password)?;
+        write_private_file(path, pem.as_bytes(), overwrite)
+    }
+}
+
+/// Create `path` with `data`, mode 0600, atomically; see [`PrivateKey::save`].
+pub fn write_private_file(path: &Path, data: &[u8], overwrite: bool) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Io(std::io::ErrorKind::InvalidInput, "not a file path".into()))?;
+    if !overwrite && fs::symlink_metadata(path).is_ok() {
+        return Err(Error::Io(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} already exists; refusing to overwrite a key file",
+                path.display()
+            ),
+        ));
+    }
+    let mut suffix = [0u8; 8];
+    crate::rand::fill(&mut suffix)?;
+    let tmp = dir.join(format!(
+        ".{}.{:016x}.tmp",
+        name.to_string_lossy(),
+        u64::from_le_bytes(suffix)
+    ));
+    let result = write_new_0600(&tmp, data).and_then(|()| publish(&tmp, path, overwrite));
+    let _ = fs::remove_file(&tmp);
+    result?;
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn write_new_0600(tmp: &Path, data: &[u8]) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut f = opts
+        .open(tmp)
+        .map_err(|e| Error::io(&format!("cannot create {}", tmp.display()), &e))?;
+    f.write_all(data)
+        .map_err(|e| Error::io("cannot write key file", &e))?;
+    f.sync_all()
+        .map_err(|e| Error::io("cannot sync key file", &e))
+}
+
+fn publish(tmp: &Path, path: &Path, overwrite: bool) -> Result<()> {
+    if overwrite {
+        fs::rename(tmp, path)
+            .map_err(|e| Error::io(&format!("cannot write {}", path.display()), &e))
+    } else {
+        // link(2) fails if the target exists: no window where another file is replaced.
+        fs::hard_link(tmp, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Io(
+                    e.kind(),
+                    format!(
+                        "{} already exists; refusing to overwrite a key file",
+                        path.display()
+                    ),
+                )
+            } else {
+                Error::io(&format!("cannot write {}", path.display()), &e)
+            }
+        })
+    }
+}
+
+impl PublicKey {
+    fn from_inner(inner: PublicEncryptingKey) -> Result<Self> {
+        let der = inner
+            .as_der()
+            .map_err(|_| Error::Internal("public key export failed"))?
+            .as_ref()
+            .to_vec();
+        Ok(PublicKey { inner, der })
+    }
+
+    /// Parse SubjectPublicKeyInfo DER.
+    pub fn from_der(der: &[u8]) -> Result<Self> {
+        let info = SubjectPublicKeyInfoRef::from_der(der)
+            .map_err(|_| Error::key("not a valid public key (SubjectPublicKeyInfo)"))?;
+        if info.algorithm.oid != RSA_OID {
+            return Err(Error::key(format!(
+                "not an RSA public key (algorithm {})",
+                info.algorithm.oid
+            )));
+        }
+        let bits = info
+            .subject_public_key
+            .as_bytes()
+            .and_then(|b| pkcs1::RsaPublicKey::from_der(b).ok())
+            .map(|k| modulus_bits(k.modulus.as_bytes()))
+            .ok_or_else(|| Error::key("not a valid RSA public key"))?;
+        check_size(bits)?;
+        let inner = PublicEncryptingKey::from_der(der)
+            .map_err(|e| Error::key(format!("RSA public key rejected: {e}")))?;
+        Self::from_inner(inner)
+    }
+
+    /// Parse SubjectPublicKeyInfo PEM (`PUBLIC KEY`).
+    pub fn from_pem(pem: &[u8]) -> Result<Self> {
+        let text =
+            std::str::from_utf8(pem).map_err(|_| Error::key("public key is not PEM text"))?;
+        let (label, der) = pkcs8::der::pem::decode_vec(text.trim().as_bytes())
+            .map_err(|_| Error::key("public key is not valid PEM"))?;
+        if label != "PUBLIC KEY" {
+            return Err(Error::key(format!(
+                "unsupported PEM type '{label}': expected PUBLIC KEY"
+            )));
+        }
+        Self::from_der(&der)
+    }
+
+    /// SPKI DER.
+    pub fn to_der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// SPKI PEM with 64-character lines and a final newline.
+    pub fn to_pem(&self) -> String {
+        pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &self.der)
+            .expect("PEM encoding of DER cannot fail")
+    }
+
+    /// `sha256:` followed by the lower-case hex SHA-256 of the SPKI DER.
+    pub fn fingerprint(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.der);
+        let mut out = String::with_capacity(7 + 64);
+        out.push_str("sha256:");
+        for b in digest.as_ref() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
+    /// The modulus size in bits.
+    pub fn key_size(&self) -> usize {
+        self.inner.key_size_bits()
+    }
+
+    /// The modulus size in bytes (the length of an OAEP ciphertext).
+    pub fn key_size_bytes(&self) -> usize {
+        self.inner.key_size_bytes()
+    }
+
+    /// The aws-lc key, for encryption.
+    pub fn as_encrypting_key(&self) -> &PublicEncryptingKey {
+        &self.inner
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.der == other.der
+    }
+}
+
+impl Eq for PublicKey {}

@@ -1,0 +1,17 @@
+//! Cryptographic core of nomyo-rs.
+//!
+//! Everything that touches a secret lives here, in native memory that is zeroed when it is
+//! dropped: RSA key pairs ([`keys`]), the hybrid envelope of the NOMYO protocol ([`envelope`]),
+//! its two primitives ([`aead`], [`rsa`]) and the page-locked buffer that holds plaintext and
+//! symmetric keys ([`secret`]). This crate has no Python in it; `nomyo-python` binds it.
+
+pub mod aead;
+pub mod b64;
+pub mod envelope;
+pub mod error;
+pub mod keys;
+pub mod rand;
+pub mod rsa;
+pub mod secret;
+
+pub use error::{Error, Result};

@@ -1,0 +1,116 @@
+//! `SecretBuffer`: a native secret buffer as a Python object.
+
+use std::sync::Mutex;
+
+use nomyo_core::secret::SecretBuf;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes};
+
+use crate::errors::IntoPy;
+
+/// Page-aligned, best-effort locked, dump-excluded memory, zeroed on close and on drop.
+#[pyclass(frozen, name = "SecretBuffer", module = "nomyo._core")]
+pub struct PySecretBuffer {
+    buf: Mutex<SecretBuf>,
+}
+
+impl PySecretBuffer {
+    pub fn from_buf(buf: SecretBuf) -> Self {
+        PySecretBuffer {
+            buf: Mutex::new(buf),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut SecretBuf) -> T) -> T {
+        let mut guard = self
+            .buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+}
+
+#[pymethods]
+impl PySecretBuffer {
+    /// Copy `data` into secret memory; a `bytearray` source is wiped after the copy.
+    #[new]
+    #[pyo3(signature = (data = None, lock = true))]
+    fn new(data: Option<&Bound<'_, PyAny>>, lock: bool) -> PyResult<Self> {
+        let mut buf = SecretBuf::with_capacity_and_lock(0, lock).py_err()?;
+        match data {
+            None => {}
+            Some(d) if d.is_none() => {}
+            Some(d) => {
+                if let Ok(ba) = d.cast::<PyByteArray>() {
+                    // SAFETY: no Python code runs while the slice is borrowed.
+                    let src = unsafe { ba.as_bytes_mut() };
+                    buf.extend_from_slice(src).py_err()?;
+                    zeroize::Zeroize::zeroize(src);
+                } else if let Ok(b) = d.cast::<PyBytes>() {
+                    buf.extend_from_slice(b.as_bytes()).py_err()?;
+                } else {
+                    return Err(PyTypeError::new_err(
+                        "SecretBuffer takes bytes or bytearray",
+                    ));
+                }
+            }
+        }
+        Ok(Self::from_buf(buf))
+    }
+
+    fn __len__(&self) -> usize {
+        self.with(|b| b.len())
+    }
+
+    /// An explicit copy of the contents as `bytes` (which cannot be wiped: use with care).
+    fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        self.with(|b| PyBytes::new(py, b.as_slice()))
+    }
+
+    /// Copy the contents into a new `bytearray` (which the caller can wipe).
+    fn to_bytearray<'py>(&self, py: Python<'py>) -> Bound<'py, PyByteArray> {
+        self.with(|b| PyByteArray::new(py, b.as_slice()))
+    }
+
+    #[getter]
+    fn locked(&self) -> bool {
+        self.with(|b| b.locked())
+    }
+
+    #[getter]
+    fn dump_excluded(&self) -> bool {
+        self.with(|b| b.dump_excluded())
+    }
+
+    /// Overwrite the contents with zeros (the length is kept).
+    fn zero(&self) {
+        self.with(|b| {
+            let len = b.len();
+            b.clear();
+            let _ = b.resize_zeroed(len);
+        });
+    }
+
+    /// Wipe and release the memory now.
+    fn close(&self) {
+        self.with(SecretBuf::release);
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        _exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) {
+        self.close();
+    }
+
+    fn __repr__(&self) -> String {
+        self.with(|b| format!("<SecretBuffer {} bytes, locked={}>", b.len(), b.locked()))
+    }
+}

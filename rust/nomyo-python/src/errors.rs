@@ -1,0 +1,35 @@
+//! The one place core errors become Python exceptions.
+
+use nomyo_core::Error;
+use pyo3::exceptions::{PyFileExistsError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::PyErr;
+
+pyo3::import_exception!(nomyo._exceptions, SecurityError);
+pyo3::import_exception!(nomyo._exceptions, EnvelopeError);
+pyo3::import_exception!(nomyo._exceptions, KeyFormatError);
+
+/// Convert a core error. Crypto failures carry one fixed message and nothing else.
+pub fn to_py(err: Error) -> PyErr {
+    match err {
+        Error::Security => {
+            SecurityError::new_err("Decryption failed: integrity check or authentication failed")
+        }
+        Error::Envelope(m) => EnvelopeError::new_err(format!("Invalid encrypted envelope: {m}")),
+        Error::Key(m) => KeyFormatError::new_err(m),
+        Error::Value(m) => PyValueError::new_err(m),
+        Error::Io(std::io::ErrorKind::AlreadyExists, m) => PyFileExistsError::new_err(m),
+        Error::Io(_, m) => PyOSError::new_err(m),
+        Error::Internal(m) => PyRuntimeError::new_err(m),
+    }
+}
+
+/// `Result` conversion for binding code.
+pub trait IntoPy<T> {
+    fn py_err(self) -> pyo3::PyResult<T>;
+}
+
+impl<T> IntoPy<T> for nomyo_core::Result<T> {
+    fn py_err(self) -> pyo3::PyResult<T> {
+        self.map_err(to_py)
+    }
+}

@@ -1,0 +1,169 @@
+//! `PrivateKey` and `PublicKey`: native handles; key bytes reach Python only on explicit export.
+
+use std::path::PathBuf;
+
+use nomyo_core::keys::{PrivateKey, PublicKey};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+use zeroize::Zeroizing;
+
+use crate::errors::IntoPy;
+
+/// Bytes of a password given as `str` or `bytes`, in memory wiped on drop.
+pub fn password(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Zeroizing<Vec<u8>>>> {
+    let Some(obj) = obj else { return Ok(None) };
+    if obj.is_none() {
+        return Ok(None);
+    }
+    let bytes = if let Ok(s) = obj.cast::<PyString>() {
+        s.to_str()?.as_bytes().to_vec()
+    } else if let Ok(b) = obj.cast::<PyBytes>() {
+        b.as_bytes().to_vec()
+    } else {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "password must be str or bytes",
+        ));
+    };
+    Ok(Some(Zeroizing::new(bytes)))
+}
+
+fn pem_bytes(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(s) = data.cast::<PyString>() {
+        Ok(s.to_str()?.as_bytes().to_vec())
+    } else {
+        Ok(data.extract::<Vec<u8>>()?)
+    }
+}
+
+/// An RSA private key held in native memory.
+#[pyclass(frozen, name = "PrivateKey", module = "nomyo._core")]
+pub struct PyPrivateKey {
+    pub inner: PrivateKey,
+}
+
+#[pymethods]
+impl PyPrivateKey {
+    #[staticmethod]
+    #[pyo3(signature = (bits = 4096))]
+    fn generate(py: Python<'_>, bits: usize) -> PyResult<Self> {
+        let inner = py.detach(|| PrivateKey::generate(bits)).py_err()?;
+        Ok(PyPrivateKey { inner })
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (data, password = None))]
+    fn from_pem(
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        password: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let pem = Zeroizing::new(pem_bytes(data)?);
+        let pw = self::password(password)?;
+        let inner = py
+            .detach(|| PrivateKey::from_pem(&pem, pw.as_deref().map(Vec::as_slice)))
+            .py_err()?;
+        Ok(PyPrivateKey { inner })
+    }
+
+    #[getter]
+    fn key_size(&self) -> usize {
+        self.inner.key_size()
+    }
+
+    fn public_key(&self) -> PyPublicKey {
+        PyPublicKey {
+            inner: self.inner.public_key().clone(),
+        }
+    }
+
+    #[pyo3(signature = (password = None))]
+    fn to_pem<'py>(
+        &self,
+        py: Python<'py>,
+        password: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let pw = self::password(password)?;
+        let pem = py
+            .detach(|| self.inner.to_pem(pw.as_deref().map(Vec::as_slice)))
+            .py_err()?;
+        Ok(PyBytes::new(py, pem.as_bytes()))
+    }
+
+    #[pyo3(signature = (path, password = None, overwrite = false))]
+    fn save(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        password: Option<&Bound<'_, PyAny>>,
+        overwrite: bool,
+    ) -> PyResult<()> {
+        let pw = self::password(password)?;
+        py.detach(|| {
+            self.inner
+                .save(&path, pw.as_deref().map(Vec::as_slice), overwrite)
+        })
+        .py_err()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<PrivateKey rsa-{} {}>",
+            self.inner.key_size(),
+            self.inner.public_key().fingerprint()
+        )
+    }
+}
+
+/// An RSA public key.
+#[pyclass(frozen, eq, hash, name = "PublicKey", module = "nomyo._core")]
+#[derive(PartialEq, Clone)]
+pub struct PyPublicKey {
+    pub inner: PublicKey,
+}
+
+impl std::hash::Hash for PyPublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.to_der().hash(state);
+    }
+}
+
+#[pymethods]
+impl PyPublicKey {
+    #[staticmethod]
+    fn from_pem(data: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let inner = PublicKey::from_pem(&pem_bytes(data)?).py_err()?;
+        Ok(PyPublicKey { inner })
+    }
+
+    #[staticmethod]
+    fn from_der(data: &[u8]) -> PyResult<Self> {
+        Ok(PyPublicKey {
+            inner: PublicKey::from_der(data).py_err()?,
+        })
+    }
+
+    #[getter]
+    fn key_size(&self) -> usize {
+        self.inner.key_size()
+    }
+
+    fn to_pem(&self) -> String {
+        self.inner.to_pem()
+    }
+
+    fn to_der<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.to_der())
+    }
+
+    fn fingerprint(&self) -> String {
+        self.inner.fingerprint()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<PublicKey rsa-{} {}>",
+            self.inner.key_size(),
+            self.inner.fingerprint()
+        )
+    }
+}
