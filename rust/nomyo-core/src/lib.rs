@@ -13,5 +13,6 @@ pub mod keys;
 pub mod rand;
 pub mod rsa;
 pub mod secret;
+pub mod tpm;
 
 pub use error::{Error, Result};
