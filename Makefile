@@ -36,6 +36,7 @@ lint: venv
 	$(VENV)/bin/ruff check python tests benches scripts
 	$(VENV)/bin/ruff format --check python tests benches scripts
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest nomyo._core
 
 fmt: venv
 	cargo fmt --all

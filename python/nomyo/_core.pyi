@@ -8,6 +8,25 @@ structural problem with an envelope), ``KeyFormatError`` (a key that cannot be l
 
 from typing import Any, final
 
+__all__ = [
+    "ENVELOPE_ALGORITHM",
+    "ENVELOPE_VERSION",
+    "PrivateKey",
+    "PublicKey",
+    "SecretBuffer",
+    "__version__",
+    "disable_core_dumps",
+    "dumps",
+    "lock_bytearray",
+    "memory_protection_info",
+    "open_bytes",
+    "open_json",
+    "seal_bytes",
+    "seal_json",
+    "unlock_bytearray",
+    "wipe_bytearray",
+]
+
 __version__: str
 
 #: Version string of the envelope format ("1.0").
@@ -40,7 +59,7 @@ class PublicKey:
     def fingerprint(self) -> str:
         """``"sha256:<hex>"``: SHA-256 over the SPKI DER."""
 
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 @final
@@ -52,7 +71,7 @@ class PrivateKey:
         """Generate an RSA key pair (e = 65537); bits is 2048, 3072 or 4096. GIL released."""
 
     @staticmethod
-    def from_pem(data: bytes, password: bytes | None = None) -> PrivateKey:
+    def from_pem(data: bytes | str, password: str | bytes | None = None) -> PrivateKey:
         """Load PKCS#8 PEM, encrypted ("ENCRYPTED PRIVATE KEY") or not.
 
         Raises KeyFormatError for a corrupt file, a wrong or missing password, a non-RSA key
@@ -64,10 +83,10 @@ class PrivateKey:
         """Modulus size in bits."""
 
     def public_key(self) -> PublicKey: ...
-    def to_pem(self, password: bytes | None = None) -> bytes:
+    def to_pem(self, password: str | bytes | None = None) -> bytes:
         """Export PKCS#8 PEM; with a password, PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC)."""
 
-    def save(self, path: str, password: bytes | None = None, overwrite: bool = False) -> None:
+    def save(self, path: str, password: str | bytes | None = None, overwrite: bool = False) -> None:
         """Write the PKCS#8 PEM to ``path``, created 0600 atomically and fsync'ed.
 
         Raises FileExistsError unless ``overwrite`` is true.
@@ -75,11 +94,18 @@ class PrivateKey:
 
 @final
 class SecretBuffer:
-    """A page-aligned, best-effort locked, zero-on-drop native buffer (buffer protocol)."""
+    """A page-aligned, best-effort locked, dump-excluded, zero-on-drop native buffer."""
 
-    def __init__(self, data: bytes | bytearray | memoryview = b"", lock: bool = True) -> None: ...
+    def __new__(cls, data: bytes | bytearray | None = None, lock: bool = True) -> SecretBuffer: ...
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int) -> memoryview: ...
+    def __bytes__(self) -> bytes:
+        """An explicit copy as ``bytes`` (which cannot be wiped)."""
+
+    def to_bytearray(self) -> bytearray:
+        """An explicit copy as a ``bytearray`` (which the caller can wipe)."""
+
+    def __enter__(self) -> SecretBuffer: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object, /) -> None: ...
     @property
     def locked(self) -> bool:
         """True if the pages are locked in RAM (mlock succeeded)."""
@@ -124,3 +150,12 @@ def memory_protection_info() -> dict[str, Any]:
 
 def disable_core_dumps() -> bool:
     """Set RLIMIT_CORE to 0 and PR_SET_DUMPABLE to 0 (Linux). Returns True on success."""
+
+def lock_bytearray(data: bytearray) -> bool:
+    """Lock the pages holding a bytearray in RAM (best effort); True on success."""
+
+def unlock_bytearray(data: bytearray) -> bool:
+    """Unlock the pages holding a bytearray; True on success."""
+
+def wipe_bytearray(data: bytearray) -> None:
+    """Overwrite a bytearray with zeros (writes the compiler cannot elide)."""

@@ -33,7 +33,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         seconds = parsed.timestamp() - time.time()
     if seconds != seconds:  # NaN
         return None
-    return max(0.0, seconds)
+    return max(0.0, float(seconds))
 
 
 def retry_delay(attempt: int, retry_after: float | None = None) -> float:
@@ -44,5 +44,5 @@ def retry_delay(attempt: int, retry_after: float | None = None) -> float:
     """
     if retry_after is not None:
         return retry_after
-    base = min(INITIAL_RETRY_DELAY * (2**attempt), MAX_RETRY_DELAY)
+    base: float = min(INITIAL_RETRY_DELAY * (2.0**attempt), MAX_RETRY_DELAY)
     return base * (1 - 0.25 * random.random())  # noqa: S311 - jitter, not a secret
