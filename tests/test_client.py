@@ -463,3 +463,11 @@ def test_requests_open_in_a_cryptography_only_server(client_key: _core.PrivateKe
             "messages": [{"role": "user", "content": "oracle ✓"}],
             "temperature": 0.5,
         }
+
+
+def test_one_client_across_event_loops(router: RouterThread, client_key: _core.PrivateKey) -> None:
+    """Reference-style code calls asyncio.run() once per request on one client."""
+    client = chat(router.url, client_key)
+    for text in ("first loop", "second loop", "third loop"):
+        reply = asyncio.run(client.create("m", [{"role": "user", "content": text}]))
+        assert content(reply) == text

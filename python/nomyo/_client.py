@@ -118,9 +118,13 @@ class SecureCompletionClient:
         self._pins = _normalise_fingerprints(server_key_fingerprint)
         self._max_response = max_response_size
         self._owns_http = http_client is None
-        self._http = http_client or make_async_client(
-            timeout=timeout, verify=verify, transport=transport
-        )
+        self._http_options: dict[str, Any] = {
+            "timeout": timeout,
+            "verify": verify,
+            "transport": transport,
+        }
+        self._http = http_client or make_async_client(**self._http_options)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._server_key: _core.PublicKey | None = None
         self._server_key_pem: str | None = None
         self._server_key_lock = asyncio.Lock()
@@ -182,6 +186,20 @@ class SecureCompletionClient:
             raise SecurityError("no client key: call generate_keys() or load_keys() first")
         return self.private_key
 
+    def _bind_loop(self) -> None:
+        """Keep the pool and locks on the running event loop.
+
+        Connections belong to the loop that opened them; when the client is used from a new
+        loop (e.g. a second ``asyncio.run``), a fresh pool replaces the orphaned one.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None and self._owns_http:
+            self._http = make_async_client(**self._http_options)
+        self._server_key_lock = asyncio.Lock()
+        self._loop = loop
+
     # -- server key ---------------------------------------------------------------------
 
     async def fetch_server_public_key(self) -> str:
@@ -192,6 +210,7 @@ class SecureCompletionClient:
             KeyFormatError: the server sent no valid RSA public key.
             APIError / APIConnectionError: the fetch failed.
         """
+        self._bind_loop()
         url = self.router_url + PUBLIC_KEY_PATH
         try:
             response = await self._http.get(url)
@@ -286,6 +305,7 @@ class SecureCompletionClient:
                 + ", ".join(SECURITY_TIERS)
             )
         private_key = self._require_keys()
+        self._bind_loop()
         headers = {
             "X-Payload-ID": payload_id,
             "X-Public-Key": quote(self.public_key_pem or private_key.public_key().to_pem()),
