@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 
 from . import _core
+from ._attestation import AttestationMode, PcrPolicy
 from ._client import SecureCompletionClient
 from ._constants import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from ._exceptions import InvalidRequestError
-from ._keys import Password, save_key_pair
+from ._keys import Password, password_from_env, save_key_pair
 from ._transport import TimeoutTypes, VerifyTypes
 
 __all__ = ["SecureChatCompletion"]
@@ -36,9 +37,10 @@ class SecureChatCompletion:
         key_dir: load the key pair from this directory, or generate and save one there.
             None: a fresh in-memory key pair for this client.
         max_retries: retries on 429/5xx and network errors.
-        key_password: password (or a callable returning it) of the key in ``key_dir``.
-        timeout, verify, server_key_fingerprint, transport, http_client: see
-            :class:`SecureCompletionClient`.
+        key_password: password (or a callable returning it) of the key in ``key_dir``;
+            default: the ``NOMYO_KEY_PASSWORD`` environment variable, if set.
+        timeout, verify, server_key_fingerprint, known_hosts, attestation, expected_pcrs,
+            transport, http_client: see :class:`SecureCompletionClient`.
     """
 
     def __init__(
@@ -54,10 +56,16 @@ class SecureChatCompletion:
         timeout: TimeoutTypes = None,
         verify: VerifyTypes = True,
         server_key_fingerprint: str | Iterable[str] | None = None,
+        known_hosts: bool | str | os.PathLike[str] | None = None,
+        attestation: AttestationMode = "off",
+        expected_pcrs: PcrPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
+            "known_hosts": known_hosts,
+            "attestation": attestation,
+            "expected_pcrs": expected_pcrs,
             "allow_http": allow_http,
             "secure_memory": secure_memory,
             "max_retries": max_retries,
@@ -69,7 +77,7 @@ class SecureChatCompletion:
         self.client = SecureCompletionClient(base_url, http_client=http_client, **self._options)
         self.api_key = api_key
         self._key_dir = None if key_dir is None else Path(key_dir)
-        self._key_password = key_password
+        self._key_password = key_password if key_password is not None else password_from_env()
         self._keys_lock = asyncio.Lock()
         self._other_clients: dict[str, SecureCompletionClient] = {}
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from . import _core
+from ._attestation import AttestationMode, PcrPolicy, apply_attestation_policy, check_mode
 from ._constants import (
     COMPLETION_PATH,
     DEFAULT_BASE_URL,
@@ -39,6 +40,7 @@ from ._exceptions import (
     error_for_status,
 )
 from ._keys import Password, load_private_key, save_key_pair
+from ._known_hosts import KnownHosts
 from ._retry import parse_retry_after, retry_delay, should_retry
 from ._transport import (
     TimeoutTypes,
@@ -85,6 +87,13 @@ class SecureCompletionClient:
         server_key_fingerprint: one or more accepted ``sha256:<hex>`` fingerprints of the
             server's key; a fetched key that matches none is refused before anything is
             encrypted to it.
+        known_hosts: trust on first use: True (``~/.config/nomyo/known_hosts``) or a path.
+            The first key seen for this URL is remembered; a different key later is refused
+            until accepted with ``nomyo keys trust``.
+        attestation: ``"off"`` (pass the TPM block through), ``"verify"`` (attach
+            ``_metadata.attestation_verification``) or ``"require"`` (also refuse a reply
+            whose attestation is absent or fails, before the caller sees it).
+        expected_pcrs: PCR values the quote must contain, ``{"sha256": {0: "<hex>"}}``.
         transport: an ``httpx`` transport (tests); http_client: a ready ``httpx.AsyncClient``.
         max_response_size: the largest reply accepted, in bytes.
 
@@ -102,6 +111,9 @@ class SecureCompletionClient:
         timeout: TimeoutTypes = None,
         verify: VerifyTypes = True,
         server_key_fingerprint: str | Iterable[str] | None = None,
+        known_hosts: bool | str | os.PathLike[str] | None = None,
+        attestation: AttestationMode = "off",
+        expected_pcrs: PcrPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: httpx.AsyncClient | None = None,
         max_response_size: int = MAX_RESPONSE_BYTES,
@@ -116,6 +128,13 @@ class SecureCompletionClient:
         self.public_key_pem: str | None = None
         self._secure_memory = secure_memory
         self._pins = _normalise_fingerprints(server_key_fingerprint)
+        self._known_hosts = (
+            None
+            if known_hosts is None or known_hosts is False
+            else KnownHosts(None if known_hosts is True else known_hosts)
+        )
+        self.attestation = check_mode(attestation)
+        self.expected_pcrs = expected_pcrs
         self._max_response = max_response_size
         self._owns_http = http_client is None
         self._http_options: dict[str, Any] = {
@@ -229,6 +248,8 @@ class SecureCompletionClient:
             raise SecurityError(
                 f"server key {key.fingerprint()} does not match the pinned fingerprint(s)"
             )
+        if self._known_hosts is not None:
+            self._known_hosts.check(self.router_url, key.fingerprint())
         self.server_key_fetches += 1
         self._server_key, self._server_key_pem = key, text
         logger.debug("server key %s fetched from %s", key.fingerprint(), self.router_url)
@@ -280,7 +301,11 @@ class SecureCompletionClient:
         value, processed_at, algorithm = await self._off_loop(
             _core.open_json, bytes(encrypted_response), key, self._max_response
         )
-        return _complete_metadata(value, payload_id, processed_at, algorithm)
+        reply = _complete_metadata(value, payload_id, processed_at, algorithm)
+        apply_attestation_policy(
+            reply["_metadata"], payload_id, self.attestation, self.expected_pcrs
+        )
+        return reply
 
     # -- requests -------------------------------------------------------------------------
 
@@ -304,6 +329,8 @@ class SecureCompletionClient:
                 f"invalid security_tier {security_tier!r}: must be one of "
                 + ", ".join(SECURITY_TIERS)
             )
+        if not payload_id or not (payload_id.isascii() and payload_id.isprintable()):
+            raise ConfigurationError("payload_id must be non-empty printable ASCII (a header)")
         private_key = self._require_keys()
         self._bind_loop()
         headers = {

@@ -24,6 +24,7 @@ __all__ = [
     "seal_bytes",
     "seal_json",
     "unlock_bytearray",
+    "verify_attestation",
     "wipe_bytearray",
 ]
 
@@ -159,3 +160,17 @@ def unlock_bytearray(data: bytearray) -> bool:
 
 def wipe_bytearray(data: bytearray) -> None:
     """Overwrite a bytearray with zeros (writes the compiler cannot elide)."""
+
+def verify_attestation(
+    attestation: dict[str, Any] | None,
+    payload_id: str,
+    expected_pcrs: dict[str, dict[int, str]] | None = None,
+) -> dict[str, Any]:
+    """Verify a ``_metadata.tpm_attestation`` block for ``payload_id`` (PROTOCOL.md §5).
+
+    Returns a dict saying what was proven: ``available``, ``valid``, ``reason``, ``detail``,
+    ``signature_valid``, ``bound_to_request``, ``pcr_digest_valid``, ``pcr_values``,
+    ``pcr_policy_matched``, ``aik_type``, ``signature_scheme``, and, honestly, what was not:
+    ``aik_trusted`` and ``genuine_tpm_proven`` are always False (the AIK comes from the
+    server), with a ``caveat``.
+    """

@@ -12,12 +12,37 @@ from . import _core
 from ._constants import KEY_SIZE, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from ._exceptions import KeyFormatError
 
-__all__ = ["Password", "load_private_key", "resolve_password", "save_key_pair"]
+__all__ = [
+    "Password",
+    "load_private_key",
+    "password_from_env",
+    "resolve_password",
+    "save_key_pair",
+]
 
 logger = logging.getLogger("nomyo")
 
 #: A password: literal text, or a callable returning it (so it need not be kept around).
 Password = str | bytes | Callable[[], str | bytes] | None
+
+
+def password_from_env(name: str = "NOMYO_KEY_PASSWORD") -> Callable[[], str] | None:
+    """A password callable reading ``name`` from the environment when the key is loaded.
+
+    Returns None when the variable is not set, so that no password is used.
+    """
+    if name not in os.environ:
+        return None
+
+    def read() -> str:
+        value = os.environ.get(name)
+        if value is None:
+            raise KeyFormatError(
+                f"the environment variable {name} holding the key password is gone"
+            )
+        return value
+
+    return read
 
 
 def resolve_password(password: Password) -> str | bytes | None:

@@ -12,6 +12,7 @@ mod errors;
 mod json;
 mod keys;
 mod memory;
+mod tpm;
 
 use pyo3::prelude::*;
 
@@ -36,5 +37,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory::lock_bytearray, m)?)?;
     m.add_function(wrap_pyfunction!(memory::unlock_bytearray, m)?)?;
     m.add_function(wrap_pyfunction!(memory::wipe_bytearray, m)?)?;
+    m.add_function(wrap_pyfunction!(tpm::verify_attestation, m)?)?;
     Ok(())
 }

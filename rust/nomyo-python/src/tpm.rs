@@ -1,0 +1,37 @@
+//! TPM 2.0 quote verification (`_metadata.tpm_attestation`), bound to the core verifier.
+
+use nomyo_core::tpm::{self, PcrPolicy};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::json;
+
+fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    let buf = json::dumps(obj)?;
+    serde_json::from_slice(buf.as_slice())
+        .map_err(|e| PyValueError::new_err(format!("not JSON-like: {e}")))
+}
+
+/// Verify an attestation block for `payload_id`; returns what was (and was not) proven.
+#[pyfunction]
+#[pyo3(signature = (attestation, payload_id, expected_pcrs = None))]
+pub fn verify_attestation<'py>(
+    py: Python<'py>,
+    attestation: &Bound<'py, PyAny>,
+    payload_id: &str,
+    expected_pcrs: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let block = to_value(attestation)?;
+    let policy: Option<PcrPolicy> = match expected_pcrs {
+        Some(p) if !p.is_none() => Some(serde_json::from_value(to_value(p)?).map_err(|e| {
+            PyValueError::new_err(format!(
+                "expected_pcrs must map bank -> {{index: hex digest}}: {e}"
+            ))
+        })?),
+        _ => None,
+    };
+    let result = py.detach(|| tpm::verify(&block, payload_id, policy.as_ref()));
+    let encoded = serde_json::to_vec(&result)
+        .map_err(|e| PyValueError::new_err(format!("cannot encode the result: {e}")))?;
+    json::loads(py, &encoded)
+}
