@@ -19,8 +19,11 @@ use crate::error::{Error, Result};
 pub fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     *PAGE.get_or_init(|| {
+        #[cfg(unix)]
         // SAFETY: sysconf has no preconditions.
         let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        #[cfg(not(unix))]
+        let p: i64 = 4096;
         if p > 0 {
             p as usize
         } else {
@@ -48,6 +51,7 @@ unsafe impl Send for Pages {}
 unsafe impl Sync for Pages {}
 
 impl Pages {
+    #[cfg(unix)]
     fn new(min_cap: usize, lock: bool) -> Result<Self> {
         let cap = round_up(min_cap);
         // SAFETY: anonymous private mapping, no file descriptor; checked for MAP_FAILED.
@@ -76,6 +80,23 @@ impl Pages {
         })
     }
 
+    /// Without mmap/mlock (Windows): page-aligned zeroed heap memory, wiped on drop; not locked.
+    #[cfg(not(unix))]
+    fn new(min_cap: usize, _lock: bool) -> Result<Self> {
+        let cap = round_up(min_cap);
+        let layout = std::alloc::Layout::from_size_align(cap, page_size())
+            .map_err(|_| Error::Internal("secret buffer layout"))?;
+        // SAFETY: layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or(Error::Internal("out of memory for a secret buffer"))?;
+        Ok(Pages {
+            ptr,
+            cap,
+            locked: false,
+            dump_excluded: false,
+        })
+    }
+
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: the mapping is cap bytes, readable and writable, owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
@@ -93,7 +114,7 @@ fn dont_dump(raw: *mut libc::c_void, cap: usize) -> bool {
     unsafe { libc::madvise(raw, cap, libc::MADV_DONTDUMP) == 0 }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
 fn dont_dump(_raw: *mut libc::c_void, _cap: usize) -> bool {
     false
 }
@@ -101,13 +122,22 @@ fn dont_dump(_raw: *mut libc::c_void, _cap: usize) -> bool {
 impl Drop for Pages {
     fn drop(&mut self) {
         self.as_mut_slice().zeroize();
-        let raw = self.ptr.as_ptr().cast::<libc::c_void>();
-        // SAFETY: unlocking and unmapping the mapping this value owns, exactly once.
-        unsafe {
-            if self.locked {
-                libc::munlock(raw, self.cap);
+        #[cfg(unix)]
+        {
+            let raw = self.ptr.as_ptr().cast::<libc::c_void>();
+            // SAFETY: unlocking and unmapping the mapping this value owns, exactly once.
+            unsafe {
+                if self.locked {
+                    libc::munlock(raw, self.cap);
+                }
+                libc::munmap(raw, self.cap);
             }
-            libc::munmap(raw, self.cap);
+        }
+        #[cfg(not(unix))]
+        // SAFETY: allocated in Pages::new with this exact layout.
+        unsafe {
+            let layout = std::alloc::Layout::from_size_align_unchecked(self.cap, page_size());
+            std::alloc::dealloc(self.ptr.as_ptr(), layout);
         }
     }
 }
@@ -303,6 +333,12 @@ pub fn probe() -> Result<Protection> {
     })
 }
 
+#[cfg(not(unix))]
+fn memlock_limit() -> Option<u64> {
+    None
+}
+
+#[cfg(unix)]
 fn memlock_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -36,6 +36,12 @@ pub fn disable_core_dumps() -> bool {
     lim && dumpable
 }
 
+#[cfg(not(unix))]
+fn libc_rlimit_zero() -> bool {
+    false
+}
+
+#[cfg(unix)]
 fn libc_rlimit_zero() -> bool {
     let lim = libc::rlimit {
         rlim_cur: 0,
@@ -60,8 +66,14 @@ pub fn lock_bytearray(data: &Bound<'_, PyByteArray>) -> bool {
         return true;
     }
     let (p, n) = span(data);
+    #[cfg(unix)]
     // SAFETY: the range covers the bytearray's live allocation; mlock does not write.
-    unsafe { libc::mlock(p, n) == 0 }
+    return unsafe { libc::mlock(p, n) == 0 };
+    #[cfg(not(unix))]
+    {
+        let _ = (p, n);
+        false
+    }
 }
 
 /// Unlock the pages of a bytearray. Returns True on success.
@@ -71,8 +83,14 @@ pub fn unlock_bytearray(data: &Bound<'_, PyByteArray>) -> bool {
         return true;
     }
     let (p, n) = span(data);
+    #[cfg(unix)]
     // SAFETY: as above.
-    unsafe { libc::munlock(p, n) == 0 }
+    return unsafe { libc::munlock(p, n) == 0 };
+    #[cfg(not(unix))]
+    {
+        let _ = (p, n);
+        true
+    }
 }
 
 /// Overwrite a bytearray with zeros, with writes the compiler cannot remove.
