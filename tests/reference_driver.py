@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except ReferenceRaisedError as wrapped:
         original = wrapped.original
         _emit({**_error(original), "status_code": getattr(original, "status_code", None)}, 3)
-    except Exception as exc:  # noqa: BLE001 - report driver failures as JSON too
+    except Exception as exc:
         _emit(_error(exc), 4)
     _emit(result)
 

@@ -11,12 +11,9 @@ import datetime
 import http.client
 import ipaddress
 import json
-import os
 import ssl
-import subprocess
-import sys
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +22,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from oracle_server import (
     ENVELOPE_FIELDS,
     EnvelopeAuthError,
@@ -38,59 +33,23 @@ from oracle_server import (
 
 pytestmark = pytest.mark.reference
 
-ROOT = Path(__file__).resolve().parents[1]
-DRIVER = ROOT / "tests" / "reference_driver.py"
 VALID_FROM = datetime.datetime(2000, 1, 1)  # naive datetimes are UTC to cryptography
 VALID_UNTIL = datetime.datetime(2099, 1, 1)
 PASSWORD = "correct horse ✓ battery"
+#: The ``run_reference`` fixture of conftest.py: (exit code, JSON output) of the driver.
+RunReference = Callable[..., tuple[int, dict[str, Any]]]
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    """Install the reference client (fails, never skips, if that does not work)."""
-    proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install-reference.sh")],
-        env={**os.environ, "PYTHON": sys.executable},
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, f"install-reference.sh failed:\n{proc.stderr}"
-    path = Path(proc.stdout.strip().splitlines()[-1])
-    assert (path / "nomyo" / "__init__.py").is_file()
-    return path
-
-
-def run_driver(
-    ref: Path, *args: str, env: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any]]:
-    """Run the driver; return its exit code and its JSON output."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
-    full_env.update({"PYTHONPATH": str(ref), **(env or {})})
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), *args],
-        env=full_env,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=300,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, f"stdout={proc.stdout!r} stderr={proc.stderr}"
-    return proc.returncode, json.loads(lines[0])
-
-
-@pytest.fixture(scope="session")
-def key_dir(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def key_dir(run_reference: RunReference, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Unencrypted 4096-bit client keys written by the reference."""
     path = tmp_path_factory.mktemp("ref-keys")
-    code, out = run_driver(reference_dir, "gen-keys", str(path))
+    code, out = run_reference("gen-keys", str(path))
     assert code == 0, out
     return path
 
 
-@pytest.fixture()
+@pytest.fixture
 def oracle() -> Iterator[OracleServer]:
     """A plain-HTTP oracle router with a 2048-bit key."""
     with OracleServer(key_bits=2048) as server:
@@ -100,19 +59,17 @@ def oracle() -> Iterator[OracleServer]:
 # --- key files -------------------------------------------------------------------------------
 
 
-def test_driver_refuses_a_foreign_nomyo(reference_dir: Path, tmp_path: Path) -> None:
+def test_driver_refuses_a_foreign_nomyo(run_reference: RunReference, tmp_path: Path) -> None:
     fake = tmp_path / "nomyo"
     fake.mkdir()
     (fake / "__init__.py").write_text('__version__ = "0.2.9"\n')
-    code, out = run_driver(
-        reference_dir, "load-keys", str(tmp_path), env={"PYTHONPATH": str(tmp_path)}
-    )
+    code, out = run_reference("load-keys", str(tmp_path), env={"PYTHONPATH": str(tmp_path)})
     assert code == 4
     assert out["error"] == "DriverError"
 
 
-def test_keys_without_password(reference_dir: Path, key_dir: Path) -> None:
-    code, out = run_driver(reference_dir, "load-keys", str(key_dir))
+def test_keys_without_password(run_reference: RunReference, key_dir: Path) -> None:
+    code, out = run_reference("load-keys", str(key_dir))
     assert code == 0, out
     assert out["key_size"] == 4096
     assert out["public_key_pem"].strip() == (key_dir / "public_key.pem").read_text().strip()
@@ -120,40 +77,35 @@ def test_keys_without_password(reference_dir: Path, key_dir: Path) -> None:
     assert (key_dir / "public_key.pem").stat().st_mode & 0o777 == 0o644
     private = serialization.load_pem_private_key((key_dir / "private_key.pem").read_bytes(), None)
     assert isinstance(private, rsa.RSAPrivateKey)
-    assert run_driver(reference_dir, "roundtrip-with-keys", str(key_dir)) == (
+    assert run_reference("roundtrip-with-keys", str(key_dir)) == (
         0,
         {"ok": True, "key_size": 4096},
     )
 
 
-def test_keys_with_password(reference_dir: Path, tmp_path: Path) -> None:
+def test_keys_with_password(run_reference: RunReference, tmp_path: Path) -> None:
     env = {"KEY_PW": PASSWORD}
-    code, gen = run_driver(
-        reference_dir, "gen-keys", str(tmp_path), "--password-env", "KEY_PW", env=env
-    )
+    code, gen = run_reference("gen-keys", str(tmp_path), "--password-env", "KEY_PW", env=env)
     assert code == 0, gen
     pem = (tmp_path / "private_key.pem").read_bytes()
     assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
     serialization.load_pem_private_key(pem, PASSWORD.encode("utf-8"))
-    code, loaded = run_driver(
-        reference_dir, "load-keys", str(tmp_path), "--password-env", "KEY_PW", env=env
-    )
+    code, loaded = run_reference("load-keys", str(tmp_path), "--password-env", "KEY_PW", env=env)
     assert code == 0, loaded
     assert loaded["public_key_pem"].strip() == gen["public_key_pem"].strip()
-    code, rt = run_driver(
-        reference_dir, "roundtrip-with-keys", str(tmp_path), "--password-env", "KEY_PW", env=env
+    code, rt = run_reference(
+        "roundtrip-with-keys", str(tmp_path), "--password-env", "KEY_PW", env=env
     )
     assert (code, rt["ok"]) == (0, True)
 
 
-def test_encrypted_key_needs_the_right_password(reference_dir: Path, tmp_path: Path) -> None:
+def test_encrypted_key_needs_the_right_password(
+    run_reference: RunReference, tmp_path: Path
+) -> None:
     env = {"KEY_PW": PASSWORD, "WRONG_PW": "nope"}
-    assert (
-        run_driver(reference_dir, "gen-keys", str(tmp_path), "--password-env", "KEY_PW", env=env)[0]
-        == 0
-    )
+    assert run_reference("gen-keys", str(tmp_path), "--password-env", "KEY_PW", env=env)[0] == 0
     for extra in ([], ["--password-env", "WRONG_PW"]):
-        code, out = run_driver(reference_dir, "load-keys", str(tmp_path), *extra, env=env)
+        code, out = run_reference("load-keys", str(tmp_path), *extra, env=env)
         assert code == 3
         assert out["error"] == "ValueError"
         assert out["status_code"] is None
@@ -162,9 +114,10 @@ def test_encrypted_key_needs_the_right_password(reference_dir: Path, tmp_path: P
 # --- chat over HTTP --------------------------------------------------------------------------
 
 
-def _chat(ref: Path, url: str, key_dir: Path, *extra: str) -> tuple[int, dict[str, Any]]:
-    return run_driver(
-        ref,
+def _chat(
+    run_reference: RunReference, url: str, key_dir: Path, *extra: str
+) -> tuple[int, dict[str, Any]]:
+    return run_reference(
         "chat",
         url,
         "--model",
@@ -178,11 +131,11 @@ def _chat(ref: Path, url: str, key_dir: Path, *extra: str) -> tuple[int, dict[st
 
 
 def test_reference_chats_through_the_oracle(
-    reference_dir: Path, key_dir: Path, oracle: OracleServer
+    run_reference: RunReference, key_dir: Path, oracle: OracleServer
 ) -> None:
     message = "Hello, oracle! ünïcödé + / = %"
     code, out = _chat(
-        reference_dir, oracle.url, key_dir, "--message", message, "--allow-http",
+        run_reference, oracle.url, key_dir, "--message", message, "--allow-http",
         "--api-key", "sk-test", "--tier", "high", "--repeat", "2",
         "--params", '{"temperature": 0.5}',
     )  # fmt: skip
@@ -225,10 +178,10 @@ def _check_recorded(recorded: dict[str, Any], message: str, client_pem: str) -> 
     assert tuple(recorded["envelope"]) == ENVELOPE_FIELDS
 
 
-def test_oracle_rejection_reaches_the_reference(reference_dir: Path, key_dir: Path) -> None:
+def test_oracle_rejection_reaches_the_reference(run_reference: RunReference, key_dir: Path) -> None:
     with OracleServer(key_bits=2048, api_key="right") as server:
         code, out = _chat(
-            reference_dir,
+            run_reference,
             server.url,
             key_dir,
             "--message",
@@ -302,7 +255,7 @@ def _make_leaf(
     return key, cert
 
 
-@pytest.fixture()
+@pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
     """A throwaway CA file and a server SSL context for 127.0.0.1 signed by it."""
     ca_key, ca = _make_ca()
@@ -324,16 +277,16 @@ def tls_files(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
 
 
 def test_reference_chats_over_tls(
-    reference_dir: Path, key_dir: Path, tls_files: tuple[Path, ssl.SSLContext]
+    run_reference: RunReference, key_dir: Path, tls_files: tuple[Path, ssl.SSLContext]
 ) -> None:
     ca_file, context = tls_files
     with OracleServer(key_bits=2048, ssl_context=context) as server:
         assert server.url.startswith("https://127.0.0.1:")
-        code, out = _chat(reference_dir, server.url, key_dir, "--message", "over tls")
+        code, out = _chat(run_reference, server.url, key_dir, "--message", "over tls")
         assert code == 3, out  # the throwaway CA is not trusted without --ca-file
         assert server.requests == []
         code, out = _chat(
-            reference_dir, server.url, key_dir, "--message", "over tls", "--ca-file", str(ca_file)
+            run_reference, server.url, key_dir, "--message", "over tls", "--ca-file", str(ca_file)
         )
         assert code == 0, out
         assert out["responses"][0]["choices"][0]["message"]["content"] == "over tls"

@@ -46,10 +46,12 @@ def password_from_env(name: str = "NOMYO_KEY_PASSWORD") -> Callable[[], str] | N
 
 
 def resolve_password(password: Password) -> str | bytes | None:
-    """Return the password, calling it first if it is a callable."""
-    if callable(password):
-        return password()
-    return password
+    """Return the password, calling it first if it is a callable; empty means none.
+
+    As in the reference client, ``""`` (or ``b""``) is the same as no password.
+    """
+    value = password() if callable(password) else password
+    return value if value else None
 
 
 def _check_private_file_mode(path: Path, allow_readable: bool) -> None:

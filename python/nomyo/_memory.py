@@ -44,7 +44,8 @@ def get_memory_protection_info() -> dict[str, Any]:
     info = dict(_core.memory_protection_info())
     info["enabled"] = _enabled
     if not _enabled:
-        info["protection_level"] = "none"
+        info["protection_level"] = "zeroing_only"
+        info["supports_full_protection"] = False
     return info
 
 

@@ -124,8 +124,16 @@ pub fn open(envelope: &[u8], key: &PrivateKey, max_size: usize) -> Result<Opened
             },
         ));
     }
-    let wire: Wire<'_> =
-        serde_json::from_str(text).map_err(|e| Error::envelope(format!("malformed: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let wire: Wire<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::envelope(format!("malformed: {inner}"))
+        } else {
+            Error::envelope(format!("field '{path}': {inner}"))
+        }
+    })?;
     pinned("version", &wire.version, VERSION)?;
     pinned("algorithm", &wire.algorithm, ALGORITHM)?;
     if let Some(k) = &wire.key_algorithm {

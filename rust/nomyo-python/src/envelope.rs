@@ -4,7 +4,7 @@ use nomyo_core::envelope::{self, DEFAULT_MAX_ENVELOPE};
 use nomyo_core::secret::SecretBuf;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt};
+use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView};
 
 use crate::buffer::PySecretBuffer;
 use crate::errors::IntoPy;
@@ -68,14 +68,27 @@ pub fn seal_json<'py>(
     seal_buf(py, json::dumps(obj)?, recipient, ts)
 }
 
-/// Seal the caller's bytes for `recipient`.
+/// Seal the caller's bytes (`bytes`, `bytearray` or `memoryview`) for `recipient`.
 #[pyfunction]
 pub fn seal_bytes<'py>(
     py: Python<'py>,
-    data: &[u8],
+    data: &Bound<'py, PyAny>,
     recipient: &PyPublicKey,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let buf = SecretBuf::from_slice(data).py_err()?;
+    let buf = if let Ok(b) = data.cast::<PyBytes>() {
+        SecretBuf::from_slice(b.as_bytes()).py_err()?
+    } else if let Ok(ba) = data.cast::<PyByteArray>() {
+        // SAFETY: no Python code runs while the slice is borrowed.
+        SecretBuf::from_slice(unsafe { ba.as_bytes() }).py_err()?
+    } else if data.is_instance_of::<PyMemoryView>() {
+        // Item by item: no intermediate `bytes` copy of the caller's data.
+        let copy = zeroize::Zeroizing::new(data.extract::<Vec<u8>>()?);
+        SecretBuf::from_slice(&copy).py_err()?
+    } else {
+        return Err(PyTypeError::new_err(
+            "seal_bytes takes bytes, bytearray or memoryview",
+        ));
+    };
     seal_buf(py, buf, recipient, None)
 }
 

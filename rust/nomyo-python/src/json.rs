@@ -106,7 +106,14 @@ impl Writer {
             "null".to_owned()
         } else if let Ok(b) = k.cast::<PyBool>() {
             (if b.is_true() { "true" } else { "false" }).to_owned()
-        } else if k.cast::<PyInt>().is_ok() || k.cast::<PyFloat>().is_ok() {
+        } else if let Ok(f) = k.cast::<PyFloat>() {
+            if !f.value().is_finite() {
+                return Err(PyValueError::new_err(
+                    "Out of range float values are not JSON compliant",
+                ));
+            }
+            k.repr()?.to_str()?.to_owned()
+        } else if k.cast::<PyInt>().is_ok() {
             k.repr()?.to_str()?.to_owned()
         } else {
             return Err(PyTypeError::new_err(format!(
@@ -244,8 +251,10 @@ fn escape_chars(out: &mut SecretBuf, chars: impl Iterator<Item = u32>) -> nomyo_
         } else if let Some(ch) = char::from_u32(c) {
             out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes())?;
         } else {
-            // A lone surrogate: representable in JSON only as an escape (as json.dumps does).
-            unicode_escape(out, c)?;
+            utf8.fill(0);
+            return Err(nomyo_core::Error::Value(
+                "a string contains a lone surrogate, which is not valid Unicode".into(),
+            ));
         }
     }
     utf8.fill(0);
@@ -265,7 +274,8 @@ pub fn dumps(obj: &Bound<'_, PyAny>) -> PyResult<SecretBuf> {
 /// Parse decrypted JSON into Python objects (no string cache, floats as float).
 pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let parser = jiter::PythonParse {
-        allow_inf_nan: false,
+        // Python servers' json.dumps writes NaN and Infinity by default.
+        allow_inf_nan: true,
         cache_mode: jiter::StringCacheMode::None,
         partial_mode: jiter::PartialMode::Off,
         catch_duplicate_keys: false,

@@ -1,0 +1,88 @@
+"""Shared fixtures: hypothesis profiles, the reference client driver, small test keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+DRIVER = TESTS / "reference_driver.py"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))  # `from oracle_server import ...` in every test module
+
+# --- hypothesis ------------------------------------------------------------------------------
+# Select with HYPOTHESIS_PROFILE=ci (thorough) or dev (fast, the default).
+settings.register_profile(
+    "ci",
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "dev",
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# --- the reference client (PyPI nomyo 0.2.9) ---------------------------------------------------
+
+#: run_reference(*args, env=None) -> (exit code, JSON output of tests/reference_driver.py)
+RunReference = Callable[..., tuple[int, dict[str, Any]]]
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """Install the reference client (fails, never skips, if that does not work)."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-reference.sh")],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"install-reference.sh failed:\n{proc.stderr}"
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert (path / "nomyo" / "__init__.py").is_file()
+    return path
+
+
+def run_driver(
+    ref: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Run tests/reference_driver.py with the reference on PYTHONPATH; return (code, JSON)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    full_env.update({"PYTHONPATH": str(ref), **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), *args],
+        env=full_env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout={proc.stdout!r} stderr={proc.stderr}"
+    return proc.returncode, json.loads(lines[0])
+
+
+@pytest.fixture(scope="session")
+def run_reference(reference_dir: Path) -> RunReference:
+    """``run_reference("load-keys", dir, env=...)``: drive the installed reference client."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        return run_driver(reference_dir, *args, env=env)
+
+    return run

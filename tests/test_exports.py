@@ -1,0 +1,373 @@
+"""The public surface: exports, the reference client's import paths, exceptions, signatures."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nomyo
+from nomyo import _core
+from nomyo._client import SecureCompletionClient
+
+EXPECTED_ALL = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "EnvelopeError",
+    "ForbiddenError",
+    "InvalidRequestError",
+    "KeyFormatError",
+    "NomyoError",
+    "PrivateKey",
+    "PublicKey",
+    "RateLimitError",
+    "SecureBuffer",
+    "SecureChatCompletion",
+    "SecureCompletionClient",
+    "SecurityError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "disable_secure_memory",
+    "enable_secure_memory",
+    "get_memory_protection_info",
+    "secure_bytearray",
+    "secure_bytes",
+]
+
+#: nomyo 0.2.9's __all__ (when its SecureMemory imports, as it does on Linux/macOS/Windows).
+REFERENCE_ALL = [
+    "SecureChatCompletion",
+    "SecurityError",
+    "APIError",
+    "AuthenticationError",
+    "InvalidRequestError",
+    "APIConnectionError",
+    "ForbiddenError",
+    "RateLimitError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "get_memory_protection_info",
+    "disable_secure_memory",
+    "enable_secure_memory",
+    "secure_bytearray",
+    "secure_bytes",
+    "SecureBuffer",
+]
+
+API_ERRORS = {
+    "InvalidRequestError": 400,
+    "AuthenticationError": 401,
+    "ForbiddenError": 403,
+    "RateLimitError": 429,
+    "ServerError": 500,
+    "ServiceUnavailableError": 503,
+}
+NOT_API_ERRORS = [
+    "SecurityError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "EnvelopeError",
+    "KeyFormatError",
+    "ConfigurationError",
+]
+VALUE_ERRORS = ["EnvelopeError", "KeyFormatError", "ConfigurationError"]
+
+
+# --- exports ----------------------------------------------------------------------------------
+
+
+def test_all_is_pinned() -> None:
+    assert list(nomyo.__all__) == EXPECTED_ALL
+    assert len(set(nomyo.__all__)) == len(nomyo.__all__)
+
+
+def test_every_exported_name_exists() -> None:
+    namespace: dict[str, Any] = {}
+    exec("from nomyo import *", namespace)  # the star import itself is under test
+    for name in EXPECTED_ALL:
+        assert getattr(nomyo, name) is namespace[name]
+    assert isinstance(nomyo.__version__, str)
+    assert nomyo.__version__
+
+
+def test_reference_exports_are_a_subset() -> None:
+    assert set(REFERENCE_ALL) <= set(nomyo.__all__)
+
+
+def run_python(code: str) -> None:
+    """Run code in a fresh interpreter (importing ``nomyo.SecureCompletionClient`` in this
+    process would rebind ``nomyo.SecureCompletionClient`` for every later test)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_reference_import_paths() -> None:
+    run_python(
+        """
+        from nomyo import (
+            SecureChatCompletion, SecurityError, APIError, AuthenticationError,
+            InvalidRequestError, APIConnectionError, ForbiddenError, RateLimitError,
+            ServerError, ServiceUnavailableError, get_memory_protection_info,
+            enable_secure_memory, disable_secure_memory, secure_bytearray, SecureBuffer,
+        )
+        from nomyo.SecureCompletionClient import SecureCompletionClient
+        from nomyo._client import SecureCompletionClient as Implementation
+        assert SecureCompletionClient is Implementation
+        client = SecureCompletionClient()
+        assert client.router_url == "https://api.nomyo.ai"
+        assert callable(get_memory_protection_info) and callable(secure_bytearray)
+        """
+    )
+
+
+def test_reference_submodules_reexport_the_same_objects() -> None:
+    run_python(
+        """
+        import nomyo._client, nomyo._exceptions, nomyo._memory
+        import nomyo.SecureCompletionClient as scc
+        import nomyo.SecureMemory as sm
+        assert scc.SecureCompletionClient is nomyo._client.SecureCompletionClient
+        for name in ("SecurityError", "APIError", "AuthenticationError", "InvalidRequestError",
+                     "APIConnectionError", "ForbiddenError", "RateLimitError", "ServerError",
+                     "ServiceUnavailableError"):
+            assert getattr(scc, name) is getattr(nomyo._exceptions, name), name
+        for name in ("get_memory_protection_info", "disable_secure_memory",
+                     "enable_secure_memory", "secure_bytearray", "secure_bytes", "SecureBuffer"):
+            assert getattr(sm, name) is getattr(nomyo._memory, name), name
+        """
+    )
+
+
+def test_nomyo_securecompletionclient_is_one_stable_object() -> None:
+    # The reference's nomyo.SecureCompletionClient is its submodule, used as
+    # nomyo.SecureCompletionClient.SecureCompletionClient() (e.g. tests/reference_driver.py).
+    # Here the package exports a class of the same name, which the import system replaces by
+    # the submodule as soon as anything imports nomyo.SecureCompletionClient.
+    run_python(
+        """
+        import nomyo
+        before = nomyo.SecureCompletionClient
+        problems = []
+        try:
+            nomyo.SecureCompletionClient.SecureCompletionClient
+        except AttributeError:
+            problems.append("nomyo.SecureCompletionClient.SecureCompletionClient: AttributeError")
+        from nomyo.SecureCompletionClient import SecureCompletionClient
+        if nomyo.SecureCompletionClient is not before:
+            problems.append(f"nomyo.SecureCompletionClient changed from {before!r} "
+                            f"to {nomyo.SecureCompletionClient!r} after importing the submodule")
+        assert not problems, "; ".join(problems)
+        """
+    )
+
+
+# --- exception tree ---------------------------------------------------------------------------
+
+
+def _exception_classes() -> dict[str, type[BaseException]]:
+    return {
+        name: obj
+        for name in nomyo.__all__
+        if inspect.isclass(obj := getattr(nomyo, name)) and issubclass(obj, BaseException)
+    }
+
+
+def test_one_base_class() -> None:
+    classes = _exception_classes()
+    assert set(classes) == {*API_ERRORS, *NOT_API_ERRORS, "APIError", "NomyoError"}
+    for name, cls in classes.items():
+        assert issubclass(cls, nomyo.NomyoError), name
+        assert issubclass(cls, Exception), name
+    assert nomyo.NomyoError.__bases__ == (Exception,)
+
+
+@pytest.mark.parametrize(("name", "status"), list(API_ERRORS.items()))
+def test_api_errors(name: str, status: int) -> None:
+    cls = getattr(nomyo, name)
+    assert issubclass(cls, nomyo.APIError)
+    error = cls("went wrong")
+    assert error.status_code == status
+    assert error.error_details is None
+    assert str(error) == "went wrong"
+    with pytest.raises(nomyo.APIError):
+        raise cls("x", error_details={"detail": "d"})
+    positional = cls("m", 418, {"detail": "teapot"})  # the reference's positional signature
+    assert (positional.status_code, positional.error_details) == (418, {"detail": "teapot"})
+
+
+def test_api_error_itself() -> None:
+    error = nomyo.APIError("boom", 502, {"detail": "bad gateway"})
+    assert (str(error), error.status_code, error.error_details) == (
+        "boom",
+        502,
+        {"detail": "bad gateway"},
+    )
+    assert nomyo.APIError("no status").status_code is None
+
+
+@pytest.mark.parametrize("name", NOT_API_ERRORS)
+def test_not_api_errors(name: str) -> None:
+    cls = getattr(nomyo, name)
+    assert not issubclass(cls, nomyo.APIError)
+    error = cls("message")
+    assert str(error) == "message"
+    assert not isinstance(error, nomyo.APIError)
+
+
+def test_value_error_family() -> None:
+    for name in VALUE_ERRORS:
+        assert issubclass(getattr(nomyo, name), ValueError), name
+    for name in ("SecurityError", "APIConnectionError", "APIError"):
+        assert not issubclass(getattr(nomyo, name), ValueError), name
+    assert issubclass(nomyo.APITimeoutError, nomyo.APIConnectionError)
+
+
+# --- sync and async methods, signatures -------------------------------------------------------
+
+
+def test_sync_and_async_methods() -> None:
+    client = SecureCompletionClient
+    for name in ("generate_keys", "load_keys"):
+        method = getattr(client, name)
+        assert inspect.isfunction(method), name
+        assert not inspect.iscoroutinefunction(method), name
+    for name in (
+        "fetch_server_public_key",
+        "encrypt_payload",
+        "decrypt_response",
+        "send_secure_request",
+    ):
+        assert inspect.iscoroutinefunction(getattr(client, name)), name
+    for name in ("create", "acreate"):
+        assert inspect.iscoroutinefunction(getattr(nomyo.SecureChatCompletion, name)), name
+
+
+def _leading_params(func: Any, count: int) -> list[tuple[str, Any]]:
+    params = list(inspect.signature(func).parameters.values())[1:]  # skip self
+    return [(p.name, p.default) for p in params[:count]]
+
+
+EMPTY = inspect.Parameter.empty
+
+
+@pytest.mark.parametrize(
+    ("func", "expected"),
+    [
+        (
+            SecureCompletionClient.__init__,
+            [
+                ("router_url", "https://api.nomyo.ai"),
+                ("allow_http", False),
+                ("secure_memory", True),
+                ("max_retries", 2),
+            ],
+        ),
+        (
+            SecureCompletionClient.generate_keys,
+            [("save_to_file", False), ("key_dir", "client_keys"), ("password", None)],
+        ),
+        (
+            SecureCompletionClient.load_keys,
+            [("private_key_path", EMPTY), ("public_key_path", None), ("password", None)],
+        ),
+        (
+            SecureCompletionClient.decrypt_response,
+            [("encrypted_response", EMPTY), ("payload_id", EMPTY)],
+        ),
+        (
+            SecureCompletionClient.send_secure_request,
+            [("payload", EMPTY), ("payload_id", EMPTY), ("api_key", None), ("security_tier", None)],
+        ),
+        (
+            nomyo.SecureChatCompletion.__init__,
+            [
+                ("base_url", "https://api.nomyo.ai"),
+                ("allow_http", False),
+                ("api_key", None),
+                ("secure_memory", True),
+                ("key_dir", None),
+                ("max_retries", 2),
+            ],
+        ),
+        (nomyo.SecureChatCompletion.create, [("model", EMPTY), ("messages", EMPTY)]),
+    ],
+    ids=[
+        "client-init",
+        "generate_keys",
+        "load_keys",
+        "decrypt_response",
+        "send_secure_request",
+        "chat-init",
+        "create",
+    ],
+)
+def test_reference_signatures(func: Any, expected: list[tuple[str, Any]]) -> None:
+    assert _leading_params(func, len(expected)) == expected
+    params = list(inspect.signature(func).parameters.values())[1:]
+    for param in params[: len(expected)]:
+        assert param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, param.name
+
+
+def test_create_takes_openai_kwargs() -> None:
+    kinds = [
+        p.kind for p in inspect.signature(nomyo.SecureChatCompletion.create).parameters.values()
+    ]
+    assert inspect.Parameter.VAR_KEYWORD in kinds
+
+
+# --- the native module matches its stub ---------------------------------------------------------
+
+
+STUB = Path(nomyo.__file__).with_name("_core.pyi")
+
+
+def _stub_names() -> tuple[set[str], dict[str, set[str]]]:
+    tree = ast.parse(STUB.read_text())
+    names: set[str] = set()
+    members: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        if isinstance(node, ast.ClassDef):
+            members[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+    return names, members
+
+
+def test_native_module_matches_its_stub() -> None:
+    names, members = _stub_names()
+    problems = [
+        f"stub declares {n}, runtime lacks it" for n in sorted(names) if not hasattr(_core, n)
+    ]
+    public = {n for n in dir(_core) if not n.startswith("_")} | {"__version__"}
+    problems += [f"runtime has {n}, stub lacks it" for n in sorted(public - names)]
+    for cls_name, declared in sorted(members.items()):
+        cls = getattr(_core, cls_name, None)
+        if cls is None:
+            continue
+        problems += [
+            f"stub declares {cls_name}.{m}, runtime lacks it"
+            for m in sorted(declared)
+            if not hasattr(cls, m)
+        ]
+        runtime = {m for m in vars(cls) if not m.startswith("_")}
+        problems += [
+            f"runtime has {cls_name}.{m}, stub lacks it" for m in sorted(runtime - declared)
+        ]
+    assert problems == [], "\n".join(problems)
