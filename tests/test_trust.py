@@ -199,3 +199,38 @@ def test_password_from_environment(
         second = nomyo.SecureChatCompletion(handle.url, allow_http=True, key_dir=key_dir)
         with pytest.raises(nomyo.KeyFormatError, match="password"):
             asyncio.run(second.create("m", [{"role": "user", "content": "x"}]))
+
+
+def test_cli_keys_trust_accepts_a_changed_key(tmp_path: Path, client_key: _core.PrivateKey) -> None:
+    import subprocess
+    import sys
+
+    hosts = tmp_path / "known_hosts"
+    with DevRouter(key_bits=2048).run_in_thread() as handle:
+        send(client(handle.url, client_key, known_hosts=hosts), "first")
+        new_key = handle.router.rotate_key()
+        with pytest.raises(nomyo.SecurityError, match="nomyo keys trust"):
+            send(client(handle.url, client_key, known_hosts=hosts), "second")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nomyo",
+                "keys",
+                "trust",
+                "--base-url",
+                handle.url,
+                "--allow-http",
+                "--known-hosts",
+                str(hosts),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert new_key.fingerprint() in proc.stdout
+        assert KnownHosts(hosts).entries() == {handle.url: {new_key.fingerprint()}}
+        reply = send(client(handle.url, client_key, known_hosts=hosts), "third")
+        assert reply["_metadata"]["payload_id"] == "third"

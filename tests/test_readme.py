@@ -1,0 +1,151 @@
+"""Every usage example in README.md runs as written (against a local HTTPS dev router)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nomyo.testing import DevRouter, RouterThread, make_test_certificates
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+PUBLIC_URL = "https://api.nomyo.ai"
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def https_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RouterThread, str]]:
+    certs = make_test_certificates(tmp_path_factory.mktemp("certs"))
+    router = DevRouter(key_bits=2048, tls_cert=certs.cert, tls_key=certs.key)
+    with router.run_in_thread() as handle:
+        yield handle, certs.ca_cert
+
+
+def env_for(url: str, ca: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
+    return {**env, "NOMYO_BASE_URL": url, "SSL_CERT_FILE": ca}
+
+
+def test_readme_has_the_two_commands() -> None:
+    bash = blocks("bash")
+    assert bash[:2] == ["make demo\n", "make test\n"]
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_examples(
+    index: int, https_router: tuple[RouterThread, str], tmp_path: Path
+) -> None:
+    handle, ca = https_router
+    code = blocks("python")[index]
+    before = handle.router.secure_requests
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env_for(handle.url, ca),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    if "client.create(" in code:
+        assert proc.stdout.splitlines() == ["What is the capital of France?", "True"]
+        assert handle.router.secure_requests == before + 1
+    if "generate_keys" in code:
+        assert "<PrivateKey rsa-4096 sha256:" in proc.stdout
+
+
+def commands() -> list[str]:
+    return [
+        line.removeprefix("$ ").strip()
+        for block in blocks("console")
+        for line in block.splitlines()
+        if line.startswith("$ ")
+    ]
+
+
+def run_cli(line: str, url: str, ca: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    line = line.replace(PUBLIC_URL, url)
+    stdin = None
+    if "|" in line:
+        producer, line = (part.strip() for part in line.split("|", 1))
+        stdin = " ".join(shlex.split(producer)[1:]) + "\n"
+    argv = shlex.split(line)
+    assert argv[0] == "nomyo"
+    return subprocess.run(
+        [sys.executable, "-m", "nomyo", *argv[1:]],
+        input=stdin,
+        env=env_for(url, ca),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def wait_for(url: str, timeout: float = 20.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=2.0)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def run_server(line: str, url: str, ca: str, cwd: Path, probe: str) -> httpx.Response:
+    argv = shlex.split(line.replace(PUBLIC_URL, url))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nomyo", *argv[1:]],
+        env=env_for(url, ca),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        return wait_for(probe)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_console_examples(https_router: tuple[RouterThread, str], tmp_path: Path) -> None:
+    handle, ca = https_router
+    seen = set()
+    for line in commands():
+        sub = shlex.split(line.split("|")[-1])[1]
+        if line.startswith("nomyo serve-dev"):
+            port = re.search(r"--port (\d+)", line)
+            assert port is not None
+            response = run_server(
+                line, handle.url, ca, tmp_path, f"http://127.0.0.1:{port[1]}/pki/public_key"
+            )
+            assert "BEGIN PUBLIC KEY" in response.text
+        elif line.startswith("nomyo proxy"):
+            listen = re.search(r"--listen ([\d.]+:\d+)", line)
+            assert listen is not None
+            response = run_server(line, handle.url, ca, tmp_path, f"http://{listen[1]}/healthz")
+            assert response.status_code == 200
+        else:
+            proc = run_cli(line, handle.url, ca, tmp_path)
+            assert proc.returncode == 0, (line, proc.stderr)
+            if "chat" in line:
+                assert "hello" in proc.stdout
+            if "server-fingerprint" in line:
+                assert proc.stdout.strip() == handle.router.public_key.fingerprint()
+        seen.add(sub)
+    assert seen == {"chat", "keys", "serve-dev", "proxy"}
