@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all venv build test test-rust test-python lint fmt demo bench bench-smoke wheel-check clean
+.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke wheel-check fuzz clean
 
 all: test
 
@@ -23,7 +23,10 @@ build: venv
 test-rust:
 	cargo test --workspace --release -q
 
-test-python: build
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test-python: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) -m pytest -q --timeout=600 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
@@ -54,8 +57,8 @@ bench-smoke: build
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py --smoke
 
-wheel-check:
-	bash scripts/wheel-check.sh
+wheel-check: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHON=$(CURDIR)/$(PY) bash scripts/wheel-check.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf target dist $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@
 #
 # Environment:
 #   PYTHON                  interpreter to build and test with (default: python3)
-#   WHEEL_CHECK_TEST_DEPS   test dependencies (default: pytest hypothesis cryptography httpx)
+#   WHEEL_CHECK_TEST_DEPS   test dependencies (default: -r requirements-dev.txt)
 #   WHEEL_CHECK_SKIP_SDIST  set to 1 to skip step 4 (it compiles the crate again)
 #   WHEEL_CHECK_KEEP        set to 1 to keep the temporary directory
 set -euo pipefail
@@ -25,7 +25,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 PYTHON="${PYTHON:-python3}"
-TEST_DEPS="${WHEEL_CHECK_TEST_DEPS:-pytest hypothesis cryptography httpx}"
+TEST_DEPS="${WHEEL_CHECK_TEST_DEPS:--r $ROOT/requirements-dev.txt}"
 DIST="$ROOT/dist"
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -125,9 +125,10 @@ mkdir -p "$RUN_DIR"
 cp -R tests "$RUN_DIR/tests"
 # Keep the pytest configuration (markers, asyncio mode, ...) and the helper
 # scripts some tests call (they look for <tests>/../scripts), never python/.
-for cfg in pyproject.toml pytest.ini; do
+for cfg in pyproject.toml pytest.ini README.md requirements-dev.txt; do
     if [ -f "$cfg" ]; then cp "$cfg" "$RUN_DIR/"; fi
 done
+if [ -d docs ]; then cp -R docs "$RUN_DIR/docs"; fi
 if [ -d scripts ]; then cp -R scripts "$RUN_DIR/scripts"; fi
 (
     cd "$RUN_DIR"

@@ -59,9 +59,11 @@ def test_python_examples(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    if "client.create(" in code:
+    if "capital of France" in code:
         assert proc.stdout.splitlines() == ["What is the capital of France?", "True"]
         assert handle.router.secure_requests == before + 1
+    if "attestation=" in code:
+        assert proc.stdout.splitlines() == ["not_available"]
     if "generate_keys" in code:
         assert "<PrivateKey rsa-4096 sha256:" in proc.stdout
 
@@ -145,6 +147,8 @@ def test_console_examples(https_router: tuple[RouterThread, str], tmp_path: Path
             assert proc.returncode == 0, (line, proc.stderr)
             if "chat" in line:
                 assert "hello" in proc.stdout
+            if "keys trust" in line:
+                assert handle.router.public_key.fingerprint() in proc.stdout
             if "server-fingerprint" in line:
                 assert proc.stdout.strip() == handle.router.public_key.fingerprint()
         seen.add(sub)

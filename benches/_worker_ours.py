@@ -1,0 +1,69 @@
+"""Benchmark worker for OUR client (nomyo-rs); see ``_workloads.py`` for the protocol.
+
+Run with the venv's python and no PYTHONPATH pointing at the reference client.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import ModuleType
+from typing import Any
+
+from _workloads import MODEL, run_worker
+
+
+class OursAdapter:
+    """nomyo-rs: ``SecureChatCompletion(base_url, key_dir=, verify=<CA bundle>)``."""
+
+    name = "ours"
+
+    def __init__(self) -> None:
+        self.nomyo: ModuleType | None = None
+
+    def load(self) -> None:
+        if self.nomyo is not None:
+            return
+        import nomyo
+
+        if not hasattr(nomyo, "PrivateKey") or "reference-nomyo" in (nomyo.__file__ or ""):
+            raise RuntimeError(f"imported {nomyo.__file__}, which is not nomyo-rs")
+        self.nomyo = nomyo
+
+    def make_client(self, spec: dict[str, Any], url: str) -> Any:
+        assert self.nomyo is not None
+        return self.nomyo.SecureChatCompletion(
+            base_url=url, key_dir=spec.get("key_dir"), verify=spec["ca_file"]
+        )
+
+    async def create(self, client: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        reply: dict[str, Any] = await client.create(model=MODEL, messages=messages)
+        return reply
+
+    async def close(self, client: Any) -> None:
+        await client.aclose()
+
+    def gen_keys(self, key_dir: str) -> None:
+        assert self.nomyo is not None
+        self.nomyo.SecureCompletionClient().generate_keys(save_to_file=True, key_dir=key_dir)
+
+    def rsa_op_seconds(self, key_dir: str, n: int) -> list[float]:
+        """``_core.open_bytes`` of a 1-byte envelope: one RSA-4096 OAEP decrypt (+ tiny AES)."""
+        from nomyo import _core
+
+        with open(os.path.join(key_dir, "private_key.pem"), "rb") as handle:
+            key = _core.PrivateKey.from_pem(handle.read())
+        envelope = _core.seal_bytes(b"x", key.public_key())
+        _core.open_bytes(envelope, key).close()
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            buffer = _core.open_bytes(envelope, key)
+            times.append(time.perf_counter() - start)
+            buffer.close()
+        return times
+
+
+if __name__ == "__main__":
+    run_worker(OursAdapter(), sys.argv)
