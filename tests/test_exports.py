@@ -17,28 +17,40 @@ from nomyo import _core
 from nomyo._client import SecureCompletionClient
 
 EXPECTED_ALL = [
+    "NOT_GIVEN",
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "ChatCompletion",
     "ConfigurationError",
     "EnvelopeError",
     "ForbiddenError",
     "InvalidRequestError",
     "KeyFormatError",
     "NomyoError",
+    "NotGiven",
     "PrivateKey",
     "PublicKey",
     "RateLimitError",
+    "RateLimitPolicy",
+    "RateLimiter",
+    "ResponseList",
+    "ResponseObject",
     "SecureBuffer",
     "SecureChatCompletion",
     "SecureCompletionClient",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
+    "SyncSecureChatCompletion",
+    "SyncSecureCompletionClient",
+    "configure_logging",
     "disable_secure_memory",
     "enable_secure_memory",
     "get_memory_protection_info",
+    "openai_async_http_client",
+    "openai_http_client",
     "secure_bytearray",
     "secure_bytes",
 ]
@@ -138,9 +150,13 @@ def test_reference_import_paths() -> None:
 def test_reference_submodules_reexport_the_same_objects() -> None:
     run_python(
         """
+        import sys
         import nomyo._client, nomyo._exceptions, nomyo._memory
-        import nomyo.SecureCompletionClient as scc
+        from nomyo.SecureCompletionClient import SecureCompletionClient
         import nomyo.SecureMemory as sm
+        # The package attribute nomyo.SecureCompletionClient is the class (see the next test);
+        # the reference's module path is the submodule in sys.modules, used by from-imports.
+        scc = sys.modules["nomyo.SecureCompletionClient"]
         assert scc.SecureCompletionClient is nomyo._client.SecureCompletionClient
         for name in ("SecurityError", "APIError", "AuthenticationError", "InvalidRequestError",
                      "APIConnectionError", "ForbiddenError", "RateLimitError", "ServerError",
@@ -255,6 +271,36 @@ def test_sync_and_async_methods() -> None:
         assert inspect.iscoroutinefunction(getattr(client, name)), name
     for name in ("create", "acreate"):
         assert inspect.iscoroutinefunction(getattr(nomyo.SecureChatCompletion, name)), name
+    sync = nomyo.SyncSecureCompletionClient
+    for name in (
+        "generate_keys",
+        "load_keys",
+        "fetch_server_public_key",
+        "encrypt_payload",
+        "decrypt_response",
+        "send_secure_request",
+        "close",
+    ):
+        method = getattr(sync, name)
+        assert inspect.isfunction(method), name
+        assert not inspect.iscoroutinefunction(method), name
+    assert not inspect.iscoroutinefunction(nomyo.SyncSecureChatCompletion.create)
+    assert issubclass(sync, nomyo._base.BaseSecureClient)
+    assert issubclass(SecureCompletionClient, nomyo._base.BaseSecureClient)
+
+
+def test_sync_twins_take_the_same_arguments() -> None:
+    for sync, asynchronous in (
+        (nomyo.SyncSecureCompletionClient, SecureCompletionClient),
+        (nomyo.SyncSecureChatCompletion, nomyo.SecureChatCompletion),
+    ):
+        for name in ("__init__", "create", "send_secure_request"):
+            if not hasattr(asynchronous, name):
+                continue
+            a = inspect.signature(getattr(asynchronous, name)).parameters
+            b = inspect.signature(getattr(sync, name)).parameters
+            assert list(a) == list(b), (sync, name)
+            assert [p.default for p in a.values()] == [p.default for p in b.values()], name
 
 
 def _leading_params(func: Any, count: int) -> list[tuple[str, Any]]:
@@ -271,7 +317,7 @@ EMPTY = inspect.Parameter.empty
         (
             SecureCompletionClient.__init__,
             [
-                ("router_url", "https://api.nomyo.ai"),
+                ("router_url", None),
                 ("allow_http", False),
                 ("secure_memory", True),
                 ("max_retries", 2),
@@ -296,7 +342,7 @@ EMPTY = inspect.Parameter.empty
         (
             nomyo.SecureChatCompletion.__init__,
             [
-                ("base_url", "https://api.nomyo.ai"),
+                ("base_url", None),
                 ("allow_http", False),
                 ("api_key", None),
                 ("secure_memory", True),
@@ -305,6 +351,11 @@ EMPTY = inspect.Parameter.empty
             ],
         ),
         (nomyo.SecureChatCompletion.create, [("model", EMPTY), ("messages", EMPTY)]),
+        (
+            nomyo.SyncSecureCompletionClient.send_secure_request,
+            [("payload", EMPTY), ("payload_id", EMPTY), ("api_key", None), ("security_tier", None)],
+        ),
+        (nomyo.SyncSecureChatCompletion.create, [("model", EMPTY), ("messages", EMPTY)]),
     ],
     ids=[
         "client-init",
@@ -314,6 +365,8 @@ EMPTY = inspect.Parameter.empty
         "send_secure_request",
         "chat-init",
         "create",
+        "sync-send_secure_request",
+        "sync-create",
     ],
 )
 def test_reference_signatures(func: Any, expected: list[tuple[str, Any]]) -> None:
@@ -328,6 +381,32 @@ def test_create_takes_openai_kwargs() -> None:
         p.kind for p in inspect.signature(nomyo.SecureChatCompletion.create).parameters.values()
     ]
     assert inspect.Parameter.VAR_KEYWORD in kinds
+
+
+@pytest.mark.parametrize("cls", [nomyo.SecureChatCompletion, nomyo.SyncSecureChatCompletion])
+def test_typed_openai_parameters_default_to_not_given(cls: Any) -> None:
+    from nomyo._params import OPENAI_PARAMETERS
+
+    params = inspect.signature(cls.create).parameters
+    typed = [n for n, p in params.items() if p.default is nomyo.NOT_GIVEN and n != "timeout"]
+    assert typed == list(OPENAI_PARAMETERS)
+    for name in (
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "logit_bias",
+        "user",
+    ):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert params["security_tier"].default is None
 
 
 # --- the native module matches its stub ---------------------------------------------------------

@@ -13,6 +13,10 @@ from ._exceptions import (
     ServiceUnavailableError,
 )
 
+# The reference's nomyo.SecureCompletionClient.SecureCompletionClient spelling, for code that
+# reaches the class through the package attribute (which is the class itself here).
+SecureCompletionClient.SecureCompletionClient = SecureCompletionClient  # type: ignore[attr-defined]
+
 __all__ = [
     "APIConnectionError",
     "APIError",

@@ -5,8 +5,12 @@ Requests are encrypted end to end (AES-256-GCM + RSA-OAEP-SHA256) in native memo
 locked, excluded from core dumps and zeroed; see ``nomyo._exceptions`` for the error tree.
 """
 
-from ._chat import SecureChatCompletion
+# Load the reference's module path nomyo.SecureCompletionClient first, so that the class
+# bound below stays the package attribute even after that submodule is imported elsewhere.
+from . import SecureCompletionClient as _reference_module_path  # noqa: F401
+from ._chat import SecureChatCompletion, SyncSecureChatCompletion
 from ._client import SecureCompletionClient
+from ._config import configure_logging
 from ._core import PrivateKey, PublicKey
 from ._core import __version__ as __version__
 from ._exceptions import (
@@ -33,30 +37,49 @@ from ._memory import (
     secure_bytearray,
     secure_bytes,
 )
+from ._openai import openai_async_http_client, openai_http_client
+from ._params import NOT_GIVEN, NotGiven
+from ._ratelimit import RateLimiter, RateLimitPolicy
+from ._response import ChatCompletion, ResponseList, ResponseObject
+from ._sync_client import SyncSecureCompletionClient
 
 __all__ = [
+    "NOT_GIVEN",
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "ChatCompletion",
     "ConfigurationError",
     "EnvelopeError",
     "ForbiddenError",
     "InvalidRequestError",
     "KeyFormatError",
     "NomyoError",
+    "NotGiven",
     "PrivateKey",
     "PublicKey",
     "RateLimitError",
+    "RateLimitPolicy",
+    "RateLimiter",
+    "ResponseList",
+    "ResponseObject",
     "SecureBuffer",
     "SecureChatCompletion",
     "SecureCompletionClient",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
+    "SyncSecureChatCompletion",
+    "SyncSecureCompletionClient",
+    "configure_logging",
     "disable_secure_memory",
     "enable_secure_memory",
     "get_memory_protection_info",
+    "openai_async_http_client",
+    "openai_http_client",
     "secure_bytearray",
     "secure_bytes",
 ]
+
+configure_logging()  # NOMYO_LOG=debug|info|warning: log the "nomyo" logger to stderr

@@ -35,3 +35,15 @@ MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 #: Longest server ``detail`` kept in an exception message.
 MAX_DETAIL_CHARS: Final = 500
+
+#: Environment variables read when the corresponding argument is not given.
+ENV_BASE_URL: Final = "NOMYO_BASE_URL"
+ENV_API_KEY: Final = "NOMYO_API_KEY"
+ENV_LOG: Final = "NOMYO_LOG"
+
+#: The public rate limit (PROTOCOL.md section 4): 2 requests per second per key, with a burst
+#: of up to 4 in one second allowed once every 10 seconds.
+RATE_LIMIT_REQUESTS: Final = 2
+RATE_LIMIT_BURST: Final = 4
+RATE_LIMIT_PERIOD: Final = 1.0
+RATE_LIMIT_BURST_INTERVAL: Final = 10.0

@@ -16,6 +16,7 @@ from ._constants import (
     WRITE_TIMEOUT,
 )
 from ._exceptions import ConfigurationError, EnvelopeError, SecurityError
+from ._params import is_given
 
 __all__ = [
     "TimeoutTypes",
@@ -24,7 +25,10 @@ __all__ = [
     "default_timeout",
     "http2_available",
     "make_async_client",
+    "make_sync_client",
     "read_limited",
+    "read_limited_sync",
+    "request_timeout",
 ]
 
 TimeoutTypes = float | httpx.Timeout | None
@@ -70,6 +74,19 @@ def _verify(verify: VerifyTypes) -> bool | ssl.SSLContext:
     return verify
 
 
+def _client_options(
+    timeout: TimeoutTypes, verify: VerifyTypes, custom_transport: bool
+) -> dict[str, Any]:
+    return {
+        "timeout": default_timeout() if timeout is None else timeout,
+        "verify": _verify(verify),
+        "http2": http2_available() and not custom_transport,
+        "trust_env": True,
+        "limits": httpx.Limits(max_connections=100, max_keepalive_connections=32),
+        "follow_redirects": False,
+    }
+
+
 def make_async_client(
     *,
     timeout: TimeoutTypes = None,
@@ -78,16 +95,27 @@ def make_async_client(
     **kwargs: Any,
 ) -> httpx.AsyncClient:
     """One keep-alive pool; proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment."""
-    return httpx.AsyncClient(
-        timeout=default_timeout() if timeout is None else timeout,
-        verify=_verify(verify),
-        http2=http2_available() and transport is None,
-        trust_env=True,
-        transport=transport,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=32),
-        follow_redirects=False,
-        **kwargs,
-    )
+    options = _client_options(timeout, verify, transport is not None)
+    return httpx.AsyncClient(transport=transport, **options, **kwargs)
+
+
+def make_sync_client(
+    *,
+    timeout: TimeoutTypes = None,
+    verify: VerifyTypes = True,
+    transport: httpx.BaseTransport | None = None,
+    **kwargs: Any,
+) -> httpx.Client:
+    """The blocking twin of :func:`make_async_client` (its pool is safe to share by threads)."""
+    options = _client_options(timeout, verify, transport is not None)
+    return httpx.Client(transport=transport, **options, **kwargs)
+
+
+def request_timeout(timeout: object) -> Any:
+    """A per-request ``timeout=`` for httpx: the client's default unless one was given."""
+    if not is_given(timeout):
+        return httpx.USE_CLIENT_DEFAULT
+    return timeout
 
 
 async def read_limited(response: httpx.Response, limit: int) -> bytes:
@@ -96,11 +124,30 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes:
     Raises:
         EnvelopeError: the body is (or announces itself) larger than ``limit``.
     """
+    _check_declared(response, limit)
+    chunks = bytearray()
+    async for chunk in response.aiter_bytes():
+        if len(chunks) + len(chunk) > limit:
+            raise EnvelopeError(f"reply exceeds the limit of {limit} bytes")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def _check_declared(response: httpx.Response, limit: int) -> None:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise EnvelopeError(f"reply of {declared} bytes exceeds the limit of {limit} bytes")
+
+
+def read_limited_sync(response: httpx.Response, limit: int) -> bytes:
+    """The blocking twin of :func:`read_limited`.
+
+    Raises:
+        EnvelopeError: the body is (or announces itself) larger than ``limit``.
+    """
+    _check_declared(response, limit)
     chunks = bytearray()
-    async for chunk in response.aiter_bytes():
+    for chunk in response.iter_bytes():
         if len(chunks) + len(chunk) > limit:
             raise EnvelopeError(f"reply exceeds the limit of {limit} bytes")
         chunks += chunk

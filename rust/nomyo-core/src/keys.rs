@@ -81,6 +81,43 @@ fn check_size(bits: usize) -> Result<()> {
     Ok(())
 }
 
+/// Most PBKDF2 iterations accepted on load (a hostile file must not hang the process).
+pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+/// Most scrypt memory accepted on load (128 * N * r bytes).
+pub const MAX_SCRYPT_MEMORY: u64 = 256 << 20;
+
+/// Refuse key-derivation parameters that would cost unbounded time or memory.
+fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme<'_>) -> Result<()> {
+    use pkcs8::pkcs5::{pbes2::Kdf, EncryptionScheme};
+    let EncryptionScheme::Pbes2(params) = scheme else {
+        return Err(Error::key(
+            "unsupported private key encryption (PBES1): re-encrypt it with PBES2",
+        ));
+    };
+    match &params.kdf {
+        Kdf::Pbkdf2(p) if p.iteration_count > MAX_PBKDF2_ITERATIONS => Err(Error::key(format!(
+            "private key encryption uses {} PBKDF2 iterations (at most {MAX_PBKDF2_ITERATIONS})",
+            p.iteration_count
+        ))),
+        Kdf::Scrypt(s) => {
+            let memory = 128u64
+                .saturating_mul(s.cost_parameter)
+                .saturating_mul(u64::from(s.block_size));
+            if memory > MAX_SCRYPT_MEMORY || s.parallelization > 16 {
+                Err(Error::key(
+                    "private key encryption uses scrypt parameters beyond the accepted cost",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Kdf::Pbkdf2(_) => Ok(()),
+        _ => Err(Error::key(
+            "unsupported key derivation function in the private key",
+        )),
+    }
+}
+
 impl PrivateKey {
     /// Generate a key pair with e = 65537. `bits` is 2048, 3072 or 4096.
     pub fn generate(bits: usize) -> Result<Self> {
@@ -140,6 +177,7 @@ impl PrivateKey {
             ("ENCRYPTED PRIVATE KEY", Some(pw)) => {
                 let enc = EncryptedPrivateKeyInfo::from_der(doc.as_bytes())
                     .map_err(|_| Error::key("not a valid encrypted PKCS#8 private key"))?;
+                check_kdf_cost(&enc.encryption_algorithm)?;
                 let plain = enc.decrypt(pw).map_err(|_| {
                     Error::key("could not decrypt the private key: wrong password or corrupt file")
                 })?;

@@ -21,7 +21,12 @@ pub fn verify_attestation<'py>(
     payload_id: &str,
     expected_pcrs: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let block = to_value(attestation)?;
+    let Ok(block) = to_value(attestation) else {
+        // Not representable (e.g. nested beyond the parser's depth limit): a parse error.
+        let mut result = tpm::verify(&serde_json::Value::Bool(false), payload_id, None);
+        result.detail = "the attestation block is not a JSON object of bounded depth".into();
+        return encode(py, &result);
+    };
     let policy: Option<PcrPolicy> = match expected_pcrs {
         Some(p) if !p.is_none() => Some(serde_json::from_value(to_value(p)?).map_err(|e| {
             PyValueError::new_err(format!(
@@ -31,7 +36,11 @@ pub fn verify_attestation<'py>(
         _ => None,
     };
     let result = py.detach(|| tpm::verify(&block, payload_id, policy.as_ref()));
-    let encoded = serde_json::to_vec(&result)
+    encode(py, &result)
+}
+
+fn encode<'py>(py: Python<'py>, result: &tpm::Verification) -> PyResult<Bound<'py, PyAny>> {
+    let encoded = serde_json::to_vec(result)
         .map_err(|e| PyValueError::new_err(format!("cannot encode the result: {e}")))?;
     json::loads(py, &encoded)
 }

@@ -1,0 +1,258 @@
+"""``SyncSecureCompletionClient``: the blocking twin of ``SecureCompletionClient``.
+
+One pooled ``httpx.Client`` per client, safe to share by many threads: the one-time server
+key fetch is guarded by a lock, everything else is per call. The native crypto calls release
+the GIL, so threads encrypt and decrypt in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from . import _core
+from ._attestation import AttestationMode, PcrPolicy
+from ._base import BaseSecureClient, KeyRotated, error_details
+from ._constants import (
+    COMPLETION_PATH,
+    DEFAULT_MAX_RETRIES,
+    MAX_ERROR_BODY_BYTES,
+    MAX_RESPONSE_BYTES,
+    PUBLIC_KEY_PATH,
+)
+from ._exceptions import APIConnectionError, APIError, EnvelopeError, SecurityError
+from ._params import NOT_GIVEN, NotGiven
+from ._ratelimit import RateLimiter
+from ._response import ChatCompletion
+from ._retry import retry_delay
+from ._transport import (
+    TimeoutTypes,
+    VerifyTypes,
+    make_sync_client,
+    read_limited_sync,
+    request_timeout,
+)
+
+__all__ = ["SyncSecureCompletionClient"]
+
+
+class SyncSecureCompletionClient(BaseSecureClient):
+    """Blocking client of ``/v1/chat/secure_completion``; thread-safe.
+
+    Takes the arguments of :class:`~nomyo.SecureCompletionClient`, with ``transport`` an
+    ``httpx.BaseTransport`` and ``http_client`` an ``httpx.Client``. Close it with
+    :meth:`close` or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        router_url: str | None = None,
+        allow_http: bool = False,
+        secure_memory: bool = True,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        *,
+        timeout: TimeoutTypes = None,
+        verify: VerifyTypes = True,
+        server_key_fingerprint: str | Iterable[str] | None = None,
+        known_hosts: bool | str | os.PathLike[str] | None = None,
+        attestation: AttestationMode = "off",
+        expected_pcrs: PcrPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
+        max_response_size: int = MAX_RESPONSE_BYTES,
+        rate_limit: bool | RateLimiter | None = None,
+    ) -> None:
+        super().__init__(
+            router_url,
+            allow_http,
+            secure_memory,
+            max_retries,
+            server_key_fingerprint=server_key_fingerprint,
+            known_hosts=known_hosts,
+            attestation=attestation,
+            expected_pcrs=expected_pcrs,
+            max_response_size=max_response_size,
+            rate_limit=rate_limit,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or make_sync_client(
+            timeout=timeout, verify=verify, transport=transport
+        )
+        self._server_key_lock = threading.Lock()
+
+    # -- server key ---------------------------------------------------------------------
+
+    def fetch_server_public_key(self) -> str:
+        """Fetch, validate and cache the server's public key; returns its PEM.
+
+        Raises:
+            SecurityError: the key does not match a pinned fingerprint.
+            KeyFormatError: the server sent no valid RSA public key.
+            APIError / APIConnectionError: the fetch failed.
+        """
+        try:
+            response = self._http.get(self.router_url + PUBLIC_KEY_PATH)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, None, "fetching the server key") from exc
+        return self._accept_server_key(response.status_code, response.content, response.text)
+
+    def _server_public_key(self) -> _core.PublicKey:
+        key = self._server_key
+        if key is None:
+            with self._server_key_lock:
+                if self._server_key is None:
+                    self.fetch_server_public_key()
+                key = self._server_key
+        assert key is not None
+        return key
+
+    # -- envelopes ------------------------------------------------------------------------
+
+    def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
+        """Encrypt a request for the server: JSON and AES-GCM in native memory, RSA-OAEP wrap.
+
+        Raises:
+            ConfigurationError: the payload is not a non-empty dict.
+            TypeError / ValueError: the payload holds something JSON cannot represent.
+        """
+        self._check_payload(payload)
+        return _core.seal_json(payload, self._server_public_key())
+
+    def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> ChatCompletion:
+        """Open a reply sealed to our key and complete its ``_metadata``.
+
+        Raises:
+            EnvelopeError: structural problems (not JSON, missing field, bad base64, ...).
+            SecurityError: decryption or authentication failed, or the reply names another
+                request's payload id.
+        """
+        key = self._require_keys()
+        if not isinstance(encrypted_response, (bytes, bytearray, memoryview)):
+            raise EnvelopeError("encrypted response must be bytes")
+        value, processed_at, algorithm = _core.open_json(
+            bytes(encrypted_response), key, self._max_response
+        )
+        return self._finish_reply(value, payload_id, processed_at, algorithm)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def send_secure_request(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None = None,
+        security_tier: str | None = None,
+        *,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> ChatCompletion:
+        """Encrypt, send (with retries), and decrypt one chat completion (blocking).
+
+        Raises:
+            ConfigurationError: an invalid security tier (nothing is sent).
+            APIError subclasses: the server's error status, after retries where retryable.
+            APIConnectionError: network failure after retries.
+            SecurityError / EnvelopeError: the reply cannot be trusted or read.
+        """
+        headers = self._request_headers(payload_id, api_key, security_tier)
+        refetched = False
+        attempt = 0
+        while True:
+            try:
+                return self._attempt(payload, payload_id, headers, attempt, timeout)
+            except KeyRotated:
+                if refetched:
+                    raise SecurityError(
+                        "the server could not decrypt the request after a key re-fetch"
+                    ) from None
+                refetched = True
+            except (APIConnectionError, APIError) as exc:
+                if not self._should_retry(exc, attempt):
+                    raise
+                delay = retry_delay(attempt, getattr(exc, "retry_after", None))
+                attempt += 1
+                self._log_retry(payload_id, exc, attempt, delay)
+                time.sleep(delay)
+
+    def _attempt(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        headers: dict[str, str],
+        attempt: int,
+        timeout: TimeoutTypes | NotGiven,
+    ) -> ChatCompletion:
+        started = time.perf_counter()
+        body = self.encrypt_payload(payload)
+        used_key = self._server_key
+        sealed = time.perf_counter()
+        waited = self.rate_limiter.wait() if self.rate_limiter is not None else 0.0
+        sending = time.perf_counter()
+        url = self.router_url + COMPLETION_PATH
+        try:
+            with self._http.stream(
+                "POST", url, content=body, headers=headers, timeout=request_timeout(timeout)
+            ) as response:
+                if response.status_code == 200:
+                    data = read_limited_sync(response, self._max_response)
+                else:
+                    data = _read_error_body(response)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, payload_id) from exc
+        status = response.status_code
+        self._log_exchange(
+            payload_id,
+            attempt,
+            len(body),
+            status,
+            len(data),
+            sealed - started,
+            waited,
+            time.perf_counter() - sending,
+        )
+        if status == 200:
+            opening = time.perf_counter()
+            reply = self.decrypt_response(data, payload_id)
+            self._log_opened(payload_id, time.perf_counter() - opening)
+            return reply
+        details = error_details(data)
+        if self._is_decrypt_failure(status, details) and self._server_key_changed(used_key):
+            raise KeyRotated
+        raise self._status_error(status, details, response.headers, payload_id)
+
+    def _server_key_changed(self, used: _core.PublicKey | None) -> bool:
+        """After a 'cannot decrypt' reply, re-fetch the key once and report if it changed."""
+        with self._server_key_lock:
+            if self._server_key is used:
+                self.fetch_server_public_key()
+        return self._server_key != used
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool (if this client created it)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> SyncSecureCompletionClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _read_error_body(response: httpx.Response) -> bytes:
+    try:
+        return read_limited_sync(response, MAX_ERROR_BODY_BYTES)
+    except EnvelopeError:
+        return b""
