@@ -62,3 +62,6 @@ wheel-check: venv
 
 clean:
 	rm -rf target dist $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -19,6 +19,7 @@ from ._constants import (
     COMPLETION_PATH,
     DEFAULT_MAX_RETRIES,
     MAX_ERROR_BODY_BYTES,
+    MAX_KEY_BYTES,
     MAX_RESPONSE_BYTES,
     PUBLIC_KEY_PATH,
 )
@@ -30,6 +31,7 @@ from ._retry import retry_delay
 from ._transport import (
     TimeoutTypes,
     VerifyTypes,
+    body_deadline,
     make_async_client,
     read_limited,
     request_timeout,
@@ -139,11 +141,14 @@ class SecureCompletionClient(BaseSecureClient):
             APIError / APIConnectionError: the fetch failed.
         """
         self._bind_loop()
+        url = self.router_url + PUBLIC_KEY_PATH
         try:
-            response = await self._http.get(self.router_url + PUBLIC_KEY_PATH)
+            async with self._http.stream("GET", url) as response:
+                body = await read_limited(response, MAX_KEY_BYTES, body_deadline(self._http))
         except httpx.TransportError as exc:
             raise self._transport_error(exc, None, "fetching the server key") from exc
-        return self._accept_server_key(response.status_code, response.content, response.text)
+        text = body.decode(response.encoding or "utf-8", errors="replace")
+        return self._accept_server_key(response.status_code, body, text)
 
     async def _server_public_key(self) -> _core.PublicKey:
         if self._server_key is None:
@@ -254,9 +259,11 @@ class SecureCompletionClient(BaseSecureClient):
                 "POST", url, content=body, headers=headers, timeout=request_timeout(timeout)
             ) as response:
                 if response.status_code == 200:
-                    data = await read_limited(response, self._max_response)
+                    data = await read_limited(
+                        response, self._max_response, body_deadline(self._http)
+                    )
                 else:
-                    data = await _read_error_body(response)
+                    data = await _read_error_body(response, body_deadline(self._http))
         except httpx.TransportError as exc:
             raise self._transport_error(exc, payload_id) from exc
         status = response.status_code
@@ -291,8 +298,14 @@ class SecureCompletionClient(BaseSecureClient):
 
     async def aclose(self) -> None:
         """Close the connection pool (if this client created it)."""
-        if self._owns_http:
-            await self._http.aclose()
+        if not self._owns_http:
+            return
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            # The pool belongs to an event loop that has ended; its connections went with it.
+            self._http = make_async_client(**self._http_options)
+            self._loop = None
+            return
+        await self._http.aclose()
 
     async def __aenter__(self) -> SecureCompletionClient:
         return self
@@ -306,8 +319,8 @@ class SecureCompletionClient(BaseSecureClient):
         await self.aclose()
 
 
-async def _read_error_body(response: httpx.Response) -> bytes:
+async def _read_error_body(response: httpx.Response, deadline: float) -> bytes:
     try:
-        return await read_limited(response, MAX_ERROR_BODY_BYTES)
+        return await read_limited(response, MAX_ERROR_BODY_BYTES, deadline)
     except EnvelopeError:
         return b""

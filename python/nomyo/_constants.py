@@ -33,6 +33,8 @@ POOL_TIMEOUT: Final = 60.0
 MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 #: Largest error body read from the server, in bytes.
 MAX_ERROR_BODY_BYTES: Final = 64 * 1024
+#: Largest server public key reply read, in bytes (a PEM key is a few KiB).
+MAX_KEY_BYTES: Final = 64 * 1024
 #: Longest server ``detail`` kept in an exception message.
 MAX_DETAIL_CHARS: Final = 500
 

@@ -23,6 +23,7 @@ from ._constants import (
     COMPLETION_PATH,
     DEFAULT_MAX_RETRIES,
     MAX_ERROR_BODY_BYTES,
+    MAX_KEY_BYTES,
     MAX_RESPONSE_BYTES,
     PUBLIC_KEY_PATH,
 )
@@ -34,6 +35,7 @@ from ._retry import retry_delay
 from ._transport import (
     TimeoutTypes,
     VerifyTypes,
+    body_deadline,
     make_sync_client,
     read_limited_sync,
     request_timeout,
@@ -96,11 +98,14 @@ class SyncSecureCompletionClient(BaseSecureClient):
             KeyFormatError: the server sent no valid RSA public key.
             APIError / APIConnectionError: the fetch failed.
         """
+        url = self.router_url + PUBLIC_KEY_PATH
         try:
-            response = self._http.get(self.router_url + PUBLIC_KEY_PATH)
+            with self._http.stream("GET", url) as response:
+                body = read_limited_sync(response, MAX_KEY_BYTES, body_deadline(self._http))
         except httpx.TransportError as exc:
             raise self._transport_error(exc, None, "fetching the server key") from exc
-        return self._accept_server_key(response.status_code, response.content, response.text)
+        text = body.decode(response.encoding or "utf-8", errors="replace")
+        return self._accept_server_key(response.status_code, body, text)
 
     def _server_public_key(self) -> _core.PublicKey:
         key = self._server_key
@@ -199,9 +204,11 @@ class SyncSecureCompletionClient(BaseSecureClient):
                 "POST", url, content=body, headers=headers, timeout=request_timeout(timeout)
             ) as response:
                 if response.status_code == 200:
-                    data = read_limited_sync(response, self._max_response)
+                    data = read_limited_sync(
+                        response, self._max_response, body_deadline(self._http)
+                    )
                 else:
-                    data = _read_error_body(response)
+                    data = _read_error_body(response, body_deadline(self._http))
         except httpx.TransportError as exc:
             raise self._transport_error(exc, payload_id) from exc
         status = response.status_code
@@ -251,8 +258,8 @@ class SyncSecureCompletionClient(BaseSecureClient):
         self.close()
 
 
-def _read_error_body(response: httpx.Response) -> bytes:
+def _read_error_body(response: httpx.Response, deadline: float) -> bytes:
     try:
-        return read_limited_sync(response, MAX_ERROR_BODY_BYTES)
+        return read_limited_sync(response, MAX_ERROR_BODY_BYTES, deadline)
     except EnvelopeError:
         return b""

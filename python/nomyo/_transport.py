@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,12 +16,13 @@ from ._constants import (
     READ_TIMEOUT,
     WRITE_TIMEOUT,
 )
-from ._exceptions import ConfigurationError, EnvelopeError, SecurityError
+from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError, SecurityError
 from ._params import is_given
 
 __all__ = [
     "TimeoutTypes",
     "VerifyTypes",
+    "body_deadline",
     "check_base_url",
     "default_timeout",
     "http2_available",
@@ -118,37 +120,62 @@ def request_timeout(timeout: object) -> Any:
     return timeout
 
 
-async def read_limited(response: httpx.Response, limit: int) -> bytes:
+def body_deadline(client: httpx.AsyncClient | httpx.Client) -> float:
+    """When reading a reply body must be over: the read timeout, for the whole body.
+
+    httpx's read timeout applies to each read, so a server dripping one byte at a time
+    would never time out without an overall deadline.
+    """
+    return time.monotonic() + (client.timeout.read or READ_TIMEOUT)
+
+
+class _Body:
+    """Accumulates a streamed body under a size limit and an overall deadline."""
+
+    def __init__(self, response: httpx.Response, limit: int, deadline: float | None) -> None:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise EnvelopeError(f"reply of {declared} bytes exceeds the limit of {limit} bytes")
+        self.limit = limit
+        self.deadline = deadline
+        self.chunks = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        if len(self.chunks) + len(chunk) > self.limit:
+            raise EnvelopeError(f"reply exceeds the limit of {self.limit} bytes")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise APITimeoutError("the reply body arrived too slowly (overall read deadline)")
+        self.chunks += chunk
+
+
+_UNDECODABLE = "the reply body could not be decoded (bad Content-Encoding)"
+
+
+async def read_limited(
+    response: httpx.Response, limit: int, deadline: float | None = None
+) -> bytes:
     """Read a streamed body, refusing one longer than ``limit`` bytes before reading it all.
 
     Raises:
-        EnvelopeError: the body is (or announces itself) larger than ``limit``.
+        EnvelopeError: the body is (or announces itself) larger than ``limit``, or its
+            content encoding is broken.
+        APITimeoutError: the body was still arriving at ``deadline`` (monotonic seconds).
     """
-    _check_declared(response, limit)
-    chunks = bytearray()
-    async for chunk in response.aiter_bytes():
-        if len(chunks) + len(chunk) > limit:
-            raise EnvelopeError(f"reply exceeds the limit of {limit} bytes")
-        chunks += chunk
-    return bytes(chunks)
+    body = _Body(response, limit, deadline)
+    try:
+        async for chunk in response.aiter_bytes():
+            body.add(chunk)
+    except httpx.DecodingError:
+        raise EnvelopeError(_UNDECODABLE) from None
+    return bytes(body.chunks)
 
 
-def _check_declared(response: httpx.Response, limit: int) -> None:
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise EnvelopeError(f"reply of {declared} bytes exceeds the limit of {limit} bytes")
-
-
-def read_limited_sync(response: httpx.Response, limit: int) -> bytes:
-    """The blocking twin of :func:`read_limited`.
-
-    Raises:
-        EnvelopeError: the body is (or announces itself) larger than ``limit``.
-    """
-    _check_declared(response, limit)
-    chunks = bytearray()
-    for chunk in response.iter_bytes():
-        if len(chunks) + len(chunk) > limit:
-            raise EnvelopeError(f"reply exceeds the limit of {limit} bytes")
-        chunks += chunk
-    return bytes(chunks)
+def read_limited_sync(response: httpx.Response, limit: int, deadline: float | None = None) -> bytes:
+    """The blocking twin of :func:`read_limited`."""
+    body = _Body(response, limit, deadline)
+    try:
+        for chunk in response.iter_bytes():
+            body.add(chunk)
+    except httpx.DecodingError:
+        raise EnvelopeError(_UNDECODABLE) from None
+    return bytes(body.chunks)

@@ -19,6 +19,7 @@ from ._backend import echo_completion
 from ._certs import DevCertificates, make_test_certificates
 from ._faults import Fault, FaultQueue
 from ._router import AttestationProvider, DevRouter, RecordedRequest, RouterThread
+from ._swtpm import SwtpmAttestation
 
 __all__ = [
     "AttestationProvider",
@@ -28,6 +29,7 @@ __all__ = [
     "FaultQueue",
     "RecordedRequest",
     "RouterThread",
+    "SwtpmAttestation",
     "echo_completion",
     "make_test_certificates",
 ]

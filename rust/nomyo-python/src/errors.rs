@@ -14,13 +14,27 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Security => {
             SecurityError::new_err("Decryption failed: integrity check or authentication failed")
         }
-        Error::Envelope(m) => EnvelopeError::new_err(format!("Invalid encrypted envelope: {m}")),
+        Error::Envelope(m) => {
+            EnvelopeError::new_err(format!("Invalid encrypted envelope: {}", clip(&m)))
+        }
         Error::Key(m) => KeyFormatError::new_err(m),
         Error::Value(m) => PyValueError::new_err(m),
         Error::Io(std::io::ErrorKind::AlreadyExists, m) => PyFileExistsError::new_err(m),
         Error::Io(_, m) => PyOSError::new_err(m),
         Error::Internal(m) => PyRuntimeError::new_err(m),
     }
+}
+
+/// Longest structural-error detail kept: it can echo attacker-chosen names and values.
+const MAX_DETAIL: usize = 300;
+
+fn clip(message: &str) -> String {
+    if message.chars().count() <= MAX_DETAIL {
+        return message.to_owned();
+    }
+    let mut out: String = message.chars().take(MAX_DETAIL).collect();
+    out.push_str("… (truncated)");
+    out
 }
 
 /// `Result` conversion for binding code.

@@ -30,8 +30,12 @@ pub fn password(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Zeroizing<Vec
 fn pem_bytes(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if let Ok(s) = data.cast::<PyString>() {
         Ok(s.to_str()?.as_bytes().to_vec())
+    } else if let Ok(b) = data.cast::<PyBytes>() {
+        Ok(b.as_bytes().to_vec())
     } else {
-        Ok(data.extract::<Vec<u8>>()?)
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "key data must be bytes or str",
+        ))
     }
 }
 
