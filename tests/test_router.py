@@ -825,6 +825,7 @@ def test_exported_names() -> None:
         "FaultQueue",
         "RecordedRequest",
         "RouterThread",
+        "SwtpmAttestation",
         "echo_completion",
         "make_test_certificates",
     ]
