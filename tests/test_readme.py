@@ -62,6 +62,10 @@ def test_python_examples(
     if "capital of France" in code:
         assert proc.stdout.splitlines() == ["What is the capital of France?", "True"]
         assert handle.router.secure_requests == before + 1
+    if "SyncSecureChatCompletion" in code:
+        assert proc.stdout.splitlines() == ["ping"]
+    if "openai_http_client" in code:
+        assert proc.stdout.splitlines() == ["pong"]
     if "attestation=" in code:
         assert proc.stdout.splitlines() == ["not_available"]
     if "generate_keys" in code:
