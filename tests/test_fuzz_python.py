@@ -457,7 +457,7 @@ def test_pem_loaders_with_arbitrary_bytes(data: bytes, password: Any) -> None:
         st.none(),
         st.floats(),
         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-        st.lists(st.integers(0, 255), max_size=3),  # out-of-range items: see KNOWN_LEAKS
+        st.lists(st.integers(0, 255), max_size=3),  # out-of-range items: see ARGUMENT_ERRORS
     ),
     password=st.one_of(st.integers(), st.lists(st.integers(), max_size=2), PASSWORDS),
 )
@@ -488,7 +488,7 @@ def test_private_key_mutations_never_load_as_a_different_key() -> None:
 # --- known leaks of untyped exceptions (package bugs, see the reasons) ----------------------------
 
 _VALID = ENVELOPES[0]
-KNOWN_LEAKS: dict[str, Callable[[], Any]] = {
+ARGUMENT_ERRORS: dict[str, Callable[[], Any]] = {
     # bytes | str parameters extracted as Vec<u8>: any sequence of ints is accepted, and an
     # item outside 0..255 raises OverflowError instead of TypeError
     "PrivateKey.from_pem([-1])": lambda: _core.PrivateKey.from_pem([-1]),  # type: ignore[arg-type]
@@ -499,13 +499,9 @@ KNOWN_LEAKS: dict[str, Callable[[], Any]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: OverflowError (not TypeError/ValueError) from argument extraction",
-)
-@pytest.mark.parametrize("name", sorted(KNOWN_LEAKS))
+@pytest.mark.parametrize("name", sorted(ARGUMENT_ERRORS))
 def test_argument_extraction_errors_are_typed(name: str) -> None:
-    typed(KNOWN_LEAKS[name])
+    typed(ARGUMENT_ERRORS[name])
 
 
 UNCLIPPED = {

@@ -129,7 +129,7 @@ def seal_json(obj: Any, recipient: PublicKey, processed_at: int | float | None =
     """
 
 def open_json(
-    envelope: bytes, key: PrivateKey, max_size: int = ...
+    envelope: bytes, key: PrivateKey, max_size: int | None = None
 ) -> tuple[Any, int | float | None, str]:
     """Open an envelope sealed to ``key`` and parse its plaintext JSON into Python objects.
 
@@ -140,7 +140,7 @@ def open_json(
 def seal_bytes(data: bytes | bytearray | memoryview, recipient: PublicKey) -> bytes:
     """Seal raw bytes (the caller's own buffer) into an envelope."""
 
-def open_bytes(envelope: bytes, key: PrivateKey, max_size: int = ...) -> SecretBuffer:
+def open_bytes(envelope: bytes, key: PrivateKey, max_size: int | None = None) -> SecretBuffer:
     """Open an envelope into a SecretBuffer holding the plaintext."""
 
 def dumps(obj: Any) -> SecretBuffer:

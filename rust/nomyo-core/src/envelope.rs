@@ -178,13 +178,69 @@ pub fn open(envelope: &[u8], key: &PrivateKey, max_size: usize) -> Result<Opened
     })
 }
 
-/// Seal the plaintext held in `buf` for `recipient`; `buf` is encrypted in place (and so no
-/// longer holds the plaintext afterwards). `processed_at` is written when given.
-pub fn seal_in_place(
+const HEAD: &str = "{\"version\": \"1.0\", \"algorithm\": \"hybrid-aes256-rsa4096\", \
+                    \"encrypted_payload\": {\"ciphertext\": \"";
+const AFTER_CT: &str = "\", \"nonce\": \"";
+const AFTER_NONCE: &str = "\", \"tag\": \"";
+const AFTER_TAG: &str = "\"}, \"encrypted_aes_key\": \"";
+const TAIL: &str =
+    "\", \"key_algorithm\": \"RSA-OAEP-SHA256\", \"payload_algorithm\": \"AES-256-GCM\"";
+const TS_KEY: &str = ", \"processed_at\": ";
+
+/// Exact length in bytes of the envelope that [`seal_in_place_into`] writes for a plaintext
+/// of `plaintext_len` bytes.
+pub fn sealed_len(
+    plaintext_len: usize,
+    recipient: &PublicKey,
+    processed_at: Option<&serde_json::Number>,
+) -> usize {
+    HEAD.len()
+        + b64::encoded_len(plaintext_len)
+        + AFTER_CT.len()
+        + b64::encoded_len(NONCE_LEN)
+        + AFTER_NONCE.len()
+        + b64::encoded_len(TAG_LEN)
+        + AFTER_TAG.len()
+        + b64::encoded_len(recipient.key_size_bytes())
+        + TAIL.len()
+        + processed_at.map_or(0, |ts| TS_KEY.len() + ts.to_string().len())
+        + 1
+}
+
+/// Sequential writer over a byte slice of known, exact size.
+struct Cursor<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn text(&mut self, s: &str) {
+        self.out[self.pos..self.pos + s.len()].copy_from_slice(s.as_bytes());
+        self.pos += s.len();
+    }
+
+    fn b64(&mut self, data: &[u8]) {
+        let n = b64::encoded_len(data.len());
+        b64::encode_into(data, &mut self.out[self.pos..self.pos + n]);
+        self.pos += n;
+    }
+}
+
+/// Seal the plaintext held in `buf` for `recipient`, writing the envelope into `out`, which
+/// must be exactly [`sealed_len`] bytes. `buf` is encrypted in place (and so no longer holds
+/// the plaintext afterwards). `processed_at` is written when given.
+///
+/// The base64 of the ciphertext is written straight into `out` (no intermediate string), so
+/// a caller can hand in the final destination, such as a new Python `bytes` object.
+pub fn seal_in_place_into(
     buf: &mut SecretBuf,
     recipient: &PublicKey,
     processed_at: Option<&serde_json::Number>,
-) -> Result<Vec<u8>> {
+    out: &mut [u8],
+) -> Result<()> {
+    if out.len() != sealed_len(buf.len(), recipient, processed_at) {
+        return Err(Error::Internal("envelope output buffer has the wrong size"));
+    }
     let mut aes_key = SecretBuf::zeroed(KEY_LEN)?;
     crate::rand::fill(aes_key.as_mut_slice())?;
     let mut nonce = [0u8; NONCE_LEN];
@@ -192,32 +248,39 @@ pub fn seal_in_place(
     let tag = aead::seal_in_place(aes_key.as_slice(), &nonce, b"", buf.as_mut_slice())?;
     let wrapped = rsa::oaep_encrypt(recipient.as_encrypting_key(), aes_key.as_slice(), None)?;
     drop(aes_key);
-
-    let ct_b64 = b64::encode(buf.as_slice());
-    let mut out = String::with_capacity(ct_b64.len() + 4 * wrapped.len() / 3 + 320);
-    out.push_str("{\"version\": \"");
-    out.push_str(VERSION);
-    out.push_str("\", \"algorithm\": \"");
-    out.push_str(ALGORITHM);
-    out.push_str("\", \"encrypted_payload\": {\"ciphertext\": \"");
-    out.push_str(&ct_b64);
-    out.push_str("\", \"nonce\": \"");
-    out.push_str(&b64::encode(&nonce));
-    out.push_str("\", \"tag\": \"");
-    out.push_str(&b64::encode(&tag));
-    out.push_str("\"}, \"encrypted_aes_key\": \"");
-    out.push_str(&b64::encode(&wrapped));
-    out.push_str("\", \"key_algorithm\": \"");
-    out.push_str(KEY_ALGORITHM);
-    out.push_str("\", \"payload_algorithm\": \"");
-    out.push_str(PAYLOAD_ALGORITHM);
-    out.push('"');
-    if let Some(ts) = processed_at {
-        out.push_str(", \"processed_at\": ");
-        out.push_str(&ts.to_string());
+    if wrapped.len() != recipient.key_size_bytes() {
+        return Err(Error::Internal("RSA-OAEP output has an unexpected size"));
     }
-    out.push('}');
-    Ok(out.into_bytes())
+
+    let mut w = Cursor { out, pos: 0 };
+    w.text(HEAD);
+    w.b64(buf.as_slice());
+    w.text(AFTER_CT);
+    w.b64(&nonce);
+    w.text(AFTER_NONCE);
+    w.b64(&tag);
+    w.text(AFTER_TAG);
+    w.b64(&wrapped);
+    w.text(TAIL);
+    if let Some(ts) = processed_at {
+        w.text(TS_KEY);
+        w.text(&ts.to_string());
+    }
+    w.text("}");
+    debug_assert_eq!(w.pos, w.out.len());
+    Ok(())
+}
+
+/// Seal the plaintext held in `buf` for `recipient`; `buf` is encrypted in place (and so no
+/// longer holds the plaintext afterwards). `processed_at` is written when given.
+pub fn seal_in_place(
+    buf: &mut SecretBuf,
+    recipient: &PublicKey,
+    processed_at: Option<&serde_json::Number>,
+) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; sealed_len(buf.len(), recipient, processed_at)];
+    seal_in_place_into(buf, recipient, processed_at, &mut out)?;
+    Ok(out)
 }
 
 /// Seal a copy of `plaintext` for `recipient`.
@@ -228,4 +291,59 @@ pub fn seal(
 ) -> Result<Vec<u8>> {
     let mut buf = SecretBuf::from_slice(plaintext)?;
     seal_in_place(&mut buf, recipient, processed_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    fn key() -> &'static PrivateKey {
+        static KEY: std::sync::OnceLock<PrivateKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| PrivateKey::generate(2048).unwrap())
+    }
+
+    /// The layout written field by field is exactly the one the protocol's reference writes
+    /// (Python's `json.dumps` of the envelope dict, default separators).
+    #[test]
+    fn layout_is_exact_and_sized() {
+        let ts = serde_json::Number::from(1_700_000_000u64);
+        for (plain, ts) in [
+            (&b""[..], None),
+            (b"x", Some(&ts)),
+            (&[7u8; 1000][..], None),
+        ] {
+            let env = seal(plain, key().public_key(), ts).unwrap();
+            assert_eq!(env.len(), sealed_len(plain.len(), key().public_key(), ts));
+            let v: serde_json::Value = serde_json::from_slice(&env).unwrap();
+            let p = &v["encrypted_payload"];
+            let s = |x: &serde_json::Value| x.as_str().unwrap().to_owned();
+            let mut want = format!(
+                "{{\"version\": \"{VERSION}\", \"algorithm\": \"{ALGORITHM}\", \
+                 \"encrypted_payload\": {{\"ciphertext\": \"{}\", \"nonce\": \"{}\", \
+                 \"tag\": \"{}\"}}, \"encrypted_aes_key\": \"{}\", \"key_algorithm\": \
+                 \"{KEY_ALGORITHM}\", \"payload_algorithm\": \"{PAYLOAD_ALGORITHM}\"",
+                s(&p["ciphertext"]),
+                s(&p["nonce"]),
+                s(&p["tag"]),
+                s(&v["encrypted_aes_key"])
+            );
+            if let Some(ts) = ts {
+                want.push_str(&format!(", \"processed_at\": {ts}"));
+            }
+            want.push('}');
+            assert_eq!(String::from_utf8(env.clone()).unwrap(), want);
+            let opened = open(&env, key(), DEFAULT_MAX_ENVELOPE).unwrap();
+            assert_eq!(opened.plaintext.as_slice(), plain);
+        }
+    }
+
+    #[test]
+    fn wrong_output_size_is_refused() {
+        let mut buf = SecretBuf::from_slice(b"abc").unwrap();
+        let n = sealed_len(3, key().public_key(), None);
+        let mut out = vec![0u8; n + 1];
+        assert!(seal_in_place_into(&mut buf, key().public_key(), None, &mut out).is_err());
+        assert_eq!(buf.as_slice(), b"abc");
+    }
 }

@@ -5,8 +5,14 @@
 //! keep the pages in RAM (`mlock`) and out of core dumps (`MADV_DONTDUMP`); both are best
 //! effort and reported truthfully by [`SecretBuf::locked`] and [`SecretBuf::dump_excluded`].
 //! The contents are zeroed (with writes the compiler cannot elide) before the pages are
-//! returned. Growing never reallocates in place: a new mapping is made, the bytes copied,
+//! released. Growing never reallocates in place: a new mapping is taken, the bytes copied,
 //! and the old mapping wiped and released.
+//!
+//! Released mappings go to a small bounded pool (module `pool` below) after the wipe, so that the
+//! next buffer reuses pages that are already faulted in, locked and dump-excluded instead of
+//! paying mmap + mlock + munlock + munmap (and a page fault per page) every time. Only the
+//! bytes that were ever written are wiped (a high-water mark), so a large mapping that held a
+//! small secret costs a small wipe; every byte past the mark is zero by construction.
 
 use std::ptr::NonNull;
 use std::sync::OnceLock;
@@ -37,10 +43,12 @@ fn round_up(n: usize) -> usize {
     n.div_ceil(page).max(1) * page
 }
 
-/// A mapping of whole pages, released (after wiping) on drop.
+/// A mapping of whole pages. Bytes at and past `dirty` are always zero; `wipe` zeroes the rest.
 struct Pages {
     ptr: NonNull<u8>,
     cap: usize,
+    /// High-water mark: no byte at or past this offset was written since the last wipe.
+    dirty: usize,
     locked: bool,
     dump_excluded: bool,
 }
@@ -51,9 +59,9 @@ unsafe impl Send for Pages {}
 unsafe impl Sync for Pages {}
 
 impl Pages {
+    /// A fresh mapping of exactly `cap` bytes (a whole number of pages), zero-filled.
     #[cfg(unix)]
-    fn new(min_cap: usize, lock: bool) -> Result<Self> {
-        let cap = round_up(min_cap);
+    fn map(cap: usize, lock: bool) -> Result<Self> {
         // SAFETY: anonymous private mapping, no file descriptor; checked for MAP_FAILED.
         let raw = unsafe {
             libc::mmap(
@@ -69,21 +77,30 @@ impl Pages {
             return Err(Error::Internal("out of memory for a secret buffer"));
         }
         let ptr = NonNull::new(raw.cast::<u8>()).ok_or(Error::Internal("mmap returned null"))?;
-        // SAFETY: ptr/cap is the mapping just created.
-        let locked = lock && unsafe { libc::mlock(raw, cap) } == 0;
         let dump_excluded = dont_dump(raw, cap);
-        Ok(Pages {
+        let mut pages = Pages {
             ptr,
             cap,
-            locked,
+            dirty: 0,
+            locked: false,
             dump_excluded,
-        })
+        };
+        if lock
+            && !pages.try_lock()
+            && memlock_limit().is_none_or(|lim| cap as u64 <= lim)
+            && pool::evict_locked()
+        {
+            // Pooled locked pages count against RLIMIT_MEMLOCK: give them back and retry,
+            // so the pool never costs a live buffer its lock. (Not for a mapping larger than
+            // the limit, which could never be locked anyway.)
+            pages.try_lock();
+        }
+        Ok(pages)
     }
 
     /// Without mmap/mlock (Windows): page-aligned zeroed heap memory, wiped on drop; not locked.
     #[cfg(not(unix))]
-    fn new(min_cap: usize, _lock: bool) -> Result<Self> {
-        let cap = round_up(min_cap);
+    fn map(cap: usize, _lock: bool) -> Result<Self> {
         let layout = std::alloc::Layout::from_size_align(cap, page_size())
             .map_err(|_| Error::Internal("secret buffer layout"))?;
         // SAFETY: layout has a non-zero size.
@@ -92,19 +109,53 @@ impl Pages {
         Ok(Pages {
             ptr,
             cap,
+            dirty: 0,
             locked: false,
             dump_excluded: false,
         })
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is cap bytes, readable and writable, owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    /// Try to `mlock` the mapping (if it is not already); returns whether it is locked.
+    fn try_lock(&mut self) -> bool {
+        #[cfg(unix)]
+        if !self.locked {
+            // SAFETY: ptr/cap is the mapping this value owns.
+            self.locked = unsafe { libc::mlock(self.ptr.as_ptr().cast(), self.cap) } == 0;
+        }
+        self.locked
     }
 
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: as above, shared.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.cap) }
+    /// Record that bytes up to `end` may now be written.
+    fn touch(&mut self, end: usize) {
+        debug_assert!(end <= self.cap);
+        self.dirty = self.dirty.max(end);
+    }
+
+    /// The first `len` bytes (at most the capacity).
+    fn slice(&self, len: usize) -> &[u8] {
+        assert!(len <= self.cap);
+        // SAFETY: the mapping is cap bytes, readable, owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), len) }
+    }
+
+    /// Bytes `start..end`, writable; marks them dirty.
+    fn range_mut(&mut self, start: usize, end: usize) -> &mut [u8] {
+        assert!(start <= end && end <= self.cap);
+        self.touch(end);
+        // SAFETY: in bounds of the mapping, which self owns exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), end - start) }
+    }
+
+    /// Zero every byte that may have been written (with writes the compiler cannot elide).
+    /// Afterwards the whole mapping is zero.
+    fn wipe(&mut self) {
+        let dirty = self.dirty;
+        if dirty > 0 {
+            // SAFETY: dirty <= cap; the mapping is owned exclusively.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), dirty) };
+            bytes.zeroize();
+        }
+        self.dirty = 0;
     }
 }
 
@@ -121,7 +172,7 @@ fn dont_dump(_raw: *mut libc::c_void, _cap: usize) -> bool {
 
 impl Drop for Pages {
     fn drop(&mut self) {
-        self.as_mut_slice().zeroize();
+        self.wipe();
         #[cfg(unix)]
         {
             let raw = self.ptr.as_ptr().cast::<libc::c_void>();
@@ -134,7 +185,7 @@ impl Drop for Pages {
             }
         }
         #[cfg(not(unix))]
-        // SAFETY: allocated in Pages::new with this exact layout.
+        // SAFETY: allocated in Pages::map with this exact layout.
         unsafe {
             let layout = std::alloc::Layout::from_size_align_unchecked(self.cap, page_size());
             std::alloc::dealloc(self.ptr.as_ptr(), layout);
@@ -142,11 +193,200 @@ impl Drop for Pages {
     }
 }
 
+/// Capacity actually mapped for a request of `n` bytes: whole pages; above 64 KiB rounded up
+/// to a 32nd of the next power of two (at most 6.25% more), so that slightly different
+/// sizes (a request and its reply) share a size class and can reuse each other's pooled
+/// mapping.
+fn size_class(n: usize) -> usize {
+    let page = page_size();
+    let n = n.max(1);
+    if n <= 64 << 10 {
+        return round_up(n);
+    }
+    let step = (n.checked_next_power_of_two().unwrap_or(n) / 32).max(page);
+    n.div_ceil(step).saturating_mul(step)
+}
+
+/// A small process-wide pool of released mappings, so that buffers reuse pages (already
+/// faulted in, locked and dump-excluded) instead of mmap + mlock + munlock + munmap each time.
+///
+/// Every mapping is wiped before it enters the pool, so a pooled page never holds a secret and
+/// a mapping taken from the pool is all zero, like a fresh one. The pool is bounded (entries,
+/// bytes, a single mapping's size, and at most half of `RLIMIT_MEMLOCK` in locked pages), uses
+/// `try_lock` only (never blocks, never deadlocks in a forked child), and is discarded in a
+/// child after `fork` (memory locks are not inherited).
+mod pool {
+    use std::sync::Mutex;
+
+    use super::Pages;
+
+    /// Most mappings kept.
+    pub(super) const MAX_ENTRIES: usize = 16;
+    /// Most bytes kept, all mappings together.
+    pub(super) const MAX_BYTES: usize = 32 << 20;
+    /// Largest single mapping kept.
+    pub(super) const MAX_ENTRY: usize = 16 << 20;
+
+    pub(super) struct Pool {
+        pid: u32,
+        pub(super) entries: Vec<Pages>,
+        pub(super) bytes: usize,
+        pub(super) locked_bytes: usize,
+    }
+
+    pub(super) static POOL: Mutex<Pool> = Mutex::new(Pool {
+        pid: 0,
+        entries: Vec::new(),
+        bytes: 0,
+        locked_bytes: 0,
+    });
+
+    /// Most bytes of locked mappings kept: half of `RLIMIT_MEMLOCK`, so pooled pages leave
+    /// room for live ones (and a failed `mlock` of a new mapping evicts them anyway), or the
+    /// whole pool when the limit does not apply (unlimited, or `CAP_IPC_LOCK`).
+    fn locked_budget() -> usize {
+        static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *BUDGET.get_or_init(|| match super::memlock_limit() {
+            Some(_) if super::has_ipc_lock_capability() => MAX_BYTES,
+            Some(lim) => usize::try_from(lim / 2).unwrap_or(MAX_BYTES).min(MAX_BYTES),
+            None => MAX_BYTES,
+        })
+    }
+
+    impl Pool {
+        /// Drop everything if this is a forked child (its copies are not locked).
+        fn check_pid(&mut self, out: &mut Vec<Pages>) {
+            let pid = std::process::id();
+            if self.pid != pid {
+                for mut p in self.entries.drain(..) {
+                    p.locked = false;
+                    out.push(p);
+                }
+                self.bytes = 0;
+                self.locked_bytes = 0;
+                self.pid = pid;
+            }
+        }
+
+        fn remove(&mut self, i: usize) -> Pages {
+            let p = self.entries.remove(i);
+            self.bytes -= p.cap;
+            if p.locked {
+                self.locked_bytes -= p.cap;
+            }
+            p
+        }
+    }
+
+    /// A pooled mapping of at least `need` bytes (and not wastefully larger), if any.
+    pub(super) fn take(need: usize, class: usize, lock: bool) -> Option<Pages> {
+        let mut discard = Vec::new();
+        let taken = {
+            let mut pool = POOL.try_lock().ok()?;
+            pool.check_pid(&mut discard);
+            let limit = class.saturating_mul(2).max(64 << 10);
+            // A request that asked not to lock does not take locked memory (it would use up
+            // RLIMIT_MEMLOCK for a caller that opted out); a locking request prefers locked
+            // mappings; then the smallest that fits.
+            let best = pool
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.cap >= need && p.cap <= limit && (lock || !p.locked))
+                .min_by_key(|(_, p)| (lock && !p.locked, p.cap))
+                .map(|(i, _)| i);
+            best.map(|i| pool.remove(i))
+        };
+        drop(discard);
+        let mut p = taken?;
+        debug_assert_eq!(p.dirty, 0);
+        if lock {
+            p.try_lock();
+        }
+        Some(p)
+    }
+
+    /// Wipe `pages` and keep them for reuse if the pool has room; otherwise unmap them.
+    pub(super) fn release(mut pages: Pages) {
+        pages.wipe();
+        if pages.cap > MAX_ENTRY {
+            return; // dropped: unlocked and unmapped
+        }
+        let mut discard = Vec::new();
+        if let Ok(mut pool) = POOL.try_lock() {
+            pool.check_pid(&mut discard);
+            let locked = pages.locked;
+            if !locked || pages.cap <= locked_budget() {
+                // Make room by dropping the oldest mappings (the oldest locked ones first
+                // when it is the locked budget that is short).
+                while locked && pool.locked_bytes + pages.cap > locked_budget() {
+                    let Some(i) = pool.entries.iter().position(|p| p.locked) else {
+                        break;
+                    };
+                    let old = pool.remove(i);
+                    discard.push(old);
+                }
+                while !pool.entries.is_empty()
+                    && (pool.entries.len() >= MAX_ENTRIES || pool.bytes + pages.cap > MAX_BYTES)
+                {
+                    let old = pool.remove(0);
+                    discard.push(old);
+                }
+                pool.bytes += pages.cap;
+                if locked {
+                    pool.locked_bytes += pages.cap;
+                }
+                pool.entries.push(pages);
+            } else {
+                discard.push(pages);
+            }
+        } else {
+            discard.push(pages);
+        }
+        // Unmapped here, outside the lock.
+        drop(discard);
+    }
+
+    /// Drop every locked pooled mapping (to free RLIMIT_MEMLOCK); true if any was dropped.
+    pub(super) fn evict_locked() -> bool {
+        let mut discard = Vec::new();
+        if let Ok(mut pool) = POOL.try_lock() {
+            let mut i = 0;
+            while i < pool.entries.len() {
+                if pool.entries[i].locked {
+                    let p = pool.remove(i);
+                    discard.push(p);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        !discard.is_empty()
+    }
+}
+
+/// Get a zeroed mapping of at least `min_cap` bytes: from the pool, or freshly mapped.
+fn acquire(min_cap: usize, lock: bool) -> Result<Pages> {
+    let class = size_class(min_cap);
+    if let Some(p) = pool::take(min_cap, class, lock) {
+        return Ok(p);
+    }
+    Pages::map(class, lock)
+}
+
 /// A growable byte buffer for secrets, in locked, dump-excluded pages, zeroed on drop.
 pub struct SecretBuf {
     pages: Option<Pages>,
     len: usize,
     lock: bool,
+}
+
+impl Drop for SecretBuf {
+    fn drop(&mut self) {
+        if let Some(p) = self.pages.take() {
+            pool::release(p);
+        }
+    }
 }
 
 impl SecretBuf {
@@ -160,7 +400,7 @@ impl SecretBuf {
         let pages = if capacity == 0 {
             None
         } else {
-            Some(Pages::new(capacity, lock)?)
+            Some(acquire(capacity, lock)?)
         };
         Ok(SecretBuf {
             pages,
@@ -179,7 +419,7 @@ impl SecretBuf {
     /// A buffer of `len` zero bytes.
     pub fn zeroed(len: usize) -> Result<Self> {
         let mut buf = Self::with_capacity(len)?;
-        buf.len = len;
+        buf.resize_zeroed(len)?;
         Ok(buf)
     }
 
@@ -211,7 +451,7 @@ impl SecretBuf {
     /// The bytes held.
     pub fn as_slice(&self) -> &[u8] {
         match &self.pages {
-            Some(p) => &p.as_slice()[..self.len],
+            Some(p) => p.slice(self.len),
             None => &[],
         }
     }
@@ -220,7 +460,7 @@ impl SecretBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let len = self.len;
         match &mut self.pages {
-            Some(p) => &mut p.as_mut_slice()[..len],
+            Some(p) => p.range_mut(0, len),
             None => &mut [],
         }
     }
@@ -235,22 +475,32 @@ impl SecretBuf {
             return Ok(());
         }
         let new_cap = needed.max(self.capacity().saturating_mul(2));
-        let mut pages = Pages::new(new_cap, self.lock)?;
-        pages.as_mut_slice()[..self.len].copy_from_slice(self.as_slice());
-        // The old mapping is wiped and unmapped by its Drop.
-        self.pages = Some(pages);
+        let mut pages = acquire(new_cap, self.lock)?;
+        pages
+            .range_mut(0, self.len)
+            .copy_from_slice(self.as_slice());
+        // The old mapping is wiped before it is unmapped or pooled.
+        if let Some(old) = self.pages.replace(pages) {
+            pool::release(old);
+        }
         Ok(())
     }
 
     /// Append bytes, growing (safely) if needed.
     pub fn extend_from_slice(&mut self, data: &[u8]) -> Result<()> {
-        self.reserve(data.len())?;
-        let start = self.len;
-        if let Some(p) = &mut self.pages {
-            p.as_mut_slice()[start..start + data.len()].copy_from_slice(data);
-        }
+        self.spare(data.len())?.copy_from_slice(data);
         self.len += data.len();
         Ok(())
+    }
+
+    /// The `n` bytes just past the end (growing if needed), marked dirty; not yet counted.
+    fn spare(&mut self, n: usize) -> Result<&mut [u8]> {
+        self.reserve(n)?;
+        let start = self.len;
+        Ok(match &mut self.pages {
+            Some(p) => p.range_mut(start, start + n),
+            None => &mut [],
+        })
     }
 
     /// Append one byte.
@@ -261,8 +511,9 @@ impl SecretBuf {
     /// Shorten to `len` bytes, wiping the bytes cut off.
     pub fn truncate(&mut self, len: usize) {
         if len < self.len {
+            let old = self.len;
             if let Some(p) = &mut self.pages {
-                p.as_mut_slice()[len..self.len].zeroize();
+                p.range_mut(len, old).zeroize();
             }
             self.len = len;
         }
@@ -275,6 +526,10 @@ impl SecretBuf {
             return Ok(());
         }
         self.reserve(len - self.len)?;
+        if let Some(p) = &mut self.pages {
+            // Bytes past the old length are already zero (the type's invariant).
+            p.touch(len);
+        }
         self.len = len;
         Ok(())
     }
@@ -282,14 +537,16 @@ impl SecretBuf {
     /// Wipe the contents now and set the length to zero (the pages stay mapped).
     pub fn clear(&mut self) {
         if let Some(p) = &mut self.pages {
-            p.as_mut_slice().zeroize();
+            p.wipe();
         }
         self.len = 0;
     }
 
     /// Wipe the contents and release the pages now.
     pub fn release(&mut self) {
-        self.pages = None;
+        if let Some(p) = self.pages.take() {
+            pool::release(p);
+        }
         self.len = 0;
     }
 }
@@ -331,6 +588,25 @@ pub fn probe() -> Result<Protection> {
         memlock_limit: memlock_limit(),
         page_size: page_size(),
     })
+}
+
+/// True if this process has `CAP_IPC_LOCK` in its effective set (then `RLIMIT_MEMLOCK` does
+/// not bound `mlock`).
+#[cfg(target_os = "linux")]
+fn has_ipc_lock_capability() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn has_ipc_lock_capability() -> bool {
+    false
 }
 
 #[cfg(not(unix))]
@@ -394,6 +670,165 @@ mod tests {
     fn debug_redacts() {
         let b = SecretBuf::from_slice(b"hunter2").unwrap();
         assert!(!format!("{b:?}").contains("hunter2"));
+    }
+
+    /// Every pooled mapping is all zero, over its whole capacity.
+    fn pool_all_zero() -> bool {
+        let pool = pool::POOL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pool.entries
+            .iter()
+            .all(|p| p.dirty == 0 && p.slice(p.cap).iter().all(|&b| b == 0))
+    }
+
+    /// Bookkeeping of the pool matches its entries and respects its bounds.
+    fn pool_consistent() -> bool {
+        let pool = pool::POOL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes: usize = pool.entries.iter().map(|p| p.cap).sum();
+        let locked: usize = pool
+            .entries
+            .iter()
+            .filter(|p| p.locked)
+            .map(|p| p.cap)
+            .sum();
+        bytes == pool.bytes
+            && locked == pool.locked_bytes
+            && pool.entries.len() <= pool::MAX_ENTRIES
+            && bytes <= pool::MAX_BYTES
+            && pool.entries.iter().all(|p| p.cap <= pool::MAX_ENTRY)
+    }
+
+    #[test]
+    fn pooled_pages_come_back_zeroed() {
+        for round in 0..50usize {
+            let size = 1 + (round * 7919) % (300 << 10);
+            let mut b = SecretBuf::with_capacity(size).unwrap();
+            let cap = b.capacity();
+            // Fill the whole capacity, not just what was asked for.
+            b.resize_zeroed(cap).unwrap();
+            b.as_mut_slice().fill(0xA5);
+            let addr = b.as_slice().as_ptr() as usize;
+            drop(b);
+            assert!(pool_all_zero());
+            // Whatever mapping comes next (pooled or fresh) is zero over its whole capacity.
+            let mut c = SecretBuf::zeroed(size).unwrap();
+            let ccap = c.capacity();
+            c.resize_zeroed(ccap).unwrap();
+            assert!(c.as_slice().iter().all(|&v| v == 0), "round {round}");
+            let _ = addr;
+        }
+        assert!(pool_consistent());
+    }
+
+    #[test]
+    fn pool_reuses_released_mapping() {
+        // Probabilistic under parallel tests; the size is unusual so others rarely take it.
+        let size = 777 * 1024 + 5;
+        let mut reused = false;
+        for _ in 0..20 {
+            let mut b = SecretBuf::from_slice(&vec![0x5Au8; size]).unwrap();
+            b.as_mut_slice()[0] = 1;
+            let addr = b.as_slice().as_ptr() as usize;
+            drop(b);
+            let c = SecretBuf::zeroed(size).unwrap();
+            assert!(c.as_slice().iter().all(|&v| v == 0));
+            if c.as_slice().as_ptr() as usize == addr {
+                reused = true;
+                break;
+            }
+        }
+        assert!(reused, "a released mapping was never reused");
+    }
+
+    #[test]
+    fn clear_and_truncate_keep_tail_zero() {
+        let mut b = SecretBuf::from_slice(&[7u8; 5000]).unwrap();
+        b.truncate(10);
+        b.resize_zeroed(5000).unwrap();
+        assert!(b.as_slice()[10..].iter().all(|&v| v == 0));
+        b.clear();
+        let cap = b.capacity();
+        b.resize_zeroed(cap).unwrap();
+        assert!(b.as_slice().iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn growth_wipes_old_mapping() {
+        let mut b = SecretBuf::with_capacity(1).unwrap();
+        let mut expect = Vec::new();
+        for i in 0..200_000u32 {
+            let v = (i % 253) as u8 | 1;
+            b.push(v).unwrap();
+            expect.push(v);
+            if i.is_power_of_two() {
+                // Every mapping left behind by growth so far is wiped (pooled ones are
+                // checked byte by byte; unpooled ones were wiped and unmapped).
+                assert!(pool_all_zero());
+            }
+        }
+        assert_eq!(b.as_slice(), &expect[..]);
+        drop(b);
+        assert!(pool_all_zero());
+        assert!(pool_consistent());
+    }
+
+    #[test]
+    fn concurrent_use_of_the_pool() {
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    for _ in 0..400 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let size = (x % (200 << 10)) as usize + 1;
+                        let b = SecretBuf::zeroed(size).unwrap();
+                        assert!(b.as_slice().iter().all(|&v| v == 0));
+                        let mut b = b;
+                        b.as_mut_slice().fill(t as u8 + 1);
+                        b.extend_from_slice(&[0xEE; 100]).unwrap();
+                        assert_eq!(b.len(), size + 100);
+                        assert!(b.as_slice()[..size].iter().all(|&v| v == t as u8 + 1));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert!(pool_all_zero());
+        assert!(pool_consistent());
+    }
+
+    #[test]
+    fn unlocked_request_never_gets_locked_pages() {
+        for _ in 0..20 {
+            let b = SecretBuf::from_slice(&[1u8; 9000]).unwrap();
+            drop(b);
+            let c = SecretBuf::with_capacity_and_lock(9000, false).unwrap();
+            assert!(!c.pages.as_ref().unwrap().locked);
+        }
+    }
+
+    #[test]
+    fn size_classes() {
+        let page = page_size();
+        assert_eq!(size_class(1), page);
+        assert_eq!(size_class(64 << 10), 64 << 10);
+        assert_eq!(size_class(1 << 20), 1 << 20);
+        assert_eq!(size_class((1 << 20) + 1), (1 << 20) + (64 << 10));
+        assert_eq!(size_class((8 << 20) + 4096), (8 << 20) + (512 << 10));
+        for n in [1usize, 4095, 4097, 65537, 1_000_000, 9_999_999] {
+            let c = size_class(n);
+            assert!(
+                c >= n && c.is_multiple_of(page) && c <= n + n / 16 + page,
+                "{n} -> {c}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use nomyo_core::envelope::{self, DEFAULT_MAX_ENVELOPE};
 use nomyo_core::secret::SecretBuf;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView};
 
@@ -49,10 +50,32 @@ fn seal_buf<'py>(
     recipient: &PyPublicKey,
     processed_at: Option<serde_json::Number>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let sealed = py
-        .detach(|| envelope::seal_in_place(&mut buf, &recipient.inner, processed_at.as_ref()))
-        .py_err()?;
-    Ok(PyBytes::new(py, &sealed))
+    let len = envelope::sealed_len(buf.len(), &recipient.inner, processed_at.as_ref());
+    let size = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyOverflowError::new_err("envelope too large"))?;
+    // The envelope is written straight into a new `bytes` object (no intermediate copy).
+    // SAFETY: a NULL source makes an uninitialized bytes object of `size` bytes; the result
+    // is checked for NULL (which sets a Python exception) by from_owned_ptr_or_err.
+    let bytes = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), size))?
+            .cast_into_unchecked::<PyBytes>()
+    };
+    // SAFETY: `bytes` is a bytes object; its buffer has `len` bytes (plus a NUL).
+    let data = unsafe { ffi::PyBytes_AsString(bytes.as_ptr()) }.cast::<u8>() as usize;
+    // The object is not reachable from any other Python code until it is returned, so it is
+    // filled (zeroed, then written: no uninitialized byte is ever read) with the GIL released.
+    py.detach(|| {
+        let data = data as *mut u8;
+        // SAFETY: data points to `len` writable bytes owned by `bytes`, which outlives this
+        // closure and which nothing else accesses meanwhile.
+        let out = unsafe {
+            std::ptr::write_bytes(data, 0, len);
+            std::slice::from_raw_parts_mut(data, len)
+        };
+        envelope::seal_in_place_into(&mut buf, &recipient.inner, processed_at.as_ref(), out)
+    })
+    .py_err()?;
+    Ok(bytes)
 }
 
 /// Serialize `obj` to JSON in native memory and seal it for `recipient`.
@@ -92,15 +115,28 @@ pub fn seal_bytes<'py>(
     seal_buf(py, buf, recipient, None)
 }
 
+/// The envelope size limit: a non-negative int (default 64 MiB); ValueError otherwise.
+fn size_limit(given: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    let Some(obj) = given.filter(|o| !o.is_none()) else {
+        return Ok(DEFAULT_MAX_ENVELOPE);
+    };
+    if obj.cast::<PyInt>().is_err() || obj.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err("max_size must be an int"));
+    }
+    obj.extract::<usize>()
+        .map_err(|_| PyValueError::new_err("max_size must be between 0 and the address space"))
+}
+
 /// Open an envelope and parse the plaintext JSON: `(value, processed_at, algorithm)`.
 #[pyfunction]
-#[pyo3(signature = (envelope, key, max_size = DEFAULT_MAX_ENVELOPE))]
+#[pyo3(signature = (envelope, key, max_size = None))]
 pub fn open_json<'py>(
     py: Python<'py>,
     envelope: &[u8],
     key: &PyPrivateKey,
-    max_size: usize,
+    max_size: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, &'static str)> {
+    let max_size = size_limit(max_size)?;
     let opened = py
         .detach(|| envelope::open(envelope, &key.inner, max_size))
         .py_err()?;
@@ -114,13 +150,14 @@ pub fn open_json<'py>(
 
 /// Open an envelope into a `SecretBuffer`.
 #[pyfunction]
-#[pyo3(signature = (envelope, key, max_size = DEFAULT_MAX_ENVELOPE))]
+#[pyo3(signature = (envelope, key, max_size = None))]
 pub fn open_bytes(
     py: Python<'_>,
     envelope: &[u8],
     key: &PyPrivateKey,
-    max_size: usize,
+    max_size: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PySecretBuffer> {
+    let max_size = size_limit(max_size)?;
     let opened = py
         .detach(|| envelope::open(envelope, &key.inner, max_size))
         .py_err()?;

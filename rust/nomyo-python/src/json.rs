@@ -225,40 +225,83 @@ fn unicode_escape(out: &mut SecretBuf, c: u32) -> nomyo_core::Result<()> {
     out.extend_from_slice(&digits)
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// True if any of the 8 bytes of `w` needs escaping (below 0x20, a quote or a backslash). Exact for bytes
+/// below 0x80 (the only ones this is used on: ASCII strings and ASCII runs of code points).
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+    (control | quote | backslash) & HIGHS != 0
+}
+
+/// Escape ASCII `bytes` into `out`, copying runs that need no escaping in one piece (runs are
+/// found 8 bytes at a time).
 fn escape_ascii(out: &mut SecretBuf, bytes: &[u8]) -> nomyo_core::Result<()> {
     out.reserve(bytes.len())?;
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if needs_escape(b) {
-            out.extend_from_slice(&bytes[start..i])?;
-            escape_byte(out, b)?;
-            start = i + 1;
+    let mut i = 0;
+    while i < bytes.len() {
+        while let Some(chunk) = bytes.get(i..i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if word_needs_escape(w) {
+                break;
+            }
+            i += 8;
+        }
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
+            if needs_escape(b) {
+                out.extend_from_slice(&bytes[start..i])?;
+                escape_byte(out, b)?;
+                start = i + 1;
+            }
+            i += 1;
         }
     }
     out.extend_from_slice(&bytes[start..])
 }
 
+/// Escape a string given as code points into `out` as UTF-8, through a small stack buffer
+/// (wiped afterwards) so that output is appended in blocks rather than byte by byte.
 fn escape_chars(out: &mut SecretBuf, chars: impl Iterator<Item = u32>) -> nomyo_core::Result<()> {
-    let mut utf8 = [0u8; 4];
-    for c in chars {
-        if c < 0x80 {
-            let b = c as u8;
-            if needs_escape(b) {
-                escape_byte(out, b)?;
-            } else {
-                out.push(b)?;
+    const BLOCK: usize = 512;
+    // Room for the longest item (a six-byte \u escape) past the flush threshold.
+    let mut block = zeroize::Zeroizing::new([0u8; BLOCK + 8]);
+    let mut n = 0;
+    let result = (|| {
+        for c in chars {
+            if n >= BLOCK {
+                out.extend_from_slice(&block[..n])?;
+                n = 0;
             }
-        } else if let Some(ch) = char::from_u32(c) {
-            out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes())?;
-        } else {
-            utf8.fill(0);
-            return Err(nomyo_core::Error::Value(
-                "a string contains a lone surrogate, which is not valid Unicode".into(),
-            ));
+            if c < 0x80 {
+                let b = c as u8;
+                if needs_escape(b) {
+                    out.extend_from_slice(&block[..n])?;
+                    n = 0;
+                    escape_byte(out, b)?;
+                } else {
+                    block[n] = b;
+                    n += 1;
+                }
+            } else if let Some(ch) = char::from_u32(c) {
+                n += ch.encode_utf8(&mut block[n..]).len();
+            } else {
+                return Err(nomyo_core::Error::Value(
+                    "a string contains a lone surrogate, which is not valid Unicode".into(),
+                ));
+            }
         }
-    }
-    utf8.fill(0);
-    Ok(())
+        out.extend_from_slice(&block[..n])
+    })();
+    // `block` is wiped on drop (Zeroizing).
+    result
 }
 
 /// Serialize `obj` as compact JSON into a new secret buffer.
@@ -287,4 +330,80 @@ pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
             e.error_type, e.index
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                0..0x20 => out.extend_from_slice(format!("\\u{:04x}", b).as_bytes()),
+                _ => out.push(b),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ascii_escaping_matches_bytewise_reference() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for len in 0..300usize {
+            for density in [0u64, 2, 16, 64] {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        if density > 0 && x.is_multiple_of(density) {
+                            [b'"', b'\\', b'\n', 0x01, 0x1f, 0x00][(x >> 8) as usize % 6]
+                        } else {
+                            0x20 + ((x >> 16) % 0x60) as u8
+                        }
+                    })
+                    .collect();
+                let mut out = SecretBuf::with_capacity(0).unwrap();
+                escape_ascii(&mut out, &bytes).unwrap();
+                assert_eq!(out.as_slice(), &reference(&bytes)[..], "len {len}");
+                let mut out2 = SecretBuf::with_capacity(0).unwrap();
+                escape_chars(&mut out2, bytes.iter().map(|&b| u32::from(b))).unwrap();
+                assert_eq!(out2.as_slice(), &reference(&bytes)[..], "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn word_test_has_no_false_negatives() {
+        for b in 0u8..0x80 {
+            for pos in 0..8 {
+                let mut w = [b'a'; 8];
+                w[pos] = b;
+                assert_eq!(
+                    word_needs_escape(u64::from_le_bytes(w)),
+                    needs_escape(b),
+                    "{b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn code_points_encode_as_utf8_in_blocks() {
+        let text: String = "h\u{e9}llo \u{1F600} \u{4e2d}\"\n".repeat(200);
+        let mut out = SecretBuf::with_capacity(0).unwrap();
+        escape_chars(&mut out, text.chars().map(u32::from)).unwrap();
+        let want = serde_json::to_string(&text).unwrap();
+        assert_eq!(out.as_slice(), &want.as_bytes()[1..want.len() - 1]);
+        let mut out = SecretBuf::with_capacity(0).unwrap();
+        assert!(escape_chars(&mut out, [0x41, 0xD800].into_iter()).is_err());
+    }
 }
