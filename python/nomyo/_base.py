@@ -273,6 +273,7 @@ class BaseSecureClient:
             "X-Payload-ID": payload_id,
             "X-Public-Key": quote(self.public_key_pem or private_key.public_key().to_pem()),
             "Content-Type": "application/octet-stream",
+            "Accept-Encoding": "identity",
         }
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"

@@ -9,6 +9,7 @@ the ``stream=True`` refusal, the request body, and loading or generating the key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
@@ -41,6 +42,7 @@ from ._transport import TimeoutTypes, VerifyTypes
 
 __all__ = [
     "CLIENT_ARGUMENTS",
+    "RELAY_REFUSED_FIELDS",
     "AsyncChat",
     "AsyncCompletions",
     "BaseSecureChat",
@@ -52,6 +54,9 @@ __all__ = [
 
 #: Arguments of ``create`` that configure the client instead of going into the request.
 CLIENT_ARGUMENTS = ("security_tier", "api_key", "base_url", "extra_body", "timeout")
+#: What a relayed request body (proxy, SDK transport) may not carry: client settings that would
+#: redirect the relay, swap its API key, or change its timeouts. The tier is handled apart.
+RELAY_REFUSED_FIELDS = tuple(a for a in CLIENT_ARGUMENTS if a != "security_tier")
 #: Official-SDK arguments that would change the HTTP request to the router, which nomyo
 #: builds itself; refused rather than silently put into the encrypted body.
 UNSUPPORTED_ARGUMENTS = ("extra_headers", "extra_query")
@@ -111,7 +116,9 @@ class BaseSecureChat(Generic[ClientT]):
             )
             return
         key = _core.PrivateKey.generate(self.client.key_size)
-        save_key_pair(key, self._key_dir, self._key_password)
+        # FileExistsError: another process created the pair first; use that one.
+        with contextlib.suppress(FileExistsError):
+            save_key_pair(key, self._key_dir, self._key_password)
         self.client.load_keys(private_path, password=self._key_password)
 
     def _client_for(self, base_url: str | None) -> ClientT:
@@ -232,7 +239,8 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
             "rate_limit": rate_limit,
         }
         self._setup(base_url, api_key, key_dir, key_password, http_client, options)
-        self._keys_lock = asyncio.Lock()
+        # A thread lock taken in the executor: unlike asyncio.Lock it is not tied to one loop.
+        self._keys_lock = threading.Lock()
         self.chat = AsyncChat(self)
 
     def _new_client(
@@ -244,11 +252,14 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
     async def _ensure_keys(self) -> _core.PrivateKey:
         if self.client.private_key is not None:
             return self.client.private_key
-        async with self._keys_lock:
-            if self.client.private_key is None:
-                await asyncio.get_running_loop().run_in_executor(None, self._load_or_generate)
+        await asyncio.get_running_loop().run_in_executor(None, self._load_or_generate_once)
         assert self.client.private_key is not None
         return self.client.private_key
+
+    def _load_or_generate_once(self) -> None:
+        with self._keys_lock:
+            if self.client.private_key is None:
+                self._load_or_generate()
 
     async def create(
         self,

@@ -29,6 +29,7 @@ from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
 from ._retry import retry_delay
 from ._transport import (
+    IDENTITY,
     TimeoutTypes,
     VerifyTypes,
     body_deadline,
@@ -143,7 +144,9 @@ class SecureCompletionClient(BaseSecureClient):
         self._bind_loop()
         url = self.router_url + PUBLIC_KEY_PATH
         try:
-            async with self._http.stream("GET", url) as response:
+            async with self._http.stream(
+                "GET", url, headers=IDENTITY, follow_redirects=False
+            ) as response:
                 body = await read_limited(response, MAX_KEY_BYTES, body_deadline(self._http))
         except httpx.TransportError as exc:
             raise self._transport_error(exc, None, "fetching the server key") from exc
@@ -172,9 +175,13 @@ class SecureCompletionClient(BaseSecureClient):
             ConfigurationError: the payload is not a non-empty dict.
             TypeError / ValueError: the payload holds something JSON cannot represent.
         """
+        return (await self._seal(payload))[0]
+
+    async def _seal(self, payload: dict[str, Any]) -> tuple[bytes, _core.PublicKey]:
+        """The envelope and the server key it was sealed to (for rotation detection)."""
         self._check_payload(payload)
         server_key = await self._server_public_key()
-        return await self._off_loop(_core.seal_json, payload, server_key)
+        return await self._off_loop(_core.seal_json, payload, server_key), server_key
 
     async def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> ChatCompletion:
         """Open a reply sealed to our key and complete its ``_metadata``.
@@ -248,15 +255,19 @@ class SecureCompletionClient(BaseSecureClient):
         timeout: TimeoutTypes | NotGiven,
     ) -> ChatCompletion:
         started = time.perf_counter()
-        body = await self.encrypt_payload(payload)
-        used_key = self._server_key
+        body, used_key = await self._seal(payload)
         sealed = time.perf_counter()
         waited = await self.rate_limiter.wait_async() if self.rate_limiter is not None else 0.0
         sending = time.perf_counter()
         url = self.router_url + COMPLETION_PATH
         try:
             async with self._http.stream(
-                "POST", url, content=body, headers=headers, timeout=request_timeout(timeout)
+                "POST",
+                url,
+                content=body,
+                headers=headers,
+                timeout=request_timeout(timeout),
+                follow_redirects=False,
             ) as response:
                 if response.status_code == 200:
                     data = await read_limited(

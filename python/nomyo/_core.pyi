@@ -6,6 +6,7 @@ objects and is zeroed when they are dropped. Errors are raised as the exception 
 structural problem with an envelope), ``KeyFormatError`` (a key that cannot be loaded).
 """
 
+import os
 from typing import Any, final
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "unlock_bytearray",
     "verify_attestation",
     "wipe_bytearray",
+    "write_file",
 ]
 
 __version__: str
@@ -77,6 +79,20 @@ class PrivateKey:
 
         Raises KeyFormatError for a corrupt file, a wrong or missing password, a non-RSA key
         or an RSA key under 2048 bits.
+        """
+
+    @staticmethod
+    def load(
+        path: str | os.PathLike[str],
+        password: str | bytes | None = None,
+        allow_readable: bool = False,
+    ) -> PrivateKey:
+        """Read and parse a PEM private key file natively (no Python copy of its bytes).
+
+        The file is opened without following a symlink and checked on the open descriptor: it
+        must be a regular file of at most 1 MiB and (Unix) not accessible by group or others
+        unless ``allow_readable``. Raises FileNotFoundError for a missing file, OSError for
+        other I/O failures and KeyFormatError for a refused or unparsable file. GIL released.
         """
 
     @property
@@ -173,4 +189,16 @@ def verify_attestation(
     ``pcr_policy_matched``, ``aik_type``, ``signature_scheme``, and, honestly, what was not:
     ``aik_trusted`` and ``genuine_tpm_proven`` are always False (the AIK comes from the
     server), with a ``caveat``.
+    """
+
+def write_file(
+    path: str | os.PathLike[str], data: bytes | str, overwrite: bool = False, mode: int = 0o644
+) -> None:
+    """Create ``path`` holding ``data`` (``str`` is written as UTF-8) atomically.
+
+    The data goes to a new file with a random name in the same directory (exclusive create,
+    no symlink following, created with ``mode`` under the umask), is fsync'ed, and is then
+    hard-linked into place, or renamed over ``path`` when ``overwrite`` is true. The temporary
+    file is removed on failure. Raises FileExistsError if ``path`` exists and ``overwrite`` is
+    false, ValueError for a ``mode`` above 0o7777.
     """

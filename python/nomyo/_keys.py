@@ -54,14 +54,15 @@ def resolve_password(password: Password) -> str | bytes | None:
     return value if value else None
 
 
-def _check_private_file_mode(path: Path, allow_readable: bool) -> None:
-    if os.name != "posix" or allow_readable:
+def _check_key_dir(directory: Path) -> None:
+    """Refuse a key directory that others could write to (they could swap the key files)."""
+    if os.name != "posix":
         return
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    mode = directory.stat().st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
         raise KeyFormatError(
-            f"private key file {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
+            f"key directory {directory} is writable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 700 {directory}"
         )
 
 
@@ -80,9 +81,9 @@ def load_private_key(
         KeyFormatError: permissions too open, corrupt file, wrong or missing password,
             not RSA, or under 2048 bits.
     """
-    p = Path(path)
-    _check_private_file_mode(p, allow_readable)
-    return _core.PrivateKey.from_pem(p.read_bytes(), resolve_password(password))
+    # Read in native memory (no-follow, mode checked on the open file): the PEM of an
+    # unencrypted key never becomes a Python bytes object.
+    return _core.PrivateKey.load(os.fspath(path), resolve_password(password), allow_readable)
 
 
 def save_key_pair(
@@ -99,18 +100,17 @@ def save_key_pair(
     """
     directory = Path(key_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_key_dir(directory)
     private_path = directory / PRIVATE_KEY_FILE
     public_path = directory / PUBLIC_KEY_FILE
     if not overwrite:
         for existing in (private_path, public_path):
             if existing.exists():
                 raise FileExistsError(f"{existing} already exists; refusing to overwrite a key")
-    key.save(str(private_path), resolve_password(password), overwrite)
-    tmp = public_path.with_name(f".{PUBLIC_KEY_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(key.public_key().to_pem())
-    tmp.chmod(0o644)
-    os.replace(tmp, public_path)
-    if password is None:
+    secret = resolve_password(password)
+    key.save(str(private_path), secret, overwrite)
+    _core.write_file(str(public_path), key.public_key().to_pem(), overwrite, 0o644)
+    if not secret:
         logger.warning("private key saved without a password in %s", directory)
     return private_path, public_path
 

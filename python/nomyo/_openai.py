@@ -47,7 +47,8 @@ from typing import Any
 
 import httpx
 
-from ._chat import SecureChatCompletion, SyncSecureChatCompletion
+from . import _core
+from ._chat import RELAY_REFUSED_FIELDS, SecureChatCompletion, SyncSecureChatCompletion
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 #: Fields of a request body that would reconfigure the client (redirect it, swap its key).
-REFUSED_FIELDS = ("api_key", "base_url")
+REFUSED_FIELDS = RELAY_REFUSED_FIELDS
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -98,7 +99,8 @@ def _json_response(
     return httpx.Response(
         status,
         headers={"content-type": "application/json", **(headers or {})},
-        content=json.dumps(value).encode("ascii"),
+        # Serialised in native memory: no intermediate str copy of a decrypted reply.
+        content=bytes(_core.dumps(value)),
         request=request,
     )
 

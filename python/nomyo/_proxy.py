@@ -16,7 +16,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._chat import SecureChatCompletion
+from . import _core
+from ._chat import RELAY_REFUSED_FIELDS, SecureChatCompletion
 from ._cli_support import is_loopback_host
 from ._exceptions import (
     APIConnectionError,
@@ -39,7 +40,7 @@ HEALTH_PATH = "/healthz"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 #: Fields ``create()`` would take as client settings: a caller must not redirect the proxy
 #: (``base_url``) or swap its API key through the request body.
-REFUSED_FIELDS = ("base_url", "api_key")
+REFUSED_FIELDS = RELAY_REFUSED_FIELDS
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -82,7 +83,8 @@ def exception_response(exc: NomyoError) -> HTTPResponse:
 
 
 def _json(status: int, value: Any) -> HTTPResponse:
-    return HTTPResponse(status, json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    # Serialised in native memory: no intermediate str copy of a decrypted reply.
+    return HTTPResponse(status, bytes(_core.dumps(value)))
 
 
 class ChatProxy:

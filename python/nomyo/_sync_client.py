@@ -33,6 +33,7 @@ from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
 from ._retry import retry_delay
 from ._transport import (
+    IDENTITY,
     TimeoutTypes,
     VerifyTypes,
     body_deadline,
@@ -100,7 +101,9 @@ class SyncSecureCompletionClient(BaseSecureClient):
         """
         url = self.router_url + PUBLIC_KEY_PATH
         try:
-            with self._http.stream("GET", url) as response:
+            with self._http.stream(
+                "GET", url, headers=IDENTITY, follow_redirects=False
+            ) as response:
                 body = read_limited_sync(response, MAX_KEY_BYTES, body_deadline(self._http))
         except httpx.TransportError as exc:
             raise self._transport_error(exc, None, "fetching the server key") from exc
@@ -126,8 +129,13 @@ class SyncSecureCompletionClient(BaseSecureClient):
             ConfigurationError: the payload is not a non-empty dict.
             TypeError / ValueError: the payload holds something JSON cannot represent.
         """
+        return self._seal(payload)[0]
+
+    def _seal(self, payload: dict[str, Any]) -> tuple[bytes, _core.PublicKey]:
+        """The envelope and the server key it was sealed to (for rotation detection)."""
         self._check_payload(payload)
-        return _core.seal_json(payload, self._server_public_key())
+        server_key = self._server_public_key()
+        return _core.seal_json(payload, server_key), server_key
 
     def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> ChatCompletion:
         """Open a reply sealed to our key and complete its ``_metadata``.
@@ -193,15 +201,19 @@ class SyncSecureCompletionClient(BaseSecureClient):
         timeout: TimeoutTypes | NotGiven,
     ) -> ChatCompletion:
         started = time.perf_counter()
-        body = self.encrypt_payload(payload)
-        used_key = self._server_key
+        body, used_key = self._seal(payload)
         sealed = time.perf_counter()
         waited = self.rate_limiter.wait() if self.rate_limiter is not None else 0.0
         sending = time.perf_counter()
         url = self.router_url + COMPLETION_PATH
         try:
             with self._http.stream(
-                "POST", url, content=body, headers=headers, timeout=request_timeout(timeout)
+                "POST",
+                url,
+                content=body,
+                headers=headers,
+                timeout=request_timeout(timeout),
+                follow_redirects=False,
             ) as response:
                 if response.status_code == 200:
                     data = read_limited_sync(

@@ -20,6 +20,7 @@ from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError, Sec
 from ._params import is_given
 
 __all__ = [
+    "IDENTITY",
     "TimeoutTypes",
     "VerifyTypes",
     "body_deadline",
@@ -59,7 +60,11 @@ def check_base_url(base_url: str, allow_http: bool) -> str:
     url = base_url.rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"base_url must be an http(s) URL, got {base_url!r}")
+        raise ConfigurationError("base_url must be an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            "base_url must not carry credentials (user:password@); pass api_key instead"
+        )
     if parts.scheme == "http" and not allow_http:
         raise SecurityError(
             "refusing plain HTTP: the server key would be fetched unauthenticated. "
@@ -73,6 +78,13 @@ def _verify(verify: VerifyTypes) -> bool | ssl.SSLContext:
         raise ConfigurationError("certificate verification cannot be turned off")
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
+    if isinstance(verify, ssl.SSLContext) and (
+        verify.verify_mode != ssl.CERT_REQUIRED or not verify.check_hostname
+    ):
+        raise ConfigurationError(
+            "the SSLContext must verify certificates and host names "
+            "(verify_mode=CERT_REQUIRED, check_hostname=True)"
+        )
     return verify
 
 
@@ -86,6 +98,8 @@ def _client_options(
         "trust_env": True,
         "limits": httpx.Limits(max_connections=100, max_keepalive_connections=32),
         "follow_redirects": False,
+        # The ciphertext does not compress; identity also rules out decompression bombs.
+        "headers": {"Accept-Encoding": "identity"},
     }
 
 
@@ -118,6 +132,10 @@ def request_timeout(timeout: object) -> Any:
     if not is_given(timeout):
         return httpx.USE_CLIENT_DEFAULT
     return timeout
+
+
+#: Per-request headers that keep replies uncompressed even on a caller-supplied client.
+IDENTITY = {"Accept-Encoding": "identity"}
 
 
 def body_deadline(client: httpx.AsyncClient | httpx.Client) -> float:

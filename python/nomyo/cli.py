@@ -258,6 +258,12 @@ def cmd_serve_dev(args: argparse.Namespace) -> int:
     _check_file(args.tls_key, "TLS key")
     if not 0 <= args.port <= 65535:
         raise CLIError(f"invalid port {args.port}", EXIT_USAGE)
+    if not is_loopback_host(args.host) and not args.allow_remote:
+        raise CLIError(
+            f"refusing to serve on non-loopback address {args.host}: the dev router decrypts "
+            "what it receives; pass --allow-remote (and --api-key) if you mean it",
+            EXIT_USAGE,
+        )
     return asyncio.run(_serve_dev(args))
 
 
@@ -273,6 +279,7 @@ async def _serve_dev(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         upstream=args.upstream,
+        max_recorded=0,  # a long-running server keeps no decrypted requests in memory
     )
     try:
         await router.start()
@@ -493,6 +500,9 @@ def _add_serve_dev(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain: serve HTTPS")
     serve.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     serve.add_argument("--key-bits", type=int, choices=KEY_SIZES, default=KEY_SIZE)
+    serve.add_argument(
+        "--allow-remote", action="store_true", help="allow binding a non-loopback address"
+    )
     serve.set_defaults(handler=cmd_serve_dev)
 
 

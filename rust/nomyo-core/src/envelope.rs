@@ -158,19 +158,33 @@ pub fn open(envelope: &[u8], key: &PrivateKey, max_size: usize) -> Result<Opened
     let mut plaintext = SecretBuf::zeroed(ct_len)?;
     b64::decode_into("ciphertext", ct, plaintext.as_mut_slice())?;
 
-    let aes_key = rsa::oaep_decrypt(key.as_decrypting_key(), &wrapped, None)?;
-    if aes_key.len() != KEY_LEN {
-        return Err(Error::Security);
-    }
-    if let Err(e) = aead::open_in_place(
+    // Unwrap the AES key. If the unwrap fails (or yields a key that is not 32 bytes), do not
+    // return early: carry on with a random key through AES-GCM over the ciphertext, which then
+    // fails its tag check. An unwrap failure and a tag failure thus take the same path and end
+    // in the same opaque error, so timing does not tell them apart (no padding oracle).
+    let unwrapped = rsa::oaep_decrypt(key.as_decrypting_key(), &wrapped, None)
+        .ok()
+        .filter(|k| k.len() == KEY_LEN);
+    let unwrap_ok = unwrapped.is_some();
+    let aes_key = match unwrapped {
+        Some(k) => k,
+        None => {
+            let mut k = SecretBuf::zeroed(KEY_LEN)?;
+            crate::rand::fill(k.as_mut_slice())?;
+            k
+        }
+    };
+    let opened = aead::open_in_place(
         aes_key.as_slice(),
         &nonce,
         b"",
         &tag,
         plaintext.as_mut_slice(),
-    ) {
+    );
+    // `unwrap_ok` also covers the (2^-128) chance that the random key passes the tag check.
+    if opened.is_err() || !unwrap_ok {
         plaintext.clear();
-        return Err(e);
+        return Err(Error::Security);
     }
     Ok(Opened {
         plaintext,

@@ -269,10 +269,93 @@ impl PrivateKey {
         let pem = self.to_pem(password)?;
         write_private_file(path, pem.as_bytes(), overwrite)
     }
+
+    /// Read a PEM private key file straight into memory that is wiped on drop, then parse it
+    /// as [`PrivateKey::from_pem`] does.
+    ///
+    /// The file is opened without following a final symlink (`O_NOFOLLOW`) and checked on the
+    /// open descriptor (no check-then-read race): it must be a regular file of at most
+    /// [`MAX_KEY_FILE`] bytes and, on Unix, not accessible by group or others unless
+    /// `allow_readable` is set.
+    pub fn load(path: &Path, password: Option<&[u8]>, allow_readable: bool) -> Result<Self> {
+        let pem = read_key_file(path, allow_readable)?;
+        Self::from_pem(&pem, password)
+    }
 }
 
-/// Create `path` with `data`, mode 0600, atomically; see [`PrivateKey::save`].
+/// Largest private key file [`PrivateKey::load`] reads.
+pub const MAX_KEY_FILE: u64 = 1 << 20;
+
+fn read_key_file(path: &Path, allow_readable: bool) -> Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut opts = fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK: opening a FIFO must not hang before the file-type check below.
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let f = opts
+        .open(path)
+        .map_err(|e| Error::io(&format!("cannot open {}", path.display()), &e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io(&format!("cannot stat {}", path.display()), &e))?;
+    if !meta.is_file() {
+        return Err(Error::key(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 && !allow_readable {
+            return Err(Error::key(format!(
+                "private key file {p} is accessible by group or others (mode 0{mode:03o}); \
+                 fix it with: chmod 600 {p}",
+                p = path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = allow_readable;
+    if meta.len() > MAX_KEY_FILE {
+        return Err(Error::key(format!(
+            "private key file {} is too large (over {MAX_KEY_FILE} bytes)",
+            path.display()
+        )));
+    }
+    // Capacity for the whole file up front, so the buffer never reallocates (and leaves no
+    // unwiped copy behind); `take` bounds a file that grows after the fstat.
+    let mut pem = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    f.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| Error::io(&format!("cannot read {}", path.display()), &e))?;
+    if pem.len() as u64 > MAX_KEY_FILE {
+        return Err(Error::key(format!(
+            "private key file {} is too large (over {MAX_KEY_FILE} bytes)",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
+/// Create `path` with `data`, mode 0600, atomically; see [`write_new_file`].
 pub fn write_private_file(path: &Path, data: &[u8], overwrite: bool) -> Result<()> {
+    write_new_file(path, data, overwrite, 0o600)
+}
+
+/// Create `path` holding `data` with permission bits `mode` (Unix), atomically.
+///
+/// `data` goes to a new file with a random name in the same directory (exclusive create,
+/// `O_NOFOLLOW`, created with `mode` so it is never more open than asked), which is fsync'ed
+/// and then hard-linked into place (fails if `path` exists: no overwrite) or, with
+/// `overwrite`, renamed over it. The temporary name is removed in every case, and the
+/// directory is fsync'ed.
+pub fn write_new_file(path: &Path, data: &[u8], overwrite: bool, mode: u32) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -281,13 +364,7 @@ pub fn write_private_file(path: &Path, data: &[u8], overwrite: bool) -> Result<(
         .file_name()
         .ok_or_else(|| Error::Io(std::io::ErrorKind::InvalidInput, "not a file path".into()))?;
     if !overwrite && fs::symlink_metadata(path).is_ok() {
-        return Err(Error::Io(
-            std::io::ErrorKind::AlreadyExists,
-            format!(
-                "{} already exists; refusing to overwrite a key file",
-                path.display()
-            ),
-        ));
+        return Err(exists(path));
     }
     let mut suffix = [0u8; 8];
     crate::rand::fill(&mut suffix)?;
@@ -296,7 +373,7 @@ pub fn write_private_file(path: &Path, data: &[u8], overwrite: bool) -> Result<(
         name.to_string_lossy(),
         u64::from_le_bytes(suffix)
     ));
-    let result = write_new_0600(&tmp, data).and_then(|()| publish(&tmp, path, overwrite));
+    let result = write_temp(&tmp, data, mode).and_then(|()| publish(&tmp, path, overwrite));
     let _ = fs::remove_file(&tmp);
     result?;
     if let Ok(d) = fs::File::open(&dir) {
@@ -305,21 +382,33 @@ pub fn write_private_file(path: &Path, data: &[u8], overwrite: bool) -> Result<(
     Ok(())
 }
 
-fn write_new_0600(tmp: &Path, data: &[u8]) -> Result<()> {
+fn exists(path: &Path) -> Error {
+    Error::Io(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{} already exists; refusing to overwrite it",
+            path.display()
+        ),
+    )
+}
+
+fn write_temp(tmp: &Path, data: &[u8], mode: u32) -> Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        opts.mode(mode & 0o7777).custom_flags(libc::O_NOFOLLOW);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut f = opts
         .open(tmp)
         .map_err(|e| Error::io(&format!("cannot create {}", tmp.display()), &e))?;
     f.write_all(data)
-        .map_err(|e| Error::io("cannot write key file", &e))?;
+        .map_err(|e| Error::io(&format!("cannot write {}", tmp.display()), &e))?;
     f.sync_all()
-        .map_err(|e| Error::io("cannot sync key file", &e))
+        .map_err(|e| Error::io(&format!("cannot sync {}", tmp.display()), &e))
 }
 
 fn publish(tmp: &Path, path: &Path, overwrite: bool) -> Result<()> {
@@ -330,13 +419,7 @@ fn publish(tmp: &Path, path: &Path, overwrite: bool) -> Result<()> {
         // link(2) fails if the target exists: no window where another file is replaced.
         fs::hard_link(tmp, path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Io(
-                    e.kind(),
-                    format!(
-                        "{} already exists; refusing to overwrite a key file",
-                        path.display()
-                    ),
-                )
+                exists(path)
             } else {
                 Error::io(&format!("cannot write {}", path.display()), &e)
             }

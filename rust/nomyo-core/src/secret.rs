@@ -4,6 +4,8 @@
 //! with anything else and are never moved by an allocator. On creation it asks the kernel to
 //! keep the pages in RAM (`mlock`) and out of core dumps (`MADV_DONTDUMP`); both are best
 //! effort and reported truthfully by [`SecretBuf::locked`] and [`SecretBuf::dump_excluded`].
+//! On Linux the pages are also marked `MADV_WIPEONFORK`, so a forked child sees zeros rather
+//! than a copy of the secrets ([`SecretBuf::wipe_on_fork`]).
 //! The contents are zeroed (with writes the compiler cannot elide) before the pages are
 //! released. Growing never reallocates in place: a new mapping is taken, the bytes copied,
 //! and the old mapping wiped and released.
@@ -51,6 +53,8 @@ struct Pages {
     dirty: usize,
     locked: bool,
     dump_excluded: bool,
+    /// `MADV_WIPEONFORK` succeeded: a forked child sees these pages as zeros.
+    wipe_on_fork: bool,
 }
 
 // SAFETY: Pages exclusively owns its mapping; access is through &/&mut like a Vec.
@@ -78,12 +82,14 @@ impl Pages {
         }
         let ptr = NonNull::new(raw.cast::<u8>()).ok_or(Error::Internal("mmap returned null"))?;
         let dump_excluded = dont_dump(raw, cap);
+        let wipe_on_fork = wipe_on_fork(raw, cap);
         let mut pages = Pages {
             ptr,
             cap,
             dirty: 0,
             locked: false,
             dump_excluded,
+            wipe_on_fork,
         };
         if lock
             && !pages.try_lock()
@@ -112,6 +118,7 @@ impl Pages {
             dirty: 0,
             locked: false,
             dump_excluded: false,
+            wipe_on_fork: false,
         })
     }
 
@@ -163,6 +170,19 @@ impl Pages {
 fn dont_dump(raw: *mut libc::c_void, cap: usize) -> bool {
     // SAFETY: raw/cap is a mapping we own.
     unsafe { libc::madvise(raw, cap, libc::MADV_DONTDUMP) == 0 }
+}
+
+/// Ask that a forked child get these pages zero-filled instead of a copy of the secrets
+/// (Linux 4.14+; best effort). The advice stays with the mapping, so pooled pages keep it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn wipe_on_fork(raw: *mut libc::c_void, cap: usize) -> bool {
+    // SAFETY: raw/cap is a private anonymous mapping we own.
+    unsafe { libc::madvise(raw, cap, libc::MADV_WIPEONFORK) == 0 }
+}
+
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+fn wipe_on_fork(_raw: *mut libc::c_void, _cap: usize) -> bool {
+    false
 }
 
 #[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
@@ -448,6 +468,12 @@ impl SecretBuf {
         self.pages.as_ref().is_none_or(|p| p.dump_excluded)
     }
 
+    /// True if a forked child gets these pages zero-filled (`MADV_WIPEONFORK`; vacuously
+    /// true when empty).
+    pub fn wipe_on_fork(&self) -> bool {
+        self.pages.as_ref().is_none_or(|p| p.wipe_on_fork)
+    }
+
     /// The bytes held.
     pub fn as_slice(&self) -> &[u8] {
         match &self.pages {
@@ -570,6 +596,8 @@ pub struct Protection {
     pub locking: bool,
     /// `MADV_DONTDUMP` of a fresh page succeeded.
     pub dump_exclusion: bool,
+    /// `MADV_WIPEONFORK` of a fresh page succeeded (forked children see zeros).
+    pub wipe_on_fork: bool,
     /// Zeroing on drop (always: done by this crate, not by the OS).
     pub zeroing: bool,
     /// The soft `RLIMIT_MEMLOCK` in bytes (`None` = unlimited).
@@ -584,6 +612,7 @@ pub fn probe() -> Result<Protection> {
     Ok(Protection {
         locking: buf.locked(),
         dump_exclusion: buf.dump_excluded(),
+        wipe_on_fork: buf.wipe_on_fork(),
         zeroing: true,
         memlock_limit: memlock_limit(),
         page_size: page_size(),

@@ -263,3 +263,89 @@ fn save_is_exclusive_and_0600() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn unwrapped_key_of_wrong_length_is_the_same_opaque_error() {
+    // A validly wrapped 16-byte key: the unwrap succeeds but the key is refused, through the
+    // same AES-GCM path as a bad tag.
+    let mut v = sealed(b"{\"secret\": 1}");
+    let wrapped =
+        nomyo_core::rsa::oaep_encrypt(key().public_key().as_encrypting_key(), &[7u8; 16], None)
+            .unwrap();
+    v["encrypted_aes_key"] = json!(base64_encode(&wrapped));
+    assert_eq!(open_value(&v), Err(Error::Security));
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let mut r = [0u8; 8];
+    nomyo_core::rand::fill(&mut r).unwrap();
+    let d = std::env::temp_dir().join(format!("nomyo-{name}-{:016x}", u64::from_le_bytes(r)));
+    std::fs::create_dir(&d).unwrap();
+    d
+}
+
+#[test]
+fn key_files_load_natively_with_checks() {
+    let dir = temp_dir("load");
+    let path = dir.join("k.pem");
+    key().save(&path, Some(b"pw"), false).unwrap();
+    let loaded = PrivateKey::load(&path, Some(b"pw"), false).unwrap();
+    assert_eq!(loaded.public_key(), key().public_key());
+    match PrivateKey::load(&dir.join("missing"), None, false) {
+        Err(Error::Io(std::io::ErrorKind::NotFound, _)) => {}
+        other => panic!("{other:?}"),
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        match PrivateKey::load(&path, Some(b"pw"), false) {
+            Err(Error::Key(m)) => assert!(m.contains("mode 0644") && m.contains("chmod 600")),
+            other => panic!("{other:?}"),
+        }
+        assert!(PrivateKey::load(&path, Some(b"pw"), true).is_ok());
+        let link = dir.join("link.pem");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(
+            PrivateKey::load(&link, Some(b"pw"), true),
+            Err(Error::Io(..))
+        ));
+        assert!(matches!(
+            PrivateKey::load(&dir, None, true),
+            Err(Error::Key(m)) if m.contains("not a regular file")
+        ));
+    }
+    let big = dir.join("big.pem");
+    nomyo_core::keys::write_new_file(&big, &vec![b'A'; (1 << 20) + 1], false, 0o600).unwrap();
+    assert!(matches!(
+        PrivateKey::load(&big, None, false),
+        Err(Error::Key(m)) if m.contains("too large")
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn write_new_file_is_exclusive_unless_overwriting() {
+    let dir = temp_dir("write");
+    let path = dir.join("public_key.pem");
+    nomyo_core::keys::write_new_file(&path, b"one", false, 0o644).unwrap();
+    assert!(matches!(
+        nomyo_core::keys::write_new_file(&path, b"two", false, 0o644),
+        Err(Error::Io(std::io::ErrorKind::AlreadyExists, _))
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), b"one");
+    nomyo_core::keys::write_new_file(&path, b"two", true, 0o600).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"two");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

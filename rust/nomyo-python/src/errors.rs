@@ -1,7 +1,10 @@
 //! The one place core errors become Python exceptions.
 
 use nomyo_core::Error;
-use pyo3::exceptions::{PyFileExistsError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileExistsError, PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError,
+    PyValueError,
+};
 use pyo3::PyErr;
 
 pyo3::import_exception!(nomyo._exceptions, SecurityError);
@@ -20,6 +23,8 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Key(m) => KeyFormatError::new_err(m),
         Error::Value(m) => PyValueError::new_err(m),
         Error::Io(std::io::ErrorKind::AlreadyExists, m) => PyFileExistsError::new_err(m),
+        Error::Io(std::io::ErrorKind::NotFound, m) => PyFileNotFoundError::new_err(m),
+        Error::Io(std::io::ErrorKind::PermissionDenied, m) => PyPermissionError::new_err(m),
         Error::Io(_, m) => PyOSError::new_err(m),
         Error::Internal(m) => PyRuntimeError::new_err(m),
     }

@@ -68,36 +68,36 @@ impl Writer {
     }
 
     fn int(&mut self, i: &Bound<'_, PyInt>) -> PyResult<()> {
-        if let Ok(v) = i.extract::<i64>() {
-            return self.put(v.to_string().as_bytes());
-        }
-        // Arbitrary precision: int.__repr__ is plain decimal digits.
-        let text = i.repr()?;
-        self.put(text.to_str()?.as_bytes())
+        let text = int_text(i)?;
+        self.put(text.as_bytes())
     }
 
     fn float(&mut self, v: f64) -> PyResult<()> {
-        if !v.is_finite() {
-            return Err(PyValueError::new_err(
-                "Out of range float values are not JSON compliant",
-            ));
-        }
-        self.put(format!("{v:?}").as_bytes())
+        self.put(float_text(v)?.as_bytes())
     }
 
     fn dict(&mut self, d: &Bound<'_, PyDict>, depth: usize) -> PyResult<()> {
+        // Walk a snapshot (a new list of (key, value) tuples, holding references): PyO3's dict
+        // iterator panics if the dict changes size, and a finalizer run by the garbage
+        // collector could change it mid-walk. `PyDict_Items` is the C function, so a dict
+        // subclass cannot hook it.
+        let items = d.items();
         self.put(b"{")?;
-        for (n, (k, v)) in d.iter().enumerate() {
+        for (n, item) in items.iter().enumerate() {
+            let item = item.cast_into::<PyTuple>()?;
             if n > 0 {
                 self.put(b",")?;
             }
-            self.key(&k)?;
+            self.key(&item.get_item(0)?)?;
             self.put(b":")?;
-            self.value(&v, depth + 1)?;
+            self.value(&item.get_item(1)?, depth + 1)?;
         }
         self.put(b"}")
     }
 
+    /// A dict key. Non-string keys are formatted natively (never through `repr()`, which a
+    /// subclass could override): an int subclass such as IntEnum gives its integer value, as
+    /// json.dumps does.
     fn key(&mut self, k: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Ok(s) = k.cast::<PyString>() {
             return self.string(s);
@@ -107,14 +107,9 @@ impl Writer {
         } else if let Ok(b) = k.cast::<PyBool>() {
             (if b.is_true() { "true" } else { "false" }).to_owned()
         } else if let Ok(f) = k.cast::<PyFloat>() {
-            if !f.value().is_finite() {
-                return Err(PyValueError::new_err(
-                    "Out of range float values are not JSON compliant",
-                ));
-            }
-            k.repr()?.to_str()?.to_owned()
-        } else if k.cast::<PyInt>().is_ok() {
-            k.repr()?.to_str()?.to_owned()
+            float_text(f.value())?
+        } else if let Ok(i) = k.cast::<PyInt>() {
+            int_text(i)?
         } else {
             return Err(PyTypeError::new_err(format!(
                 "keys must be str, int, float, bool or None, not {}",
@@ -144,7 +139,12 @@ impl Writer {
     fn string(&mut self, s: &Bound<'_, PyString>) -> PyResult<()> {
         let py = s.py();
         self.put(b"\"")?;
-        if s.call_method0(intern!(py, "isascii"))?.is_truthy()? {
+        // Only an exact `str` may take the in-place path: on a subclass `isascii` could be
+        // overridden to lie, and `PyUnicode_AsUTF8AndSize` would then cache a UTF-8 copy of
+        // the text on the caller's object. On an exact str the call is `str.isascii` itself.
+        if s.is_exact_instance_of::<PyString>()
+            && s.call_method0(intern!(py, "isascii"))?.is_truthy()?
+        {
             let mut size: ffi::Py_ssize_t = 0;
             // SAFETY: s is a str; for an ASCII str the UTF-8 form is the object's own data (no
             // copy is made), valid while s is alive, which it is for this call.
@@ -194,6 +194,87 @@ impl Writer {
         scratch.clear();
         result
     }
+}
+
+/// Decimal digits of an int (or int subclass) from its exact integer value, without running
+/// any Python code: `PyNumber_ToBase` takes the value through `PyNumber_Index` (which, for an
+/// int subclass, copies the value into an exact int without calling `__index__`) and formats
+/// it with int's own formatter, so an overridden `__repr__`/`__str__` is never used.
+fn int_text(i: &Bound<'_, PyInt>) -> PyResult<String> {
+    if let Ok(v) = i.extract::<i64>() {
+        return Ok(v.to_string());
+    }
+    // SAFETY: i is a valid int object; the result is a new reference or NULL with an error.
+    let text = unsafe { ffi::PyNumber_ToBase(i.as_ptr(), 10) };
+    if text.is_null() {
+        return Err(PyErr::fetch(i.py()));
+    }
+    // SAFETY: a new, owned reference.
+    let text = unsafe { Bound::from_owned_ptr(i.py(), text) };
+    let text = text.cast_into::<PyString>()?;
+    let text = text.to_str()?;
+    // Defence in depth: only an optional sign and digits may reach the plaintext.
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PyValueError::new_err(
+            "int formatting produced unexpected text",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A finite float as JSON, written exactly as Python's `float.__repr__` (and so json.dumps)
+/// writes it: shortest round-trip digits, positional for exponents -4..16 (with ".0" when
+/// integral), otherwise `d.ddde+XX`. NaN and infinities are refused.
+fn float_text(v: f64) -> PyResult<String> {
+    if !v.is_finite() {
+        return Err(PyValueError::new_err(
+            "Out of range float values are not JSON compliant",
+        ));
+    }
+    // `{:e}` gives the shortest round-trip digits: "-1.25e-7", "0e0".
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("LowerExp has an exponent");
+    let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|&c| c != '.').collect();
+    let mut out = String::with_capacity(digits.len() + 8);
+    if negative {
+        out.push('-');
+    }
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        } else {
+            let point = exp as usize + 1;
+            if digits.len() <= point {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', point - digits.len()));
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..point]);
+                out.push('.');
+                out.push_str(&digits[point..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
+    }
+    Ok(out)
 }
 
 fn needs_escape(b: u8) -> bool {
@@ -378,6 +459,31 @@ mod tests {
                 escape_chars(&mut out2, bytes.iter().map(|&b| u32::from(b))).unwrap();
                 assert_eq!(out2.as_slice(), &reference(&bytes)[..], "len {len}");
             }
+        }
+    }
+
+    #[test]
+    fn floats_format_like_python_repr() {
+        for (v, want) in [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.0, "1.0"),
+            (1.5, "1.5"),
+            (-2.25, "-2.25"),
+            (0.1, "0.1"),
+            (1e-4, "0.0001"),
+            (1.5e-5, "1.5e-05"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.2345e16, "1.2345e+16"),
+            (123456789.125, "123456789.125"),
+            (1e300, "1e+300"),
+            (-1e-300, "-1e-300"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (0.30000000000000004, "0.30000000000000004"),
+        ] {
+            assert_eq!(float_text(v).unwrap(), want, "{v:e}");
         }
     }
 

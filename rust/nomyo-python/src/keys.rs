@@ -69,6 +69,22 @@ impl PyPrivateKey {
         Ok(PyPrivateKey { inner })
     }
 
+    /// Load a PEM private key file; its bytes never pass through a Python object.
+    #[staticmethod]
+    #[pyo3(signature = (path, password = None, allow_readable = false))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        password: Option<&Bound<'_, PyAny>>,
+        allow_readable: bool,
+    ) -> PyResult<Self> {
+        let pw = self::password(password)?;
+        let inner = py
+            .detach(|| PrivateKey::load(&path, pw.as_deref().map(Vec::as_slice), allow_readable))
+            .py_err()?;
+        Ok(PyPrivateKey { inner })
+    }
+
     #[getter]
     fn key_size(&self) -> usize {
         self.inner.key_size()
@@ -116,6 +132,34 @@ impl PyPrivateKey {
             self.inner.public_key().fingerprint()
         )
     }
+}
+
+/// Write `data` to a new file at `path` atomically (see `nomyo_core::keys::write_new_file`).
+#[pyfunction]
+#[pyo3(signature = (path, data, overwrite = false, mode = 0o644))]
+pub fn write_file(
+    py: Python<'_>,
+    path: PathBuf,
+    data: &Bound<'_, PyAny>,
+    overwrite: bool,
+    mode: u32,
+) -> PyResult<()> {
+    if mode > 0o7777 {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "mode must be permission bits (at most 0o7777)",
+        ));
+    }
+    let data = if let Ok(s) = data.cast::<PyString>() {
+        Zeroizing::new(s.to_str()?.as_bytes().to_vec())
+    } else if let Ok(b) = data.cast::<PyBytes>() {
+        Zeroizing::new(b.as_bytes().to_vec())
+    } else {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "data must be bytes or str",
+        ));
+    };
+    py.detach(|| nomyo_core::keys::write_new_file(&path, &data, overwrite, mode))
+        .py_err()
 }
 
 /// An RSA public key.

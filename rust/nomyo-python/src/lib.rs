@@ -38,5 +38,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory::unlock_bytearray, m)?)?;
     m.add_function(wrap_pyfunction!(memory::wipe_bytearray, m)?)?;
     m.add_function(wrap_pyfunction!(tpm::verify_attestation, m)?)?;
+    m.add_function(wrap_pyfunction!(keys::write_file, m)?)?;
     Ok(())
 }

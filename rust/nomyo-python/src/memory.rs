@@ -18,6 +18,7 @@ pub fn memory_protection_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("has_memory_locking", p.locking)?;
     d.set_item("has_secure_zeroing", p.zeroing)?;
     d.set_item("has_dump_exclusion", p.dump_exclusion)?;
+    d.set_item("has_wipe_on_fork", p.wipe_on_fork)?;
     d.set_item("supports_full_protection", p.locking && p.dump_exclusion)?;
     d.set_item("memlock_limit", p.memlock_limit)?;
     d.set_item("page_size", p.page_size)?;

@@ -1,0 +1,329 @@
+"""Security-review regressions for the native module: the JSON writer runs no user code,
+private key files are read natively, files are written atomically, secret pages are wiped in
+forked children."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import stat
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nomyo import KeyFormatError, _core
+
+EVIL = "INJECTED"
+
+
+def native(obj: Any) -> Any:
+    return json.loads(bytes(_core.dumps(obj)))
+
+
+def reference(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+class EvilInt(int):
+    def __repr__(self) -> str:
+        return f'0,"{EVIL}":1'
+
+    __str__ = __repr__
+
+    def __index__(self) -> int:  # must not be consulted either
+        raise AssertionError("user code ran")
+
+
+class EvilFloat(float):
+    def __repr__(self) -> str:
+        return f'0,"{EVIL}":1'
+
+    __str__ = __repr__
+
+
+class EvilStr(str):
+    def isascii(self) -> bool:  # lies: would make the writer cache UTF-8 on the object
+        return True
+
+    def __repr__(self) -> str:
+        return EVIL
+
+    __str__ = __repr__
+
+
+class Color(enum.IntEnum):
+    RED = 5
+    BLUE = 10**30
+
+
+def check(obj: Any) -> None:
+    out = bytes(_core.dumps(obj))
+    assert EVIL.encode() not in out
+    assert json.loads(out) == reference(obj)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        EvilInt(7),
+        EvilInt(10**400),
+        EvilInt(-(2**100)),
+        [EvilInt(1), EvilInt(2**64)],
+        EvilFloat(1.5),
+        {"f": EvilFloat(-0.25)},
+        Color.RED,
+        Color.BLUE,
+        {"c": [Color.RED, Color.BLUE]},
+    ],
+)
+def test_numbers_are_formatted_natively(obj: Any) -> None:
+    check(obj)
+
+
+def test_huge_ints_are_exact() -> None:
+    for v in (10**400, -(10**400), 2**100, -(2**100), 2**63, -(2**63) - 1, 2**64 - 1):
+        assert bytes(_core.dumps(v)) == str(v).encode()
+        assert bytes(_core.dumps({v: 1})) == f'{{"{v}":1}}'.encode()
+
+
+def test_non_string_keys_are_formatted_natively() -> None:
+    obj = {
+        EvilInt(3): 1,
+        EvilInt(10**50): 2,
+        EvilFloat(2.5): 3,
+        Color.RED: 4,
+        True: 5,
+        None: 6,
+        1.0e300: 7,
+    }
+    out = bytes(_core.dumps(obj))
+    assert EVIL.encode() not in out
+    got = json.loads(out)
+    assert got["3"] == 1 and got[str(10**50)] == 2 and got["2.5"] == 3
+    assert got["5"] == 4 and got["true"] == 5 and got["null"] == 6
+    assert float(next(k for k, v in got.items() if v == 7)) == 1.0e300
+    assert bytes(_core.dumps({Color.RED: 1})) == b'{"5":1}'
+    assert json.dumps({Color.RED: 1}) == '{"5": 1}'
+
+
+@pytest.mark.parametrize("key", [float("nan"), float("inf"), EvilFloat("-inf")])
+def test_non_finite_float_keys_are_refused(key: float) -> None:
+    with pytest.raises(ValueError):
+        _core.dumps({key: 1})
+
+
+def test_str_subclass_takes_the_copy_free_path() -> None:
+    for text in ("plain ascii", 'h\u00e9llo \u2713 "q"\n', "\U0001f600"):
+        s = EvilStr(text)
+        out = bytes(_core.dumps({s: s, "v": [s]}))
+        assert EVIL.encode() not in out
+        assert json.loads(out) == {text: text, "v": [text]}
+
+
+def test_str_subclass_gets_no_utf8_cache() -> None:
+    # A UTF-8 cache would grow the object; sys.getsizeof reports it.
+    s = EvilStr("s\u00e9cret \u2713" * 10)
+    before = sys.getsizeof(s)
+    _core.dumps(s)
+    assert sys.getsizeof(s) == before
+
+
+class HookedDict(dict[Any, Any]):
+    def items(self) -> Any:
+        raise AssertionError("user code ran")
+
+    def keys(self) -> Any:
+        raise AssertionError("user code ran")
+
+    def __iter__(self) -> Any:
+        raise AssertionError("user code ran")
+
+    def __getitem__(self, key: Any) -> Any:
+        raise AssertionError("user code ran")
+
+
+def test_dict_subclass_hooks_are_not_called() -> None:
+    d = HookedDict({"a": 1, EvilInt(2): [EvilStr("x")]})
+    assert json.loads(bytes(_core.dumps(d))) == {"a": 1, "2": ["x"]}
+
+
+def test_dict_mutated_by_finalizers_during_the_walk_does_not_panic() -> None:
+    import gc
+
+    target: dict[Any, Any] = {}
+
+    class Mutator:
+        def __init__(self) -> None:
+            self.cycle = self
+
+        def __del__(self) -> None:
+            for i in range(20):
+                target[f"added{id(self)}-{i}"] = i
+
+    old = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    try:
+        for _ in range(50):
+            target.clear()
+            target.update({EvilInt(10**60 + i): [EvilStr("v\u00e9")] for i in range(200)})
+            for _ in range(20):
+                Mutator()  # cyclic garbage with a finalizer, collected at any allocation
+            out = json.loads(bytes(_core.dumps(target)))  # no PanicException
+            assert isinstance(out, dict)
+    finally:
+        gc.set_threshold(*old)
+        gc.collect()
+
+
+# --- PrivateKey.load -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def key() -> _core.PrivateKey:
+    return _core.PrivateKey.generate(2048)
+
+
+def test_load_round_trip(tmp_path: Path, key: _core.PrivateKey) -> None:
+    path = tmp_path / "k.pem"
+    key.save(str(path), password="pw")
+    loaded = _core.PrivateKey.load(path, "pw")
+    assert loaded.public_key() == key.public_key()
+    plain = tmp_path / "plain.pem"
+    key.save(str(plain))
+    assert _core.PrivateKey.load(str(plain)).public_key() == key.public_key()
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        _core.PrivateKey.load(tmp_path / "nope.pem")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix permissions")
+def test_load_refuses_group_readable(tmp_path: Path, key: _core.PrivateKey) -> None:
+    path = tmp_path / "k.pem"
+    key.save(str(path))
+    os.chmod(path, 0o640)
+    with pytest.raises(KeyFormatError, match=r"mode 0640.*chmod 600"):
+        _core.PrivateKey.load(path)
+    assert _core.PrivateKey.load(path, allow_readable=True).public_key() == key.public_key()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs")
+def test_load_refuses_symlinks_and_special_files(tmp_path: Path, key: _core.PrivateKey) -> None:
+    path = tmp_path / "k.pem"
+    key.save(str(path))
+    link = tmp_path / "link.pem"
+    link.symlink_to(path)
+    with pytest.raises(OSError):
+        _core.PrivateKey.load(link)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFormatError, match="not a regular file"):
+        _core.PrivateKey.load(fifo)
+    with pytest.raises(KeyFormatError, match="not a regular file"):
+        _core.PrivateKey.load(tmp_path)
+
+
+def test_load_refuses_huge_files(tmp_path: Path) -> None:
+    path = tmp_path / "big.pem"
+    path.write_bytes(b"A" * ((1 << 20) + 1))
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFormatError, match="too large"):
+        _core.PrivateKey.load(path)
+
+
+# --- write_file ------------------------------------------------------------------------------
+
+
+def test_write_file(tmp_path: Path) -> None:
+    path = tmp_path / "public_key.pem"
+    _core.write_file(path, "text ✓\n")
+    assert path.read_bytes() == "text ✓\n".encode()
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~current_umask()
+    with pytest.raises(FileExistsError):
+        _core.write_file(path, b"other")
+    assert path.read_bytes() == "text ✓\n".encode()
+    _core.write_file(str(path), b"other", overwrite=True, mode=0o600)
+    assert path.read_bytes() == b"other"
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["public_key.pem"]
+    with pytest.raises(ValueError):
+        _core.write_file(tmp_path / "x", b"", mode=0o10000)
+    with pytest.raises(TypeError):
+        _core.write_file(tmp_path / "x", bytearray(b"x"))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+def test_write_file_does_not_follow_symlinks(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    link = tmp_path / "link"
+    link.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        _core.write_file(link, b"evil")
+    assert victim.read_bytes() == b"keep"
+    with pytest.raises(FileNotFoundError):
+        _core.write_file(tmp_path / "missing-dir" / "f", b"x")
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- MADV_WIPEONFORK -------------------------------------------------------------------------
+
+
+def test_wipe_on_fork_reported() -> None:
+    info = _core.memory_protection_info()
+    assert isinstance(info["has_wipe_on_fork"], bool)
+    if sys.platform == "linux":
+        assert info["has_wipe_on_fork"] is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_forked_child_sees_zeros() -> None:
+    if not _core.memory_protection_info()["has_wipe_on_fork"]:
+        pytest.skip("MADV_WIPEONFORK unavailable")
+    secret = b"top secret plaintext"
+    buf = _core.SecretBuffer(secret)
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.write(w, bytes(buf))
+        finally:
+            os._exit(0)
+    os.close(w)
+    child = b""
+    while chunk := os.read(r, 4096):
+        child += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert bytes(buf) == secret
+    assert child == b"\0" * len(secret)
+
+
+def test_floats_are_written_like_python_repr() -> None:
+    import random
+    import struct
+
+    rng = random.Random(1234)
+    values = [0.0, -0.0, 1e16, 1e15, 1e-4, 1e-5, 2.5e-308, 5e-324, 1.7976931348623157e308]
+    values += [rng.uniform(-1e6, 1e6) for _ in range(500)]
+    while len(values) < 3000:
+        (v,) = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))
+        if v == v and abs(v) != float("inf"):
+            values.append(v)
+    for v in values:
+        assert bytes(_core.dumps(v)) == repr(v).encode()
+        assert bytes(_core.dumps({v: 0})) == f'{{"{v!r}":0}}'.encode()
