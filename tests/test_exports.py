@@ -46,6 +46,7 @@ EXPECTED_ALL = [
     "SyncSecureChatCompletion",
     "SyncSecureCompletionClient",
     "configure_logging",
+    "disable_core_dumps",
     "disable_secure_memory",
     "enable_secure_memory",
     "get_memory_protection_info",

@@ -360,3 +360,21 @@ def test_disable_core_dumps_in_a_subprocess() -> None:
     ok, limits = json.loads(proc.stdout)
     assert ok is True
     assert limits == [0, 0]
+
+
+def test_disable_core_dumps_in_a_child_process() -> None:
+    """Opt-in only: importing nomyo changes nothing; the call sets RLIMIT_CORE to 0."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, nomyo\n"
+        "before = resource.getrlimit(resource.RLIMIT_CORE)\n"
+        "ok = nomyo.disable_core_dumps()\n"
+        "print(before != (0, 0), ok, resource.getrlimit(resource.RLIMIT_CORE))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split(maxsplit=2)
+    assert out[1] == "True"
+    assert out[2].strip() == "(0, 0)"

@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._memory import (
     SecureBuffer,
+    disable_core_dumps,
     disable_secure_memory,
     enable_secure_memory,
     get_memory_protection_info,
@@ -73,6 +74,7 @@ __all__ = [
     "SyncSecureChatCompletion",
     "SyncSecureCompletionClient",
     "configure_logging",
+    "disable_core_dumps",
     "disable_secure_memory",
     "enable_secure_memory",
     "get_memory_protection_info",

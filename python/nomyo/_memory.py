@@ -20,6 +20,7 @@ from . import _core
 
 __all__ = [
     "SecureBuffer",
+    "disable_core_dumps",
     "disable_secure_memory",
     "enable_secure_memory",
     "get_memory_protection_info",
@@ -47,6 +48,21 @@ def get_memory_protection_info() -> dict[str, Any]:
         info["protection_level"] = "zeroing_only"
         info["supports_full_protection"] = False
     return info
+
+
+def disable_core_dumps() -> bool:
+    """Stop this process from ever writing a core dump (opt-in; never done on import).
+
+    Sets the soft and hard ``RLIMIT_CORE`` to 0 and, on Linux, marks the process not
+    dumpable (``PR_SET_DUMPABLE`` 0). Consequences: a crash leaves no core file, and the
+    process can no longer be attached to by a debugger or ``ptrace`` of the same user
+    (``gdb -p``, ``py-spy``, ``/proc/PID/mem`` readers) without root; it cannot be undone
+    for the hard limit. Secret pages are already excluded from dumps where the OS allows.
+
+    Returns:
+        True if every step succeeded.
+    """
+    return _core.disable_core_dumps()
 
 
 def disable_secure_memory() -> None:
