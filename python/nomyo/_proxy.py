@@ -9,7 +9,6 @@ decrypted ``chat.completion`` (with its ``_metadata``) is returned. Errors use O
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ from ._exceptions import (
     NomyoError,
     SecurityError,
 )
-from .testing._http import HTTPRequest, HTTPResponse, Limits, serve_connection
+from .testing._http import Connections, HTTPRequest, HTTPResponse, Limits
 
 __all__ = ["ChatProxy", "error_response", "exception_response"]
 
@@ -125,7 +124,7 @@ class ChatProxy:
         )
         self.requests = 0
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections = Connections("proxy")
 
     @property
     def url(self) -> str:
@@ -150,28 +149,12 @@ class ChatProxy:
         server, self._server = self._server, None
         if server is None:
             return
-        server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 5.0)
+        await self._connections.close(server)
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await serve_connection(reader, writer, self.handle, self.limits)
-        except asyncio.CancelledError:
-            writer.close()
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
+        await self._connections.serve(reader, writer, self.handle, self.limits)
 
     async def handle(self, request: HTTPRequest) -> HTTPResponse:
         """Answer one request (never raises)."""

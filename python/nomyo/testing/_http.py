@@ -13,7 +13,7 @@ from http import HTTPStatus
 
 import h11
 
-__all__ = ["HTTPRequest", "HTTPResponse", "Limits", "serve_connection"]
+__all__ = ["Connections", "HTTPRequest", "HTTPResponse", "Limits", "serve_connection"]
 
 logger = logging.getLogger("nomyo.testing")
 
@@ -306,3 +306,46 @@ async def serve_connection(
 ) -> None:
     """Serve HTTP/1.1 requests on one connection with ``handler`` until it ends."""
     await _Connection(reader, writer, handler, limits).run()
+
+
+class Connections:
+    """The open connections of one server, so that stopping it closes every one of them."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handler: Handler,
+        limits: Limits,
+    ) -> None:
+        """Serve one connection (an ``asyncio.start_server`` callback), tracked until it ends."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await serve_connection(reader, writer, handler, limits)
+        except asyncio.CancelledError:
+            # Cancelled by close(): end quietly (asyncio's stream callback on Python < 3.12
+            # would report a cancelled connection task as an error).
+            writer.close()
+        except Exception:  # pragma: no cover - a bug; keep serving other connections
+            logger.exception("%s connection failed", self._name)
+            writer.close()
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def close(self, server: asyncio.Server) -> None:
+        """Stop listening, cancel every open connection and wait (bounded) for the end."""
+        server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 5.0)

@@ -25,7 +25,7 @@ from nomyo._exceptions import EnvelopeError, KeyFormatError, SecurityError
 
 from ._backend import Backend, BackendError, EchoBackend, UpstreamBackend
 from ._faults import Fault, FaultQueue
-from ._http import HTTPRequest, HTTPResponse, Limits, serve_connection
+from ._http import Connections, HTTPRequest, HTTPResponse, Limits
 
 __all__ = ["AttestationProvider", "DevRouter", "RecordedRequest", "RouterThread"]
 
@@ -163,7 +163,7 @@ class DevRouter:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._backend: Backend | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections = Connections("dev router")
         self._stopped: asyncio.Event | None = None
         self._memory_protection: dict[str, Any] | None = None
 
@@ -246,14 +246,7 @@ class DevRouter:
         server, self._server = self._server, None
         if server is None:
             return
-        server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 5.0)
+        await self._connections.close(server)
         if self._backend is not None:
             await self._backend.aclose()
             self._backend = None
@@ -296,21 +289,7 @@ class DevRouter:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.connections += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await serve_connection(reader, writer, self._handle, self.limits)
-        except asyncio.CancelledError:
-            # Cancelled by stop(): end quietly (asyncio's stream callback on Python < 3.12
-            # would report a cancelled connection task as an error).
-            writer.close()
-        except Exception:  # pragma: no cover - a bug; keep serving other connections
-            logger.exception("dev router connection failed")
-            writer.close()
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
+        await self._connections.serve(reader, writer, self._handle, self.limits)
 
     async def _handle(self, request: HTTPRequest) -> HTTPResponse:
         path = request.path
