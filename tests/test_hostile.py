@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import json
 import os
@@ -347,8 +348,14 @@ async def headers_never_end(server: HostileServer, req: Request, w: Writer) -> b
     return False
 
 
+@functools.cache
+def gzip_bomb_body() -> bytes:
+    """~64 KiB that inflate to 64 MiB (made once: compressing takes seconds on slow CI)."""
+    return gzip.compress(b"\x00" * (64 * MiB), compresslevel=9)
+
+
 async def gzip_bomb(server: HostileServer, req: Request, w: Writer) -> bool:
-    body = gzip.compress(b"\x00" * (64 * MiB), compresslevel=9)  # ~64 KiB -> 64 MiB
+    body = gzip_bomb_body()
     return await respond(w, 200, body, extra="Content-Encoding: gzip\r\n")
 
 
@@ -462,6 +469,7 @@ MODES: dict[str, Handler] = {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[HostileServer]:
+    gzip_bomb_body()  # outside the timed part of the test that uses it
     srv = HostileServer().start()
     yield srv
     srv.stop()

@@ -283,10 +283,13 @@ class BaseSecureClient:
 
     @staticmethod
     def _transport_error(
-        exc: httpx.TransportError, payload_id: str | None, what: str = "request"
+        exc: httpx.TransportError | _core.TransportError,
+        payload_id: str | None,
+        what: str = "request",
     ) -> APIConnectionError:
-        """The nomyo exception for an httpx network failure (a timeout or anything else)."""
-        if isinstance(exc, httpx.TimeoutException):
+        """The nomyo exception for a network failure (a timeout or anything else) of either
+        transport."""
+        if isinstance(exc, httpx.TimeoutException) or getattr(exc, "kind", None) == "timeout":
             return APITimeoutError(f"{what} timed out: {exc}", payload_id=payload_id)
         return APIConnectionError(
             f"{what} failed: {type(exc).__name__}: {exc}", payload_id=payload_id
@@ -363,6 +366,29 @@ class BaseSecureClient:
     @staticmethod
     def _log_opened(payload_id: str, seconds: float) -> None:
         logger.debug("request %s: reply opened in %.1f ms", payload_id, seconds * 1000.0)
+
+    def _log_native(
+        self, payload_id: str, attempt: int, exchange: _core.Exchange, waited: float
+    ) -> None:
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
+        self._log_exchange(
+            payload_id,
+            attempt,
+            exchange.sent_bytes,
+            exchange.status,
+            exchange.received_bytes,
+            exchange.seal_seconds,
+            waited,
+            exchange.exchange_seconds,
+        )
+        if exchange.opened:
+            self._log_opened(payload_id, exchange.open_seconds)
+
+    def _finish_native(self, exchange: _core.Exchange, payload_id: str) -> ChatCompletion:
+        """Parse a reply the native transport opened, then :meth:`_finish_reply`."""
+        value, processed_at, algorithm = exchange.reply()
+        return self._finish_reply(value, payload_id, processed_at, algorithm)
 
     def _finish_reply(
         self, value: Any, payload_id: str, processed_at: Any, algorithm: str

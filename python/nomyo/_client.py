@@ -24,6 +24,7 @@ from ._constants import (
     PUBLIC_KEY_PATH,
 )
 from ._exceptions import APIConnectionError, APIError, EnvelopeError, SecurityError
+from ._native import NativeTransport, native_trust
 from ._params import NOT_GIVEN, NotGiven
 from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
@@ -34,8 +35,10 @@ from ._transport import (
     VerifyTypes,
     body_deadline,
     make_async_client,
+    native_timeouts,
     read_limited,
     request_timeout,
+    timeout_seconds,
 )
 
 __all__ = ["SecureCompletionClient"]
@@ -107,13 +110,17 @@ class SecureCompletionClient(BaseSecureClient):
             max_response_size=max_response_size,
             rate_limit=rate_limit,
         )
+        trust = native_trust(verify, transport is not None or http_client is not None)
+        self._native = None if trust is None else NativeTransport(trust, timeout_seconds(timeout))
         self._owns_http = http_client is None
         self._http_options: dict[str, Any] = {
             "timeout": timeout,
             "verify": verify,
             "transport": transport,
         }
-        self._http = http_client or make_async_client(**self._http_options)
+        self._http: httpx.AsyncClient | None = None
+        if self._native is None:
+            self._http = http_client or make_async_client(**self._http_options)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server_key_lock = asyncio.Lock()
 
@@ -126,7 +133,7 @@ class SecureCompletionClient(BaseSecureClient):
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
-        if self._loop is not None and self._owns_http:
+        if self._loop is not None and self._owns_http and self._http is not None:
             self._http = make_async_client(**self._http_options)
         self._server_key_lock = asyncio.Lock()
         self._loop = loop
@@ -143,6 +150,15 @@ class SecureCompletionClient(BaseSecureClient):
         """
         self._bind_loop()
         url = self.router_url + PUBLIC_KEY_PATH
+        if self._native is not None:
+            try:
+                exchange = await self._native.get_key(url)
+            except _core.TransportError as exc:
+                raise self._transport_error(exc, None, "fetching the server key") from exc
+            key_body = exchange.body()
+            key_text = key_body.decode("utf-8", errors="replace")
+            return self._accept_server_key(exchange.status, key_body, key_text)
+        assert self._http is not None
         try:
             async with self._http.stream(
                 "GET", url, headers=IDENTITY, follow_redirects=False
@@ -254,6 +270,9 @@ class SecureCompletionClient(BaseSecureClient):
         attempt: int,
         timeout: TimeoutTypes | NotGiven,
     ) -> ChatCompletion:
+        if self._native is not None:
+            return await self._attempt_native(payload, payload_id, headers, attempt, timeout)
+        assert self._http is not None
         started = time.perf_counter()
         body, used_key = await self._seal(payload)
         sealed = time.perf_counter()
@@ -298,6 +317,41 @@ class SecureCompletionClient(BaseSecureClient):
             raise KeyRotated
         raise self._status_error(status, details, response.headers, payload_id)
 
+    async def _attempt_native(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        headers: dict[str, str],
+        attempt: int,
+        timeout: TimeoutTypes | NotGiven,
+    ) -> ChatCompletion:
+        """One attempt on the native transport: sealed, sent, read and opened off the loop."""
+        assert self._native is not None
+        self._check_payload(payload)
+        used_key = await self._server_public_key()
+        waited = await self.rate_limiter.wait_async() if self.rate_limiter is not None else 0.0
+        try:
+            exchange = await self._native.post_sealed(
+                self.router_url + COMPLETION_PATH,
+                headers,
+                payload,
+                used_key,
+                self._require_keys(),
+                self._max_response,
+                native_timeouts(timeout),
+            )
+        except _core.TransportError as exc:
+            raise self._transport_error(exc, payload_id) from exc
+        self._log_native(payload_id, attempt, exchange, waited)
+        if exchange.opened:
+            return self._finish_native(exchange, payload_id)
+        details = error_details(exchange.body())
+        if self._is_decrypt_failure(exchange.status, details) and await self._server_key_changed(
+            used_key
+        ):
+            raise KeyRotated
+        raise self._status_error(exchange.status, details, exchange.headers(), payload_id)
+
     async def _server_key_changed(self, used: _core.PublicKey | None) -> bool:
         """After a 'cannot decrypt' reply, re-fetch the key once and report if it changed."""
         async with self._server_key_lock:
@@ -309,7 +363,10 @@ class SecureCompletionClient(BaseSecureClient):
 
     async def aclose(self) -> None:
         """Close the connection pool (if this client created it)."""
-        if not self._owns_http:
+        if self._native is not None:
+            self._native.close()
+            return
+        if not self._owns_http or self._http is None:
             return
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
             # The pool belongs to an event loop that has ended; its connections went with it.

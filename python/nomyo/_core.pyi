@@ -7,14 +7,19 @@ structural problem with an envelope), ``KeyFormatError`` (a key that cannot be l
 """
 
 import os
+from collections.abc import Callable
 from typing import Any, final
 
 __all__ = [
     "ENVELOPE_ALGORITHM",
     "ENVELOPE_VERSION",
+    "Exchange",
+    "Pending",
     "PrivateKey",
     "PublicKey",
     "SecretBuffer",
+    "Transport",
+    "TransportError",
     "__version__",
     "disable_core_dumps",
     "dumps",
@@ -202,3 +207,102 @@ def write_file(
     file is removed on failure. Raises FileExistsError if ``path`` exists and ``overwrite`` is
     false, ValueError for a ``mode`` above 0o7777.
     """
+
+class TransportError(Exception):
+    """A network failure of the native transport; ``kind`` is ``"timeout"``, ``"connect"``
+    or ``"closed"``."""
+
+    kind: str
+
+_Timeouts = tuple[float | None, float | None, float | None, float | None]
+
+@final
+class Exchange:
+    """One finished request: status, headers, and the body or the opened reply."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def sent_bytes(self) -> int: ...
+    @property
+    def received_bytes(self) -> int: ...
+    @property
+    def seal_seconds(self) -> float: ...
+    @property
+    def exchange_seconds(self) -> float: ...
+    @property
+    def open_seconds(self) -> float: ...
+    @property
+    def opened(self) -> bool:
+        """True when the reply was opened (``open`` was given and the status was 200)."""
+    def headers(self) -> dict[str, str]:
+        """Lower-case header names; repeated headers joined with ", "."""
+    def body(self) -> bytes:
+        """The body as read (empty when the reply was opened)."""
+    def reply(self) -> tuple[Any, int | float | None, str]:
+        """The opened reply parsed from JSON: ``(value, processed_at, algorithm)``, once.
+
+        Raises SecurityError or EnvelopeError when the reply could not be opened.
+        """
+
+@final
+class Pending:
+    """A request in flight."""
+
+    def cancel(self) -> None:
+        """Stop the request (its connection is closed)."""
+    @property
+    def done(self) -> bool: ...
+
+@final
+class Transport:
+    """The native HTTP/1.1 transport: verified TLS (rustls) trusting the PEM files or folders
+    in ``ca_paths``, a keep-alive pool, envelopes sealed and opened without the GIL.
+
+    Raises ConfigurationError when no CA certificate can be loaded.
+    """
+
+    def __new__(
+        cls,
+        ca_paths: list[str],
+        *,
+        max_connections: int = 100,
+        max_idle: int = 32,
+        keepalive: float = 5.0,
+    ) -> Transport: ...
+    def start(
+        self,
+        done: Callable[[bool, Any], object],
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        *,
+        body: bytes | None = None,
+        seal: tuple[Any, PublicKey] | None = None,
+        open: tuple[PrivateKey, int] | None = None,
+        ok_limit: int,
+        error_limit: int,
+        timeouts: _Timeouts,
+        body_deadline: float | None = None,
+    ) -> Pending:
+        """Start a request; ``done(ok, value)`` is called from a worker thread with an
+        ``Exchange`` (ok) or the exception to raise."""
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        *,
+        body: bytes | None = None,
+        seal: tuple[Any, PublicKey] | None = None,
+        open: tuple[PrivateKey, int] | None = None,
+        ok_limit: int,
+        error_limit: int,
+        timeouts: _Timeouts,
+        body_deadline: float | None = None,
+    ) -> Exchange:
+        """The blocking twin of ``start`` (waits without the GIL; Ctrl-C interrupts)."""
+    def close_idle(self) -> None:
+        """Close idle keep-alive connections."""
+    @property
+    def idle_connections(self) -> int: ...

@@ -28,6 +28,7 @@ from ._constants import (
     PUBLIC_KEY_PATH,
 )
 from ._exceptions import APIConnectionError, APIError, EnvelopeError, SecurityError
+from ._native import NativeTransport, native_trust
 from ._params import NOT_GIVEN, NotGiven
 from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
@@ -38,8 +39,10 @@ from ._transport import (
     VerifyTypes,
     body_deadline,
     make_sync_client,
+    native_timeouts,
     read_limited_sync,
     request_timeout,
+    timeout_seconds,
 )
 
 __all__ = ["SyncSecureCompletionClient"]
@@ -83,10 +86,14 @@ class SyncSecureCompletionClient(BaseSecureClient):
             max_response_size=max_response_size,
             rate_limit=rate_limit,
         )
+        trust = native_trust(verify, transport is not None or http_client is not None)
+        self._native = None if trust is None else NativeTransport(trust, timeout_seconds(timeout))
         self._owns_http = http_client is None
-        self._http = http_client or make_sync_client(
-            timeout=timeout, verify=verify, transport=transport
-        )
+        self._http: httpx.Client | None = None
+        if self._native is None:
+            self._http = http_client or make_sync_client(
+                timeout=timeout, verify=verify, transport=transport
+            )
         self._server_key_lock = threading.Lock()
 
     # -- server key ---------------------------------------------------------------------
@@ -100,6 +107,15 @@ class SyncSecureCompletionClient(BaseSecureClient):
             APIError / APIConnectionError: the fetch failed.
         """
         url = self.router_url + PUBLIC_KEY_PATH
+        if self._native is not None:
+            try:
+                exchange = self._native.get_key_sync(url)
+            except _core.TransportError as exc:
+                raise self._transport_error(exc, None, "fetching the server key") from exc
+            key_body = exchange.body()
+            key_text = key_body.decode("utf-8", errors="replace")
+            return self._accept_server_key(exchange.status, key_body, key_text)
+        assert self._http is not None
         try:
             with self._http.stream(
                 "GET", url, headers=IDENTITY, follow_redirects=False
@@ -200,6 +216,9 @@ class SyncSecureCompletionClient(BaseSecureClient):
         attempt: int,
         timeout: TimeoutTypes | NotGiven,
     ) -> ChatCompletion:
+        if self._native is not None:
+            return self._attempt_native(payload, payload_id, headers, attempt, timeout)
+        assert self._http is not None
         started = time.perf_counter()
         body, used_key = self._seal(payload)
         sealed = time.perf_counter()
@@ -244,6 +263,41 @@ class SyncSecureCompletionClient(BaseSecureClient):
             raise KeyRotated
         raise self._status_error(status, details, response.headers, payload_id)
 
+    def _attempt_native(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        headers: dict[str, str],
+        attempt: int,
+        timeout: TimeoutTypes | NotGiven,
+    ) -> ChatCompletion:
+        """One attempt on the native transport (the GIL is released while it runs)."""
+        assert self._native is not None
+        self._check_payload(payload)
+        used_key = self._server_public_key()
+        waited = self.rate_limiter.wait() if self.rate_limiter is not None else 0.0
+        try:
+            exchange = self._native.post_sealed_sync(
+                self.router_url + COMPLETION_PATH,
+                headers,
+                payload,
+                used_key,
+                self._require_keys(),
+                self._max_response,
+                native_timeouts(timeout),
+            )
+        except _core.TransportError as exc:
+            raise self._transport_error(exc, payload_id) from exc
+        self._log_native(payload_id, attempt, exchange, waited)
+        if exchange.opened:
+            return self._finish_native(exchange, payload_id)
+        details = error_details(exchange.body())
+        if self._is_decrypt_failure(exchange.status, details) and self._server_key_changed(
+            used_key
+        ):
+            raise KeyRotated
+        raise self._status_error(exchange.status, details, exchange.headers(), payload_id)
+
     def _server_key_changed(self, used: _core.PublicKey | None) -> bool:
         """After a 'cannot decrypt' reply, re-fetch the key once and report if it changed."""
         with self._server_key_lock:
@@ -255,7 +309,9 @@ class SyncSecureCompletionClient(BaseSecureClient):
 
     def close(self) -> None:
         """Close the connection pool (if this client created it)."""
-        if self._owns_http:
+        if self._native is not None:
+            self._native.close()
+        elif self._owns_http and self._http is not None:
             self._http.close()
 
     def __enter__(self) -> SyncSecureCompletionClient:

@@ -17,7 +17,7 @@ from ._constants import (
     WRITE_TIMEOUT,
 )
 from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError, SecurityError
-from ._params import is_given
+from ._params import NotGiven, is_given
 
 __all__ = [
     "IDENTITY",
@@ -29,9 +29,11 @@ __all__ = [
     "http2_available",
     "make_async_client",
     "make_sync_client",
+    "native_timeouts",
     "read_limited",
     "read_limited_sync",
     "request_timeout",
+    "timeout_seconds",
 ]
 
 TimeoutTypes = float | httpx.Timeout | None
@@ -125,6 +127,28 @@ def make_sync_client(
     """The blocking twin of :func:`make_async_client` (its pool is safe to share by threads)."""
     options = _client_options(timeout, verify, transport is not None)
     return httpx.Client(transport=transport, **options, **kwargs)
+
+
+Seconds = tuple[float | None, float | None, float | None, float | None]
+
+
+def timeout_seconds(timeout: TimeoutTypes) -> Seconds:
+    """A client's ``timeout=`` as ``(connect, read, write, pool)`` seconds (None: default)."""
+    if timeout is None:
+        timeout = default_timeout()
+    elif not isinstance(timeout, httpx.Timeout):
+        timeout = httpx.Timeout(timeout)
+    return (timeout.connect, timeout.read, timeout.write, timeout.pool)
+
+
+def native_timeouts(timeout: TimeoutTypes | NotGiven) -> Seconds | None:
+    """A per-request ``timeout=`` for the native transport, as httpx reads it: not given
+    means the client's, ``None`` means no limit."""
+    if isinstance(timeout, NotGiven):
+        return None
+    if timeout is None:
+        return (None, None, None, None)
+    return timeout_seconds(timeout)
 
 
 def request_timeout(timeout: object) -> Any:

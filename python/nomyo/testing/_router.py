@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -65,6 +66,7 @@ class RecordedRequest:
         status: the status answered (None when the connection was dropped).
         security_tier: the ``X-Security-Tier`` header, if any.
         fault: the fault applied to this request, if any.
+        envelope_sha256: SHA-256 (hex) of the request body as received (ciphertext).
     """
 
     payload_id: str | None
@@ -73,6 +75,7 @@ class RecordedRequest:
     status: int | None = None
     security_tier: str | None = None
     fault: Fault | None = None
+    envelope_sha256: str | None = None
 
     def __repr__(self) -> str:
         shown = sorted(k for k in self.headers if k not in _SECRET_HEADERS)
@@ -340,6 +343,7 @@ class DevRouter:
             headers=headers,
             security_tier=headers.get("x-security-tier"),
             fault=fault,
+            envelope_sha256=hashlib.sha256(request.body or b"").hexdigest(),
         )
         self.requests.append(record)
         if fault is not None:

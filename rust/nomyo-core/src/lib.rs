@@ -9,6 +9,7 @@ pub mod aead;
 pub mod b64;
 pub mod envelope;
 pub mod error;
+pub mod http;
 pub mod keys;
 pub mod rand;
 pub mod rsa;

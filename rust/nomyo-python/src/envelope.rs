@@ -29,7 +29,7 @@ fn timestamp(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<serde_json::Numb
     ))
 }
 
-fn number_to_py<'py>(
+pub(crate) fn number_to_py<'py>(
     py: Python<'py>,
     n: Option<serde_json::Number>,
 ) -> PyResult<Bound<'py, PyAny>> {

@@ -1,15 +1,44 @@
 //! The one place core errors become Python exceptions.
 
+use nomyo_core::http::HttpError;
 use nomyo_core::Error;
 use pyo3::exceptions::{
     PyFileExistsError, PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError,
     PyValueError,
 };
+use pyo3::prelude::*;
 use pyo3::PyErr;
 
 pyo3::import_exception!(nomyo._exceptions, SecurityError);
 pyo3::import_exception!(nomyo._exceptions, EnvelopeError);
 pyo3::import_exception!(nomyo._exceptions, KeyFormatError);
+pyo3::import_exception!(nomyo._exceptions, ConfigurationError);
+
+pyo3::create_exception!(
+    nomyo._core,
+    TransportError,
+    pyo3::exceptions::PyException,
+    "A network failure of the native transport; `kind` names it (timeout, connect, closed)."
+);
+
+/// Convert a native-transport error. Oversized or compressed replies are structural
+/// (EnvelopeError); a bad URL or header is a configuration error; the rest are network
+/// failures that the client maps to APIConnectionError or APITimeoutError.
+pub fn http_to_py(err: HttpError) -> PyErr {
+    let kind = err.kind();
+    match err {
+        HttpError::TooLarge(m) | HttpError::Encoding(m) => EnvelopeError::new_err(m),
+        HttpError::Config(m) => ConfigurationError::new_err(m),
+        other => {
+            let err = TransportError::new_err(other.to_string());
+            pyo3::Python::attach(|py| {
+                // Setting an attribute on a fresh exception instance cannot fail.
+                let _ = err.value(py).setattr("kind", kind);
+            });
+            err
+        }
+    }
+}
 
 /// Convert a core error. Crypto failures carry one fixed message and nothing else.
 pub fn to_py(err: Error) -> PyErr {

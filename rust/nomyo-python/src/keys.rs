@@ -1,6 +1,7 @@
 //! `PrivateKey` and `PublicKey`: native handles; key bytes reach Python only on explicit export.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nomyo_core::keys::{PrivateKey, PublicKey};
 use pyo3::prelude::*;
@@ -42,7 +43,8 @@ fn pem_bytes(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
 /// An RSA private key held in native memory.
 #[pyclass(frozen, name = "PrivateKey", module = "nomyo._core")]
 pub struct PyPrivateKey {
-    pub inner: PrivateKey,
+    /// Shared with requests in flight on the native transport.
+    pub inner: Arc<PrivateKey>,
 }
 
 #[pymethods]
@@ -51,7 +53,9 @@ impl PyPrivateKey {
     #[pyo3(signature = (bits = 4096))]
     fn generate(py: Python<'_>, bits: usize) -> PyResult<Self> {
         let inner = py.detach(|| PrivateKey::generate(bits)).py_err()?;
-        Ok(PyPrivateKey { inner })
+        Ok(PyPrivateKey {
+            inner: Arc::new(inner),
+        })
     }
 
     #[staticmethod]
@@ -66,7 +70,9 @@ impl PyPrivateKey {
         let inner = py
             .detach(|| PrivateKey::from_pem(&pem, pw.as_deref().map(Vec::as_slice)))
             .py_err()?;
-        Ok(PyPrivateKey { inner })
+        Ok(PyPrivateKey {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Load a PEM private key file; its bytes never pass through a Python object.
@@ -82,7 +88,9 @@ impl PyPrivateKey {
         let inner = py
             .detach(|| PrivateKey::load(&path, pw.as_deref().map(Vec::as_slice), allow_readable))
             .py_err()?;
-        Ok(PyPrivateKey { inner })
+        Ok(PyPrivateKey {
+            inner: Arc::new(inner),
+        })
     }
 
     #[getter]

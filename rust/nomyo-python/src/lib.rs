@@ -12,7 +12,9 @@ mod errors;
 mod json;
 mod keys;
 mod memory;
+mod runtime;
 mod tpm;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -27,6 +29,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<keys::PyPrivateKey>()?;
     m.add_class::<keys::PyPublicKey>()?;
     m.add_class::<buffer::PySecretBuffer>()?;
+    m.add_class::<transport::PyTransport>()?;
+    m.add_class::<transport::PyExchange>()?;
+    m.add_class::<transport::PyPending>()?;
+    m.add(
+        "TransportError",
+        m.py().get_type::<errors::TransportError>(),
+    )?;
     m.add_function(wrap_pyfunction!(envelope::seal_json, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::open_json, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::seal_bytes, m)?)?;

@@ -1,0 +1,187 @@
+"""The native transport: HTTP/1.1 over rustls in Rust, for the protocol's two requests.
+
+A request runs as one task on a native I/O runtime without the GIL: the envelope is sealed
+there, sent, and the reply read and opened into locked memory; Python only turns the
+payload into JSON before and the opened JSON into objects after. The event loop never runs
+RSA, AES or TLS, and no ciphertext or plaintext ``bytes`` object is made for a completion.
+
+It is used unless something only httpx can honour is asked for: a caller's ``transport`` or
+``http_client``, an ``ssl.SSLContext`` for ``verify``, a proxy from the environment
+(``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``), or ``NOMYO_TRANSPORT=httpx``. Trust
+anchors are the ones httpx would load for the same ``verify``: ``SSL_CERT_FILE`` or
+``SSL_CERT_DIR`` from the environment, else certifi's bundle, or the given CA file or folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from . import _core
+from ._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
+from ._exceptions import ConfigurationError
+
+__all__ = ["NativeTransport", "native_trust"]
+
+_PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+_USER_AGENT = f"nomyo-rs/{_core.__version__}"
+
+Timeouts = tuple[float | None, float | None, float | None, float | None]
+
+
+def _proxy_configured() -> bool:
+    return any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES)
+
+
+def native_trust(verify: object, custom_http: bool) -> list[str] | None:
+    """The CA files (or folders) the native transport should trust; None: use httpx.
+
+    Raises:
+        ConfigurationError: ``NOMYO_TRANSPORT`` has an unknown value, or verification was
+            turned off.
+    """
+    choice = os.environ.get("NOMYO_TRANSPORT", "").strip().lower()
+    if choice not in ("", "native", "httpx"):
+        raise ConfigurationError("NOMYO_TRANSPORT must be 'native' or 'httpx'")
+    if verify is False:
+        raise ConfigurationError("certificate verification cannot be turned off")
+    if choice == "httpx" or custom_http or isinstance(verify, ssl.SSLContext):
+        return None
+    if _proxy_configured():
+        return None
+    if isinstance(verify, (str, os.PathLike)):
+        return [os.fspath(verify)]
+    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        if os.environ.get(variable):
+            return [os.environ[variable]]
+    import certifi
+
+    return [certifi.where()]
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class NativeTransport:
+    """One native connection pool with the client's default timeouts.
+
+    Args:
+        trust: CA files or folders (see :func:`native_trust`).
+        timeouts: default ``(connect, read, write, pool)`` seconds, ``None`` for no limit.
+    """
+
+    def __init__(self, trust: list[str], timeouts: Timeouts) -> None:
+        self._transport = _core.Transport(trust)
+        self.timeouts = timeouts
+
+    def _options(self, timeouts: Timeouts | None) -> dict[str, Any]:
+        chosen = self.timeouts if timeouts is None else timeouts
+        return {"timeouts": chosen, "body_deadline": chosen[1] or READ_TIMEOUT}
+
+    @staticmethod
+    def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+        return [("User-Agent", _USER_AGENT), ("Accept", "*/*"), *headers.items()]
+
+    def _key_request(self, url: str) -> dict[str, Any]:
+        return {
+            "method": "GET",
+            "url": url,
+            "headers": self._headers({"Accept-Encoding": "identity"}),
+            "ok_limit": MAX_KEY_BYTES,
+            "error_limit": MAX_KEY_BYTES,
+            **self._options(None),
+        }
+
+    def _sealed_request(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        payload: dict[str, Any],
+        server_key: _core.PublicKey,
+        client_key: _core.PrivateKey,
+        max_response: int,
+        timeouts: Timeouts | None,
+    ) -> dict[str, Any]:
+        return {
+            "method": "POST",
+            "url": url,
+            "headers": self._headers(headers),
+            "seal": (payload, server_key),
+            "open": (client_key, max_response),
+            "ok_limit": max_response,
+            "error_limit": MAX_ERROR_BODY_BYTES,
+            **self._options(timeouts),
+        }
+
+    async def _run(self, request: dict[str, Any]) -> _core.Exchange:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def done(ok: bool, value: Any) -> None:  # runs on a native worker thread
+            loop.call_soon_threadsafe(_settle, future, ok, value)
+
+        pending = self._transport.start(done, **request)
+        try:
+            exchange: _core.Exchange = await future
+            return exchange
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+
+    async def get_key(self, url: str) -> _core.Exchange:
+        """``GET`` the server key (body limited to ``MAX_KEY_BYTES``)."""
+        return await self._run(self._key_request(url))
+
+    def get_key_sync(self, url: str) -> _core.Exchange:
+        """The blocking twin of :meth:`get_key`."""
+        return self._transport.send(**self._key_request(url))
+
+    async def post_sealed(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        payload: dict[str, Any],
+        server_key: _core.PublicKey,
+        client_key: _core.PrivateKey,
+        max_response: int,
+        timeouts: Timeouts | None = None,
+    ) -> _core.Exchange:
+        """Seal ``payload`` to ``server_key``, ``POST`` it, and open a 200 reply with
+        ``client_key`` (see ``Exchange.reply``)."""
+        request = self._sealed_request(
+            url, headers, payload, server_key, client_key, max_response, timeouts
+        )
+        return await self._run(request)
+
+    def post_sealed_sync(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        payload: dict[str, Any],
+        server_key: _core.PublicKey,
+        client_key: _core.PrivateKey,
+        max_response: int,
+        timeouts: Timeouts | None = None,
+    ) -> _core.Exchange:
+        """The blocking twin of :meth:`post_sealed`."""
+        request = self._sealed_request(
+            url, headers, payload, server_key, client_key, max_response, timeouts
+        )
+        return self._transport.send(**request)
+
+    def close(self) -> None:
+        """Close idle connections."""
+        self._transport.close_idle()
+
+    @property
+    def idle_connections(self) -> int:
+        return self._transport.idle_connections

@@ -1,0 +1,419 @@
+//! `Transport`: the native HTTP/1.1 client. One request runs as one task on the process's
+//! Tokio runtime, without the GIL: sealing (RSA-OAEP wrap, AES-GCM), the exchange, and
+//! opening the reply (RSA-OAEP unwrap, AES-GCM) into locked memory. Python only turns the
+//! payload into JSON before and the opened JSON into objects after (`Exchange.reply`).
+
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nomyo_core::envelope::{self, Opened};
+use nomyo_core::http::{self, Client, HttpError, Method, Timeouts};
+use nomyo_core::keys::{PrivateKey, PublicKey};
+use nomyo_core::secret::SecretBuf;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use tokio::task::AbortHandle;
+
+use crate::envelope::number_to_py;
+use crate::errors::{self, IntoPy};
+use crate::json;
+use crate::keys::{PyPrivateKey, PyPublicKey};
+use crate::runtime;
+
+enum Body {
+    Empty,
+    Raw(Vec<u8>),
+    Seal(SecretBuf, PublicKey),
+}
+
+struct Job {
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Body,
+    open: Option<(Arc<PrivateKey>, usize)>,
+    ok_limit: usize,
+    error_limit: usize,
+    timeouts: Timeouts,
+    body_deadline: Option<Duration>,
+}
+
+enum Failure {
+    Http(HttpError),
+    Core(nomyo_core::Error),
+}
+
+impl Failure {
+    fn into_py(self) -> PyErr {
+        match self {
+            Failure::Http(e) => errors::http_to_py(e),
+            Failure::Core(e) => errors::to_py(e),
+        }
+    }
+}
+
+/// One finished request: status, headers and either the body or the opened reply.
+#[pyclass(frozen, name = "Exchange", module = "nomyo._core")]
+pub struct PyExchange {
+    #[pyo3(get)]
+    status: u16,
+    /// Bytes sent (the request body).
+    #[pyo3(get)]
+    sent_bytes: usize,
+    /// Bytes received (the reply body).
+    #[pyo3(get)]
+    received_bytes: usize,
+    #[pyo3(get)]
+    seal_seconds: f64,
+    #[pyo3(get)]
+    exchange_seconds: f64,
+    #[pyo3(get)]
+    open_seconds: f64,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    opened: Mutex<Option<nomyo_core::Result<Opened>>>,
+}
+
+#[pymethods]
+impl PyExchange {
+    /// The reply headers: lower-case names, repeated headers joined with ", ".
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (name, value) in &self.headers {
+            let joined = match dict.get_item(name)? {
+                Some(old) => format!("{}, {value}", old.extract::<String>()?),
+                None => value.clone(),
+            };
+            dict.set_item(name, joined)?;
+        }
+        Ok(dict)
+    }
+
+    /// The reply body as read (empty when the reply was opened: see `reply`).
+    fn body<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.body)
+    }
+
+    /// True when the request asked for the reply to be opened and the status was 200.
+    #[getter]
+    fn opened(&self) -> bool {
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// The opened reply parsed from JSON: `(value, processed_at, algorithm)`, once.
+    ///
+    /// Raises SecurityError or EnvelopeError when the reply could not be opened.
+    fn reply<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, &'static str)> {
+        let taken = self.opened.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let opened = taken
+            .ok_or_else(|| PyRuntimeError::new_err("no opened reply (or it was taken)"))?
+            .py_err()?;
+        let value = json::loads(py, opened.plaintext.as_slice())?;
+        Ok((
+            value,
+            number_to_py(py, opened.processed_at)?,
+            envelope::ALGORITHM,
+        ))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Exchange status={} sent={} received={}>",
+            self.status, self.sent_bytes, self.received_bytes
+        )
+    }
+}
+
+/// A request in flight; `cancel()` stops it (the connection it used is closed).
+#[pyclass(frozen, name = "Pending", module = "nomyo._core")]
+pub struct PyPending {
+    abort: AbortHandle,
+}
+
+#[pymethods]
+impl PyPending {
+    fn cancel(&self) {
+        self.abort.abort();
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.abort.is_finished()
+    }
+}
+
+async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
+    let started = Instant::now();
+    let body = match job.body {
+        Body::Empty => Vec::new(),
+        Body::Raw(bytes) => bytes,
+        Body::Seal(mut plaintext, key) => {
+            let mut out = vec![0u8; envelope::sealed_len(plaintext.len(), &key, None)];
+            envelope::seal_in_place_into(&mut plaintext, &key, None, &mut out)
+                .map_err(Failure::Core)?;
+            out
+        }
+    };
+    let sent_bytes = body.len();
+    let sealed = Instant::now();
+    let response = client
+        .send(http::Exchange {
+            method: job.method,
+            url: &job.url,
+            headers: &job.headers,
+            body: body.into(),
+            ok_limit: job.ok_limit,
+            error_limit: job.error_limit,
+            timeouts: job.timeouts,
+            body_deadline: job.body_deadline,
+        })
+        .await
+        .map_err(Failure::Http)?;
+    let exchanged = Instant::now();
+    let received_bytes = response.body.len();
+    let (body, opened) = match job.open {
+        Some((key, max_size)) if response.status == 200 => (
+            Vec::new(),
+            Some(envelope::open(&response.body, &key, max_size)),
+        ),
+        _ => (response.body, None),
+    };
+    Ok(PyExchange {
+        status: response.status,
+        sent_bytes,
+        received_bytes,
+        seal_seconds: (sealed - started).as_secs_f64(),
+        exchange_seconds: (exchanged - sealed).as_secs_f64(),
+        open_seconds: exchanged.elapsed().as_secs_f64(),
+        headers: response.headers,
+        body,
+        opened: Mutex::new(opened),
+    })
+}
+
+fn seconds(value: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| PyValueError::new_err(format!("{what} must be >= 0 seconds")))
+        })
+        .transpose()
+}
+
+type TimeoutTuple = (Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+/// The native HTTP/1.1 transport: verified TLS (rustls) with the given trust anchors, a
+/// keep-alive pool, and requests that seal and open envelopes without the GIL.
+#[pyclass(frozen, name = "Transport", module = "nomyo._core")]
+pub struct PyTransport {
+    client: Arc<Client>,
+}
+
+impl PyTransport {
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        method: &str,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<&[u8]>,
+        seal: Option<&(Bound<'_, PyAny>, Bound<'_, PyPublicKey>)>,
+        open: Option<&(Bound<'_, PyPrivateKey>, usize)>,
+        ok_limit: usize,
+        error_limit: usize,
+        timeouts: TimeoutTuple,
+        body_deadline: Option<f64>,
+    ) -> PyResult<Job> {
+        let method = match method {
+            "GET" => Method::GET,
+            "POST" => Method::POST,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unsupported method {other:?}"
+                )))
+            }
+        };
+        let body = match (body, seal) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err("pass either body or seal, not both"))
+            }
+            (Some(raw), None) => Body::Raw(raw.to_vec()),
+            (None, Some((payload, key))) => {
+                Body::Seal(json::dumps(payload)?, key.get().inner.clone())
+            }
+            (None, None) => Body::Empty,
+        };
+        Ok(Job {
+            method,
+            url,
+            headers,
+            body,
+            open: open.map(|(key, max)| (key.get().inner.clone(), *max)),
+            ok_limit,
+            error_limit,
+            timeouts: Timeouts {
+                connect: seconds(timeouts.0, "connect timeout")?,
+                read: seconds(timeouts.1, "read timeout")?,
+                write: seconds(timeouts.2, "write timeout")?,
+                pool: seconds(timeouts.3, "pool timeout")?,
+            },
+            body_deadline: seconds(body_deadline, "body deadline")?,
+        })
+    }
+}
+
+#[pymethods]
+impl PyTransport {
+    #[new]
+    #[pyo3(signature = (ca_paths, *, max_connections = 100, max_idle = 32, keepalive = 5.0))]
+    fn new(
+        py: Python<'_>,
+        ca_paths: Vec<PathBuf>,
+        max_connections: usize,
+        max_idle: usize,
+        keepalive: f64,
+    ) -> PyResult<Self> {
+        let keepalive = seconds(Some(keepalive), "keepalive")?.unwrap_or_default();
+        let config = py
+            .detach(|| http::client_config(&ca_paths))
+            .map_err(errors::http_to_py)?;
+        Ok(PyTransport {
+            client: Arc::new(Client::new(config, max_connections, max_idle, keepalive)),
+        })
+    }
+
+    /// Start a request; `done(ok, value)` is called from a worker thread when it ends, with
+    /// an `Exchange` (ok) or the exception to raise. Returns a `Pending` to cancel it.
+    #[pyo3(signature = (
+        done, method, url, headers, *, body = None, seal = None, open = None,
+        ok_limit, error_limit, timeouts, body_deadline = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        done: Py<PyAny>,
+        method: &str,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<&[u8]>,
+        seal: Option<(Bound<'_, PyAny>, Bound<'_, PyPublicKey>)>,
+        open: Option<(Bound<'_, PyPrivateKey>, usize)>,
+        ok_limit: usize,
+        error_limit: usize,
+        timeouts: TimeoutTuple,
+        body_deadline: Option<f64>,
+    ) -> PyResult<PyPending> {
+        let job = Self::job(
+            method,
+            url,
+            headers,
+            body,
+            seal.as_ref(),
+            open.as_ref(),
+            ok_limit,
+            error_limit,
+            timeouts,
+            body_deadline,
+        )?;
+        let client = self.client.clone();
+        let task = runtime::handle()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the I/O runtime: {e}")))?
+            .spawn(async move {
+                let result = run(client, job).await;
+                // Not attachable means the interpreter is shutting down: nobody is waiting.
+                Python::try_attach(|py| {
+                    let (ok, value) = match result.map(|ex| Py::new(py, ex)) {
+                        Ok(Ok(exchange)) => (true, exchange.into_any()),
+                        Ok(Err(err)) => (false, err.into_value(py).into_any()),
+                        Err(failure) => (false, failure.into_py().into_value(py).into_any()),
+                    };
+                    // An error here means the event loop has closed: nobody is waiting.
+                    let _ = done.call1(py, (ok, value));
+                });
+            });
+        Ok(PyPending {
+            abort: task.abort_handle(),
+        })
+    }
+
+    /// The blocking twin of `start`: waits without the GIL (Ctrl-C still interrupts).
+    #[pyo3(signature = (
+        method, url, headers, *, body = None, seal = None, open = None,
+        ok_limit, error_limit, timeouts, body_deadline = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<&[u8]>,
+        seal: Option<(Bound<'_, PyAny>, Bound<'_, PyPublicKey>)>,
+        open: Option<(Bound<'_, PyPrivateKey>, usize)>,
+        ok_limit: usize,
+        error_limit: usize,
+        timeouts: TimeoutTuple,
+        body_deadline: Option<f64>,
+    ) -> PyResult<PyExchange> {
+        let job = Self::job(
+            method,
+            url,
+            headers,
+            body,
+            seal.as_ref(),
+            open.as_ref(),
+            ok_limit,
+            error_limit,
+            timeouts,
+            body_deadline,
+        )?;
+        let client = self.client.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let task = runtime::handle()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the I/O runtime: {e}")))?
+            .spawn(async move {
+                let _ = tx.send(run(client, job).await);
+            });
+        let mut rx = rx;
+        loop {
+            let (back, outcome) = py.detach(move || {
+                let outcome = rx.recv_timeout(Duration::from_millis(100));
+                (rx, outcome)
+            });
+            rx = back;
+            match outcome {
+                Ok(result) => return result.map_err(Failure::into_py),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(interrupted) = py.check_signals() {
+                        task.abort();
+                        return Err(interrupted);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err(
+                        "the request task ended unexpectedly",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Close idle keep-alive connections (requests in flight are not affected).
+    fn close_idle(&self) {
+        self.client.close_idle();
+    }
+
+    /// Idle keep-alive connections currently kept.
+    #[getter]
+    fn idle_connections(&self) -> usize {
+        self.client.idle_connections()
+    }
+}

@@ -1,0 +1,214 @@
+"""The native transport (Rust, hyper + rustls) against the development router.
+
+Which transport a client uses, keep-alive reuse and recovery from a server that closed an
+idle connection, HTTPS trust (the CA given, SSL_CERT_FILE, refusal of an unknown CA),
+cancellation of an async request, Ctrl-C during a blocking one, and the same replies from
+both transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nomyo
+from nomyo import _core
+from nomyo.testing import DevCertificates, DevRouter, Fault, RouterThread, make_test_certificates
+
+
+@pytest.fixture(scope="module")
+def client_key() -> _core.PrivateKey:
+    return _core.PrivateKey.generate(2048)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
+    return make_test_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_router(certs: DevCertificates) -> Iterator[RouterThread]:
+    router = DevRouter(key_bits=2048, tls_cert=certs.cert, tls_key=certs.key, idle_timeout=0.5)
+    with router.run_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_or_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NOMYO_TRANSPORT", "SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def native(client: nomyo.SecureChatCompletion | nomyo.SyncSecureChatCompletion) -> Any:
+    return client.client._native
+
+
+def test_native_is_the_default_and_httpx_is_chosen_when_needed(
+    certs: DevCertificates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "https://127.0.0.1:1"
+    assert native(nomyo.SecureChatCompletion(url, verify=certs.ca_cert)) is not None
+    assert native(nomyo.SyncSecureChatCompletion(url, verify=certs.ca_cert)) is not None
+    context = ssl.create_default_context(cafile=certs.ca_cert)
+    assert native(nomyo.SecureChatCompletion(url, verify=context)) is None
+    import httpx
+
+    transport = httpx.AsyncHTTPTransport(verify=context)
+    assert native(nomyo.SecureChatCompletion(url, transport=transport)) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert native(nomyo.SecureChatCompletion(url, verify=certs.ca_cert)) is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("NOMYO_TRANSPORT", "httpx")
+    assert native(nomyo.SecureChatCompletion(url, verify=certs.ca_cert)) is None
+    monkeypatch.setenv("NOMYO_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(nomyo.ConfigurationError, match="NOMYO_TRANSPORT"):
+        nomyo.SecureChatCompletion(url, verify=certs.ca_cert)
+
+
+def test_both_transports_give_the_same_reply(
+    tls_router: RouterThread,
+    certs: DevCertificates,
+    client_key: _core.PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = 'same on both wires: ünïcödé, emoji 🔐, quotes " and \\ and \x00'
+
+    def ask() -> dict[str, Any]:
+        with nomyo.SyncSecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+            client.client._set_key(client_key)
+            return dict(client.create(model="m", messages=user(text)))
+
+    ours = ask()
+    monkeypatch.setenv("NOMYO_TRANSPORT", "httpx")
+    theirs = ask()
+    assert ours["choices"] == theirs["choices"]
+    assert ours["choices"][0]["message"]["content"] == text
+    assert ours["_metadata"]["payload_id"] != theirs["_metadata"]["payload_id"]
+
+
+def test_keep_alive_reuse_and_recovery_after_the_server_closed_idle_connections(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    async def scenario() -> None:
+        async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+            client.client._set_key(client_key)
+            before = tls_router.router.connections
+            for i in range(5):
+                reply = await client.create(model="m", messages=user(f"n{i}"))
+                assert reply.choices[0].message.content == f"n{i}"
+            assert tls_router.router.connections - before == 1, "one kept-alive connection"
+            assert native(client).idle_connections == 1
+            await asyncio.sleep(1.0)  # the router closes connections idle for 0.5 s
+            reply = await client.create(model="m", messages=user("after idle close"))
+            assert reply.choices[0].message.content == "after idle close"
+            assert tls_router.router.connections - before == 2
+
+    asyncio.run(scenario())
+
+
+def test_unknown_ca_is_refused_and_ssl_cert_file_is_honoured(
+    tls_router: RouterThread,
+    certs: DevCertificates,
+    client_key: _core.PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stranger = nomyo.SyncSecureChatCompletion(tls_router.url, max_retries=0)  # certifi only
+    stranger.client._set_key(client_key)
+    before = tls_router.router.secure_requests
+    with pytest.raises(nomyo.APIConnectionError, match=r"(?i)certificate|issuer"):
+        stranger.create(model="m", messages=user("x"))
+    assert tls_router.router.secure_requests == before
+    monkeypatch.setenv("SSL_CERT_FILE", certs.ca_cert)
+    with nomyo.SyncSecureChatCompletion(tls_router.url) as trusting:
+        trusting.client._set_key(client_key)
+        assert trusting.create(model="m", messages=user("env")).choices[0].message.content == (
+            "env"
+        )
+
+
+def test_missing_or_empty_ca_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(nomyo.ConfigurationError, match="CA file"):
+        nomyo.SecureChatCompletion("https://127.0.0.1:1", verify=str(tmp_path / "absent.pem"))
+    empty = tmp_path / "empty.pem"
+    empty.write_text("no certificates here\n")
+    with pytest.raises(nomyo.ConfigurationError, match="no usable CA"):
+        nomyo.SecureChatCompletion("https://127.0.0.1:1", verify=str(empty))
+
+
+def test_cancelling_an_async_request_stops_it_and_the_client_stays_usable(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    async def scenario() -> None:
+        async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+            client.client._set_key(client_key)
+            await client.create(model="m", messages=user("warm"))
+            tls_router.router.faults.push(Fault(delay=30.0))
+            task = asyncio.ensure_future(client.create(model="m", messages=user("slow")))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            tls_router.router.faults.clear()
+            reply = await asyncio.wait_for(client.create(model="m", messages=user("next")), 30)
+            assert reply.choices[0].message.content == "next"
+
+    asyncio.run(scenario())
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
+def test_a_signal_interrupts_a_blocking_request(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        with nomyo.SyncSecureChatCompletion(
+            tls_router.url, verify=certs.ca_cert, max_retries=0
+        ) as client:
+            client.client._set_key(client_key)
+            client.create(model="m", messages=user("warm"))
+            tls_router.router.faults.push(Fault(delay=30.0))
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(Interrupted):
+                client.create(model="m", messages=user("slow"))
+            tls_router.router.faults.clear()
+            assert client.create(model="m", messages=user("ok")).choices[0].message.content == (
+                "ok"
+            )
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_error_status_headers_and_body_reach_the_exception(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    tls_router.router.faults.push(Fault(status=429, detail="slow down", retry_after="7"))
+    with nomyo.SyncSecureChatCompletion(
+        tls_router.url, verify=certs.ca_cert, max_retries=0
+    ) as client:
+        client.client._set_key(client_key)
+        with pytest.raises(nomyo.RateLimitError, match="slow down") as info:
+            client.create(model="m", messages=user("x"))
+    assert info.value.retry_after == 7
+    assert info.value.status_code == 429
