@@ -5,6 +5,8 @@ Requests are encrypted end to end (AES-256-GCM + RSA-OAEP-SHA256) in native memo
 locked, excluded from core dumps and zeroed; see ``nomyo._exceptions`` for the error tree.
 """
 
+from typing import TYPE_CHECKING, Any
+
 # Load the reference's module path nomyo.SecureCompletionClient first, so that the class
 # bound below stays the package attribute even after that submodule is imported elsewhere.
 from . import SecureCompletionClient as _reference_module_path  # noqa: F401
@@ -38,7 +40,6 @@ from ._memory import (
     secure_bytearray,
     secure_bytes,
 )
-from ._openai import openai_async_http_client, openai_http_client
 from ._params import NOT_GIVEN, NotGiven
 from ._ratelimit import RateLimiter, RateLimitPolicy
 from ._response import ChatCompletion, ResponseList, ResponseObject
@@ -83,5 +84,26 @@ __all__ = [
     "secure_bytearray",
     "secure_bytes",
 ]
+
+if TYPE_CHECKING:
+    from ._openai import openai_async_http_client, openai_http_client
+
+_LAZY = {"openai_async_http_client", "openai_http_client"}
+
+
+def __getattr__(name: str) -> Any:
+    """The OpenAI SDK adapters load httpx; they are imported on first use."""
+    if name in _LAZY:
+        from . import _openai
+
+        value = getattr(_openai, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'nomyo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)
+
 
 configure_logging()  # NOMYO_LOG=debug|info|warning: log the "nomyo" logger to stderr

@@ -15,10 +15,8 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from . import _core
 from ._attestation import AttestationMode, PcrPolicy, apply_attestation_policy, check_mode
@@ -41,6 +39,9 @@ from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion, to_response
 from ._retry import parse_retry_after, should_retry
 from ._transport import check_base_url
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["BaseSecureClient", "KeyRotated", "error_details"]
 
@@ -141,6 +142,7 @@ class BaseSecureClient:
         self.key_size = KEY_SIZE
         self.private_key: _core.PrivateKey | None = None
         self.public_key_pem: str | None = None
+        self._quoted_public_key: tuple[str, str] | None = None
         self._secure_memory = secure_memory
         self._pins = normalise_fingerprints(server_key_fingerprint)
         self._known_hosts = (
@@ -207,6 +209,14 @@ class BaseSecureClient:
                 )
         self._set_key(key, pem)
 
+    def _public_key_header(self, private_key: _core.PrivateKey) -> str:
+        """The URL-quoted public key PEM, quoted once per key."""
+        pem = self.public_key_pem or private_key.public_key().to_pem()
+        cached = self._quoted_public_key
+        if cached is None or cached[0] is not pem:
+            cached = self._quoted_public_key = (pem, quote(pem))
+        return cached[1]
+
     def _require_keys(self) -> _core.PrivateKey:
         if self.private_key is None:
             raise SecurityError("no client key: call generate_keys() or load_keys() first")
@@ -271,7 +281,7 @@ class BaseSecureClient:
         private_key = self._require_keys()
         headers = {
             "X-Payload-ID": payload_id,
-            "X-Public-Key": quote(self.public_key_pem or private_key.public_key().to_pem()),
+            "X-Public-Key": self._public_key_header(private_key),
             "Content-Type": "application/octet-stream",
             "Accept-Encoding": "identity",
         }
@@ -289,7 +299,13 @@ class BaseSecureClient:
     ) -> APIConnectionError:
         """The nomyo exception for a network failure (a timeout or anything else) of either
         transport."""
-        if isinstance(exc, httpx.TimeoutException) or getattr(exc, "kind", None) == "timeout":
+        if isinstance(exc, _core.TransportError):
+            timed_out = exc.kind == "timeout"
+        else:
+            import httpx
+
+            timed_out = isinstance(exc, httpx.TimeoutException)
+        if timed_out:
             return APITimeoutError(f"{what} timed out: {exc}", payload_id=payload_id)
         return APIConnectionError(
             f"{what} failed: {type(exc).__name__}: {exc}", payload_id=payload_id

@@ -16,9 +16,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import _core
 from ._attestation import AttestationMode, PcrPolicy
@@ -39,6 +37,9 @@ from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion
 from ._sync_client import SyncSecureCompletionClient
 from ._transport import TimeoutTypes, VerifyTypes
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CLIENT_ARGUMENTS",
@@ -246,8 +247,8 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
     def _new_client(
         self, base_url: str | None, http_client: object = None
     ) -> SecureCompletionClient:
-        assert http_client is None or isinstance(http_client, httpx.AsyncClient)
-        return SecureCompletionClient(base_url, http_client=http_client, **self._options)
+        client = cast("httpx.AsyncClient | None", http_client)
+        return SecureCompletionClient(base_url, http_client=client, **self._options)
 
     async def _ensure_keys(self) -> _core.PrivateKey:
         if self.client.private_key is not None:
@@ -394,8 +395,8 @@ class SyncSecureChatCompletion(BaseSecureChat[SyncSecureCompletionClient]):
     def _new_client(
         self, base_url: str | None, http_client: object = None
     ) -> SyncSecureCompletionClient:
-        assert http_client is None or isinstance(http_client, httpx.Client)
-        return SyncSecureCompletionClient(base_url, http_client=http_client, **self._options)
+        client = cast("httpx.Client | None", http_client)
+        return SyncSecureCompletionClient(base_url, http_client=client, **self._options)
 
     def _ensure_keys(self) -> _core.PrivateKey:
         key = self.client.private_key

@@ -8,9 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
 from ._attestation import AttestationMode, PcrPolicy
@@ -40,6 +38,9 @@ from ._transport import (
     request_timeout,
     timeout_seconds,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["SecureCompletionClient"]
 
@@ -159,6 +160,8 @@ class SecureCompletionClient(BaseSecureClient):
             key_text = key_body.decode("utf-8", errors="replace")
             return self._accept_server_key(exchange.status, key_body, key_text)
         assert self._http is not None
+        import httpx  # the httpx transport only (see _native)
+
         try:
             async with self._http.stream(
                 "GET", url, headers=IDENTITY, follow_redirects=False
@@ -273,6 +276,8 @@ class SecureCompletionClient(BaseSecureClient):
         if self._native is not None:
             return await self._attempt_native(payload, payload_id, headers, attempt, timeout)
         assert self._http is not None
+        import httpx  # the httpx transport only (see _native)
+
         started = time.perf_counter()
         body, used_key = await self._seal(payload)
         sealed = time.perf_counter()

@@ -12,9 +12,7 @@ import threading
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._attestation import AttestationMode, PcrPolicy
@@ -44,6 +42,9 @@ from ._transport import (
     request_timeout,
     timeout_seconds,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["SyncSecureCompletionClient"]
 
@@ -116,6 +117,8 @@ class SyncSecureCompletionClient(BaseSecureClient):
             key_text = key_body.decode("utf-8", errors="replace")
             return self._accept_server_key(exchange.status, key_body, key_text)
         assert self._http is not None
+        import httpx  # the httpx transport only (see _native)
+
         try:
             with self._http.stream(
                 "GET", url, headers=IDENTITY, follow_redirects=False
@@ -219,6 +222,8 @@ class SyncSecureCompletionClient(BaseSecureClient):
         if self._native is not None:
             return self._attempt_native(payload, payload_id, headers, attempt, timeout)
         assert self._http is not None
+        import httpx  # the httpx transport only (see _native)
+
         started = time.perf_counter()
         body, used_key = self._seal(payload)
         sealed = time.perf_counter()

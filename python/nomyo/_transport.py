@@ -5,10 +5,8 @@ from __future__ import annotations
 import importlib.util
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
-
-import httpx
 
 from ._constants import (
     CONNECT_TIMEOUT,
@@ -18,6 +16,9 @@ from ._constants import (
 )
 from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError, SecurityError
 from ._params import NotGiven, is_given
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "IDENTITY",
@@ -36,12 +37,15 @@ __all__ = [
     "timeout_seconds",
 ]
 
-TimeoutTypes = float | httpx.Timeout | None
-VerifyTypes = bool | str | ssl.SSLContext
+# httpx is imported only where the httpx transport is used (not on the native path).
+TimeoutTypes: TypeAlias = "float | httpx.Timeout | None"
+VerifyTypes: TypeAlias = "bool | str | ssl.SSLContext"
 
 
 def default_timeout() -> httpx.Timeout:
     """Connect fast, allow long inference."""
+    import httpx
+
     return httpx.Timeout(
         connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
     )
@@ -93,6 +97,8 @@ def _verify(verify: VerifyTypes) -> bool | ssl.SSLContext:
 def _client_options(
     timeout: TimeoutTypes, verify: VerifyTypes, custom_transport: bool
 ) -> dict[str, Any]:
+    import httpx
+
     return {
         "timeout": default_timeout() if timeout is None else timeout,
         "verify": _verify(verify),
@@ -113,6 +119,8 @@ def make_async_client(
     **kwargs: Any,
 ) -> httpx.AsyncClient:
     """One keep-alive pool; proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment."""
+    import httpx
+
     options = _client_options(timeout, verify, transport is not None)
     return httpx.AsyncClient(transport=transport, **options, **kwargs)
 
@@ -125,6 +133,8 @@ def make_sync_client(
     **kwargs: Any,
 ) -> httpx.Client:
     """The blocking twin of :func:`make_async_client` (its pool is safe to share by threads)."""
+    import httpx
+
     options = _client_options(timeout, verify, transport is not None)
     return httpx.Client(transport=transport, **options, **kwargs)
 
@@ -135,9 +145,10 @@ Seconds = tuple[float | None, float | None, float | None, float | None]
 def timeout_seconds(timeout: TimeoutTypes) -> Seconds:
     """A client's ``timeout=`` as ``(connect, read, write, pool)`` seconds (None: default)."""
     if timeout is None:
-        timeout = default_timeout()
-    elif not isinstance(timeout, httpx.Timeout):
-        timeout = httpx.Timeout(timeout)
+        return (CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT, POOL_TIMEOUT)
+    if isinstance(timeout, (int, float)):
+        seconds = float(timeout)
+        return (seconds, seconds, seconds, seconds)
     return (timeout.connect, timeout.read, timeout.write, timeout.pool)
 
 
@@ -153,6 +164,8 @@ def native_timeouts(timeout: TimeoutTypes | NotGiven) -> Seconds | None:
 
 def request_timeout(timeout: object) -> Any:
     """A per-request ``timeout=`` for httpx: the client's default unless one was given."""
+    import httpx
+
     if not is_given(timeout):
         return httpx.USE_CLIENT_DEFAULT
     return timeout
@@ -203,6 +216,8 @@ async def read_limited(
             content encoding is broken.
         APITimeoutError: the body was still arriving at ``deadline`` (monotonic seconds).
     """
+    import httpx
+
     body = _Body(response, limit, deadline)
     try:
         async for chunk in response.aiter_bytes():
@@ -214,6 +229,8 @@ async def read_limited(
 
 def read_limited_sync(response: httpx.Response, limit: int, deadline: float | None = None) -> bytes:
     """The blocking twin of :func:`read_limited`."""
+    import httpx
+
     body = _Body(response, limit, deadline)
     try:
         for chunk in response.iter_bytes():
