@@ -6,6 +6,7 @@ Every argument given explicitly wins; the environment fills in what is not given
 ``NOMYO_BASE_URL``  the router (default ``https://api.nomyo.ai``)
 ``NOMYO_API_KEY``   the bearer API key
 ``NOMYO_LOG``       ``debug``, ``info`` or ``warning``: log the ``nomyo`` logger to stderr
+``NOMYO_TRANSPORT`` ``native`` (default) or ``httpx`` (see ``nomyo._native``)
 =================  =========================================================
 
 Logs never hold plaintext, keys, API keys or passwords: at ``debug`` each request logs its
