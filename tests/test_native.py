@@ -9,6 +9,7 @@ both transports.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 import threading
@@ -212,3 +213,45 @@ def test_error_status_headers_and_body_reach_the_exception(
             client.create(model="m", messages=user("x"))
     assert info.value.retry_after == 7
     assert info.value.status_code == 429
+
+
+def test_ssl_cert_dir_may_list_several_folders(
+    tls_router: RouterThread,
+    certs: DevCertificates,
+    client_key: _core.PrivateKey,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    empty, with_ca = tmp_path / "empty", tmp_path / "ca"
+    empty.mkdir()
+    with_ca.mkdir()
+    (with_ca / "test-ca.pem").write_text(Path(certs.ca_cert).read_text())
+    monkeypatch.setenv("SSL_CERT_DIR", f"{empty}{os.pathsep}{with_ca}")
+    with nomyo.SyncSecureChatCompletion(tls_router.url) as client:
+        client.client._set_key(client_key)
+        assert client.create(model="m", messages=user("dirs")).choices[0].message.content == (
+            "dirs"
+        )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_its_own_pool(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    with nomyo.SyncSecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+        client.client._set_key(client_key)
+        assert client.create(model="m", messages=user("parent")).choices[0].message.content
+        pid = os.fork()
+        if pid == 0:  # the child: exit status says whether its request worked
+            code = 1
+            try:
+                signal.alarm(60)
+                reply = client.create(model="m", messages=user("child"))
+                code = 0 if reply.choices[0].message.content == "child" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert client.create(model="m", messages=user("again")).choices[0].message.content == (
+            "again"
+        )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,9 +32,18 @@ _USER_AGENT = f"nomyo-rs/{_core.__version__}"
 
 Timeouts = tuple[float | None, float | None, float | None, float | None]
 
+#: Pools inherited from a parent process: kept alive, never used (see NativeTransport).
+_ORPHANED: list[_core.Transport] = []
+
 
 def _proxy_configured() -> bool:
-    return any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES)
+    if any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES):
+        return True
+    if sys.platform in ("darwin", "win32"):  # system proxy settings, as httpx reads them
+        import urllib.request
+
+        return bool(urllib.request.getproxies())
+    return False
 
 
 def native_trust(verify: object, custom_http: bool) -> list[str] | None:
@@ -54,9 +64,10 @@ def native_trust(verify: object, custom_http: bool) -> list[str] | None:
         return None
     if isinstance(verify, (str, os.PathLike)):
         return [os.fspath(verify)]
-    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
-        if os.environ.get(variable):
-            return [os.environ[variable]]
+    if os.environ.get("SSL_CERT_FILE"):
+        return [os.environ["SSL_CERT_FILE"]]
+    if os.environ.get("SSL_CERT_DIR"):  # like OpenSSL: several folders joined by os.pathsep
+        return [d for d in os.environ["SSL_CERT_DIR"].split(os.pathsep) if d]
     import certifi
 
     return [certifi.where()]
@@ -80,12 +91,25 @@ class NativeTransport:
     """
 
     def __init__(self, trust: list[str], timeouts: Timeouts) -> None:
-        self._transport = _core.Transport(trust)
+        self._trust = trust
+        self._pid = os.getpid()
+        self._native = _core.Transport(trust)
         self.timeouts = timeouts
+
+    @property
+    def _transport(self) -> _core.Transport:
+        """This process's pool: a forked child starts a new one and never touches (or
+        frees) the parent's, whose locks and slots may be held by threads the child lacks."""
+        if os.getpid() != self._pid:
+            _ORPHANED.append(self._native)
+            self._native = _core.Transport(self._trust)
+            self._pid = os.getpid()
+        return self._native
 
     def _options(self, timeouts: Timeouts | None) -> dict[str, Any]:
         chosen = self.timeouts if timeouts is None else timeouts
-        return {"timeouts": chosen, "body_deadline": chosen[1] or READ_TIMEOUT}
+        # Like the httpx path: the whole body within the client's read timeout.
+        return {"timeouts": chosen, "body_deadline": self.timeouts[1] or READ_TIMEOUT}
 
     @staticmethod
     def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
