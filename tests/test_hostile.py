@@ -359,6 +359,11 @@ async def gzip_bomb(server: HostileServer, req: Request, w: Writer) -> bool:
     return await respond(w, 200, body, extra="Content-Encoding: gzip\r\n")
 
 
+async def compressed_503(server: HostileServer, req: Request, w: Writer) -> bool:
+    body = gzip.compress(b'{"detail": "busy, come back later"}')
+    return await respond(w, 503, body, extra="Content-Encoding: gzip\r\n")
+
+
 async def bad_gzip(server: HostileServer, req: Request, w: Writer) -> bool:
     return await respond(w, 200, b"this is not gzip", extra="Content-Encoding: gzip\r\n")
 
@@ -433,6 +438,7 @@ MODES: dict[str, Handler] = {
     "streamed_70MiB_chunked": stream_70mib_chunked,
     "streamed_70MiB_http10_no_length": stream_70mib_http10,
     "gzip_bomb_64MiB": gzip_bomb,
+    "compressed_503": compressed_503,
     # --- broken HTTP
     "truncated_headers": raw(b"HTTP/1.1 200 OK\r\nContent-Len"),
     "headers_never_end": headers_never_end,
@@ -599,6 +605,21 @@ def test_hostile_reply_raises_typed_error_then_client_recovers(
         client.close()
 
 
+def test_compressed_error_status_keeps_its_status(server: HostileServer, kind: str) -> None:
+    """A proxy that gzips a 503 anyway: still the (retryable) status, not an EnvelopeError."""
+    client = make_client(kind, server.url)
+    try:
+        then_good(server, client)
+        server.reset("compressed_503")
+        with pytest.raises(nomyo.ServiceUnavailableError) as info:
+            client.send("x", "c-1")
+        assert info.value.status_code == 503
+        then_good(server, client)
+    finally:
+        server.reset("good")
+        client.close()
+
+
 @pytest.mark.parametrize(
     "mode", ["good_wrong_content_type", "good_http10_close_delimited"], ids=lambda m: m
 )
@@ -752,6 +773,7 @@ def test_cases_are_all_exercised() -> None:
         "slow_loris_1_byte_per_0.5s",
         "chunked_trickle_forever",
         "bad_gzip",
+        "compressed_503",
     }
     assert used == set(MODES)
     assert os.environ.get("NOMYO_PRINT_SECRETS") is None

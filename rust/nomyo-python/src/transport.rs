@@ -327,16 +327,22 @@ impl PyTransport {
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the I/O runtime: {e}")))?
             .spawn(async move {
                 let result = run(client, job).await;
-                // Not attachable means the interpreter is shutting down: nobody is waiting.
-                Python::try_attach(|py| {
-                    let (ok, value) = match result.map(|ex| Py::new(py, ex)) {
-                        Ok(Ok(exchange)) => (true, exchange.into_any()),
-                        Ok(Err(err)) => (false, err.into_value(py).into_any()),
-                        Err(failure) => (false, failure.into_py().into_value(py).into_any()),
-                    };
-                    // An error here means the event loop has closed: nobody is waiting.
-                    let _ = done.call1(py, (ok, value));
-                });
+                // Waiting for the GIL happens on a blocking-pool thread, never on an I/O
+                // worker: the connections and timers of other requests keep running.
+                let _ = tokio::task::spawn_blocking(move || {
+                    // Not attachable means the interpreter is shutting down: nobody waits.
+                    Python::try_attach(|py| {
+                        let (ok, value) = match result.map(|ex| Py::new(py, ex)) {
+                            Ok(Ok(exchange)) => (true, exchange.into_any()),
+                            Ok(Err(err)) => (false, err.into_value(py).into_any()),
+                            Err(failure) => (false, failure.into_py().into_value(py).into_any()),
+                        };
+                        // An error here means the event loop has closed: nobody is waiting.
+                        let _ = done.call1(py, (ok, value));
+                        drop(done);
+                    });
+                })
+                .await;
             });
         Ok(PyPending {
             abort: task.abort_handle(),

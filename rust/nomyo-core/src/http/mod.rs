@@ -411,10 +411,20 @@ impl Client {
             })
             .collect();
         let encoding = response.headers().get(CONTENT_ENCODING);
-        if encoding.is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity")) {
+        let compressed = encoding.is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if compressed && status == 200 {
             return Err(HttpError::Encoding(
                 "the reply is compressed (Content-Encoding) although identity was requested".into(),
             ));
+        }
+        if compressed {
+            // An error status from a proxy or CDN that compressed anyway: keep the status
+            // (it may be retryable), drop the unreadable body and the connection.
+            return Ok(Response {
+                status,
+                headers,
+                body: Vec::new(),
+            });
         }
         let limit = if status == 200 {
             ex.ok_limit
