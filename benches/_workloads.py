@@ -91,11 +91,14 @@ async def _timed_requests(
         if _reply_text(await adapter.create(client, messages)) != text:
             raise RuntimeError("echo mismatch during warm-up")
     latencies: list[float] = []
+    cpu_each: list[float] = []
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
     for _ in range(n):
         start = time.perf_counter()
+        cpu_start = time.process_time()
         reply = await adapter.create(client, messages)
+        cpu_each.append(time.process_time() - cpu_start)
         latencies.append(time.perf_counter() - start)
         if _reply_text(reply) != text:
             raise RuntimeError("echo mismatch")
@@ -108,6 +111,7 @@ async def _timed_requests(
         "median_ms": _median_ms(latencies),
         "min_ms": min(latencies) * 1000.0,
         "cpu_ms_per_request": cpu / n * 1000.0,
+        "cpu_median_ms": _median_ms(cpu_each),
         "wall_ms_per_request": wall / n * 1000.0,
     }
 
@@ -145,16 +149,26 @@ async def wl_rsa(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
     """Cost of one RSA-4096 OAEP private-key operation with this client's crypto."""
     adapter.load()
     times = adapter.rsa_op_seconds(spec["key_dir"], spec["n"])
-    return {"n": len(times), "median_ms": _median_ms(times), "min_ms": min(times) * 1000.0}
+    ordered = sorted(times)
+    return {
+        "n": len(times),
+        "median_ms": _median_ms(times),
+        "min_ms": ordered[0] * 1000.0,
+        "p90_ms": ordered[int(0.9 * (len(ordered) - 1))] * 1000.0,
+        "max_ms": ordered[-1] * 1000.0,
+    }
 
 
 class _Ticker:
     """Measures event-loop stalls: sleeps 1 ms in a loop and records the worst lateness."""
 
+    STALL = 0.010  # the target's bound: ticks later than this count as stalls
+
     def __init__(self, period: float = 0.001) -> None:
         self.period = period
         self.max_late = 0.0
         self.ticks = 0
+        self.stalls = 0
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -163,10 +177,13 @@ class _Ticker:
             await asyncio.sleep(self.period)
             late = time.perf_counter() - start - self.period
             self.ticks += 1
+            self.stalls += late > self.STALL
             self.max_late = max(self.max_late, late)
 
     def start(self) -> None:
         self.max_late = 0.0
+        self.ticks = 0
+        self.stalls = 0
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -206,6 +223,13 @@ async def wl_concurrency(adapter: Adapter, spec: dict[str, Any]) -> dict[str, An
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu0
         await ticker.stop()
+        busy = (ticker.max_late, ticker.ticks, ticker.stalls)
+        # Control: the same ticker in the same process with no request in flight, for as
+        # long as the measurement took (capped). What it sees is the machine, not a client.
+        ticker.start()
+        await asyncio.sleep(min(elapsed, spec.get("idle_cap_s", 10.0)))
+        await ticker.stop()
+        idle = (ticker.max_late, ticker.ticks, ticker.stalls)
     finally:
         await ticker.stop()
         await adapter.close(client)
@@ -215,8 +239,12 @@ async def wl_concurrency(adapter: Adapter, spec: dict[str, Any]) -> dict[str, An
         "elapsed_s": elapsed,
         "req_per_s": total / elapsed,
         "cpu_ms_per_request": cpu / total * 1000.0,
-        "max_loop_stall_ms": ticker.max_late * 1000.0,
-        "ticks": ticker.ticks,
+        "max_loop_stall_ms": busy[0] * 1000.0,
+        "ticks": busy[1],
+        "stalls_over_10ms": busy[2],
+        "idle_max_loop_stall_ms": idle[0] * 1000.0,
+        "idle_ticks": idle[1],
+        "idle_stalls_over_10ms": idle[2],
     }
 
 

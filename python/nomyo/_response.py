@@ -212,10 +212,11 @@ def to_response(value: dict[str, Any], cls: type[_O]) -> _O:
 
 
 def _convert_object(value: dict[str, Any], cls: type[_O]) -> _O:
-    out = cls()
+    out = cls(value)  # dict's own copy (C); only nested objects and arrays are replaced
     children = cls._children
     for key, item in value.items():
-        dict.__setitem__(out, key, _convert(item, children.get(key, ResponseObject)))
+        if isinstance(item, (dict, list)):
+            dict.__setitem__(out, key, _convert(item, children.get(key, ResponseObject)))
     return out
 
 
@@ -223,7 +224,7 @@ def _convert(value: Any, cls: type[ResponseObject]) -> Any:
     if isinstance(value, dict):
         return _convert_object(value, cls)
     if isinstance(value, list):
-        return ResponseList(_convert(item, cls) for item in value)
+        return ResponseList([_convert(item, cls) for item in value])
     return value
 
 
