@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke wheel-check fuzz clean
+.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke bench-instructions wheel-check fuzz clean
 
 all: test
 
@@ -56,6 +56,11 @@ bench: build
 bench-smoke: build
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py --smoke
+
+# Instructions per request under valgrind (repeatable where CPU time is not; needs valgrind).
+bench-instructions: build
+	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
+	$(PY) benches/instructions.py $(BENCH_ARGS)
 
 wheel-check: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHON=$(CURDIR)/$(PY) bash scripts/wheel-check.sh $(PYTEST_ARGS)

@@ -159,6 +159,26 @@ async def wl_rsa(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def wl_count(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
+    """Warm up, then run ``n`` small requests (``what="requests"``) or ``n`` RSA private-key
+    ops (``what="rsa"``) and nothing else: run under an instruction counter with two
+    values of ``n``, the difference is the cost of ``n`` of them (``instructions.py``)."""
+    adapter.load()
+    n = spec["n"]
+    if spec["what"] == "rsa":
+        adapter.rsa_op_seconds(spec["key_dir"], n)
+        return {"n": n}
+    client = adapter.make_client(spec, spec["url"])
+    messages = _messages(SMALL_PROMPT)
+    try:
+        for _ in range(spec.get("warmup", 3) + n):
+            if _reply_text(await adapter.create(client, messages)) != SMALL_PROMPT:
+                raise RuntimeError("echo mismatch")
+    finally:
+        await adapter.close(client)
+    return {"n": n}
+
+
 class _Ticker:
     """Measures event-loop stalls: sleeps 1 ms in a loop and records the worst lateness."""
 
@@ -406,6 +426,7 @@ _ASYNC: dict[str, Callable[[Adapter, dict[str, Any]], Awaitable[dict[str, Any]]]
     "concurrency": wl_concurrency,
     "cold": wl_cold,
     "rss": wl_rss,
+    "count": wl_count,
 }
 _SYNC: dict[str, Callable[[Adapter, dict[str, Any]], dict[str, Any]]] = {
     "memscan": wl_memscan,

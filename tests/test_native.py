@@ -255,3 +255,123 @@ def test_a_forked_child_uses_its_own_pool(
         assert client.create(model="m", messages=user("again")).choices[0].message.content == (
             "again"
         )
+
+
+def test_concurrent_replies_reach_their_own_requests_through_the_loop_queue(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    from nomyo import _native
+
+    async def scenario() -> None:
+        async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+            client.client._set_key(client_key)
+            texts = [f"request {i}: " + "x" * (i * 37) for i in range(48)]
+            replies = await asyncio.gather(
+                *(client.create(model="m", messages=user(text)) for text in texts)
+            )
+            assert [r.choices[0].message.content for r in replies] == texts
+            queue = _native._COMPLETIONS[asyncio.get_running_loop()]
+            assert queue is not None, "a selector loop watches the completions descriptor"
+            assert queue.futures == {}, "every future was settled and forgotten"
+
+    asyncio.run(scenario())
+
+
+def test_a_loop_that_cannot_watch_descriptors_gets_callbacks(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    from nomyo import _native
+
+    class NoReaders(asyncio.SelectorEventLoop):  # like the proactor loop on Windows
+        def add_reader(self, *args: Any, **kwargs: Any) -> None:
+            raise NotImplementedError
+
+    async def scenario() -> list[str]:
+        async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+            client.client._set_key(client_key)
+            replies = await asyncio.gather(
+                *(client.create(model="m", messages=user(f"cb {i}")) for i in range(5))
+            )
+            assert _native._COMPLETIONS[asyncio.get_running_loop()] is None
+            return [r.choices[0].message.content for r in replies]
+
+    loop = NoReaders()
+    try:
+        assert loop.run_until_complete(scenario()) == [f"cb {i}" for i in range(5)]
+    finally:
+        loop.close()
+
+
+@pytest.mark.skipif(not hasattr(_core, "Completions"), reason="POSIX only")
+def test_completions_queue_wakes_its_descriptor_once_per_batch(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    import select
+    from urllib.parse import quote
+
+    server_key = _core.PublicKey.from_pem(tls_router.router.public_key_pem)
+    transport = _core.Transport([certs.ca_cert])
+    completions = _core.Completions()
+    assert completions.drain() == []
+    assert select.select([completions], [], [], 0)[0] == [], "nothing finished yet"
+    headers = [
+        ("X-Payload-ID", "queue-test"),
+        ("X-Public-Key", quote(client_key.public_key().to_pem())),
+        ("Content-Type", "application/octet-stream"),
+    ]
+    timeouts = (10.0, 10.0, 10.0, 10.0)
+    for token in (7, 8):
+        transport.start(
+            completions,
+            "POST",
+            tls_router.url + "/v1/chat/secure_completion",
+            headers,
+            token=token,
+            seal=({"model": "m", "messages": user(f"token {token}")}, server_key),
+            open=(client_key, 1 << 20),
+            ok_limit=1 << 20,
+            error_limit=1 << 16,
+            timeouts=timeouts,
+        )
+    finished: dict[int, Any] = {}
+    while len(finished) < 2:
+        assert select.select([completions], [], [], 30)[0], "the descriptor became readable"
+        for token, ok, value in completions.drain():
+            assert ok, value
+            finished[token] = value
+    for token, exchange in finished.items():
+        assert exchange.status == 200
+        value, _, _ = exchange.reply()
+        assert value["choices"][0]["message"]["content"] == f"token {token}"
+    assert select.select([completions], [], [], 0)[0] == [], "drained: no wake byte left"
+    assert completions.drain() == []
+
+
+@pytest.mark.parametrize("transport", ["native", "httpx"])
+def test_a_closed_client_refuses_requests_on_both_transports(
+    tls_router: RouterThread,
+    certs: DevCertificates,
+    client_key: _core.PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+) -> None:
+    monkeypatch.setenv("NOMYO_TRANSPORT", transport)
+    received = tls_router.router.secure_requests
+    closed = "client has been closed"
+
+    with nomyo.SyncSecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+        client.client._set_key(client_key)
+        assert client.create(model="m", messages=user("open")).choices[0].message.content
+    with pytest.raises(RuntimeError, match=closed):
+        client.create(model="m", messages=user("after close"))
+
+    async def scenario() -> None:
+        async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
+            client.client._set_key(client_key)
+            assert (await client.create(model="m", messages=user("open"))).choices
+        with pytest.raises(RuntimeError, match=closed):
+            await client.create(model="m", messages=user("after close"))
+        await client.aclose()  # closing twice is harmless
+
+    asyncio.run(scenario())
+    assert tls_router.router.secure_requests - received == 2, "nothing sent after close"

@@ -13,6 +13,7 @@ from typing import Any, final
 __all__ = [
     "ENVELOPE_ALGORITHM",
     "ENVELOPE_VERSION",
+    "Completions",
     "Exchange",
     "Pending",
     "PrivateKey",
@@ -246,6 +247,18 @@ class Exchange:
         """
 
 @final
+class Completions:
+    """Finished requests for one event loop (POSIX only): the native workers queue them
+    and make ``fileno()`` readable; ``drain()`` returns them. Workers never wait for the
+    GIL."""
+
+    def __new__(cls) -> Completions: ...
+    def fileno(self) -> int:
+        """Readable when requests have finished (watch it with ``loop.add_reader``)."""
+    def drain(self) -> list[tuple[int, bool, Any]]:
+        """``[(token, ok, Exchange or the exception to raise)]`` since the last call."""
+
+@final
 class Pending:
     """A request in flight."""
 
@@ -272,11 +285,12 @@ class Transport:
     ) -> Transport: ...
     def start(
         self,
-        done: Callable[[bool, Any], object],
+        done: Completions | Callable[[bool, Any], object],
         method: str,
         url: str,
         headers: list[tuple[str, str]],
         *,
+        token: int = 0,
         body: bytes | None = None,
         seal: tuple[Any, PublicKey] | None = None,
         open: tuple[PrivateKey, int] | None = None,
@@ -285,8 +299,9 @@ class Transport:
         timeouts: _Timeouts,
         body_deadline: float | None = None,
     ) -> Pending:
-        """Start a request; ``done(ok, value)`` is called from a worker thread with an
-        ``Exchange`` (ok) or the exception to raise."""
+        """Start a request. Its outcome, an ``Exchange`` (ok) or the exception to raise,
+        goes to ``done``: a ``Completions`` queue under ``token``, or a callable
+        ``done(ok, value)`` called from a worker thread."""
     def send(
         self,
         method: str,

@@ -15,9 +15,11 @@ anchors are the ones httpx would load for the same ``verify``: ``SSL_CERT_FILE``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import ssl
 import sys
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +84,50 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+class _LoopCompletions:
+    """The finished requests of one event loop: the native workers queue them and wake the
+    loop through a descriptor it watches, so no worker waits for the GIL and no other
+    thread is woken. Used by selector loops (the default on POSIX, uvloop); loops that
+    cannot watch a descriptor get a callback per request instead."""
+
+    def __init__(self) -> None:
+        self.queue = _core.Completions()
+        self.futures: dict[int, asyncio.Future[Any]] = {}
+        self.pid = os.getpid()
+
+    def drain(self) -> None:
+        for token, ok, value in self.queue.drain():
+            future = self.futures.pop(token, None)
+            if future is not None:  # None: cancelled meanwhile
+                _settle(future, ok, value)
+
+
+#: One queue per event loop, or None where the loop cannot watch a descriptor. The loop
+#: holds the queue (its reader); the queue never holds the loop.
+_COMPLETIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopCompletions | None]
+_COMPLETIONS = weakref.WeakKeyDictionary()
+_TOKENS = itertools.count(1)
+
+
+def _completions(loop: asyncio.AbstractEventLoop) -> _LoopCompletions | None:
+    try:
+        found = _COMPLETIONS[loop]
+    except TypeError:  # a loop without weak references: callbacks
+        return None
+    except KeyError:
+        found = None
+        if hasattr(_core, "Completions"):  # POSIX builds
+            found = _LoopCompletions()
+            try:
+                loop.add_reader(found.queue.fileno(), found.drain)
+            except NotImplementedError:  # e.g. the proactor loop on Windows
+                found = None
+        _COMPLETIONS[loop] = found
+    if found is not None and found.pid != os.getpid():
+        return None  # a forked child: the descriptor is shared with the parent
+    return found
+
+
 class NativeTransport:
     """One native connection pool with the client's default timeouts.
 
@@ -94,12 +140,19 @@ class NativeTransport:
         self._trust = trust
         self._pid = os.getpid()
         self._native = _core.Transport(trust)
+        self._closed = False
         self.timeouts = timeouts
 
     @property
     def _transport(self) -> _core.Transport:
         """This process's pool: a forked child starts a new one and never touches (or
-        frees) the parent's, whose locks and slots may be held by threads the child lacks."""
+        frees) the parent's, whose locks and slots may be held by threads the child lacks.
+
+        Raises:
+            RuntimeError: the client was closed (as httpx does).
+        """
+        if self._closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
         if os.getpid() != self._pid:
             _ORPHANED.append(self._native)
             self._native = _core.Transport(self._trust)
@@ -149,16 +202,25 @@ class NativeTransport:
     async def _run(self, request: dict[str, Any]) -> _core.Exchange:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        completions = _completions(loop)
+        token = 0
+        if completions is not None:
+            token = next(_TOKENS)
+            pending = self._transport.start(completions.queue, token=token, **request)
+            completions.futures[token] = future
+        else:
 
-        def done(ok: bool, value: Any) -> None:  # runs on a native worker thread
-            loop.call_soon_threadsafe(_settle, future, ok, value)
+            def done(ok: bool, value: Any) -> None:  # runs on a native worker thread
+                loop.call_soon_threadsafe(_settle, future, ok, value)
 
-        pending = self._transport.start(done, **request)
+            pending = self._transport.start(done, **request)
         try:
             exchange: _core.Exchange = await future
             return exchange
         except asyncio.CancelledError:
             pending.cancel()
+            if completions is not None:
+                completions.futures.pop(token, None)
             raise
 
     async def get_key(self, url: str) -> _core.Exchange:
@@ -203,9 +265,11 @@ class NativeTransport:
         return self._transport.send(**request)
 
     def close(self) -> None:
-        """Close idle connections."""
-        self._transport.close_idle()
+        """Close idle connections and refuse new requests (requests in flight finish)."""
+        self._closed = True
+        if os.getpid() == self._pid:
+            self._native.close_idle()
 
     @property
     def idle_connections(self) -> int:
-        return self._transport.idle_connections
+        return self._native.idle_connections if os.getpid() == self._pid else 0

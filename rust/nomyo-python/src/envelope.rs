@@ -1,6 +1,6 @@
 //! Seal and open envelopes; the GIL is released around all RSA and AES work.
 
-use nomyo_core::envelope::{self, DEFAULT_MAX_ENVELOPE};
+use nomyo_core::envelope::{self, Opened, DEFAULT_MAX_ENVELOPE};
 use nomyo_core::secret::SecretBuf;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -140,6 +140,14 @@ pub fn open_json<'py>(
     let opened = py
         .detach(|| envelope::open(envelope, &key.inner, max_size))
         .py_err()?;
+    opened_to_py(py, opened)
+}
+
+/// An opened reply as `(value parsed from JSON, processed_at, algorithm)`.
+pub fn opened_to_py<'py>(
+    py: Python<'py>,
+    opened: Opened,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, &'static str)> {
     let value = json::loads(py, opened.plaintext.as_slice())?;
     Ok((
         value,

@@ -7,6 +7,8 @@
 
 mod alloc;
 mod buffer;
+#[cfg(unix)]
+mod completions;
 mod envelope;
 mod errors;
 mod json;
@@ -32,6 +34,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::PyTransport>()?;
     m.add_class::<transport::PyExchange>()?;
     m.add_class::<transport::PyPending>()?;
+    #[cfg(unix)]
+    m.add_class::<completions::PyCompletions>()?;
     m.add(
         "TransportError",
         m.py().get_type::<errors::TransportError>(),

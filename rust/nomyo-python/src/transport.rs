@@ -2,6 +2,8 @@
 //! Tokio runtime, without the GIL: sealing (RSA-OAEP wrap, AES-GCM), the exchange, and
 //! opening the reply (RSA-OAEP unwrap, AES-GCM) into locked memory. Python only turns the
 //! payload into JSON before and the opened JSON into objects after (`Exchange.reply`).
+//! A finished request reaches asyncio through `Completions` (no GIL on the workers) or, where
+//! a loop cannot watch a descriptor, through a callback run on a blocking-pool thread.
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -16,7 +18,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tokio::task::AbortHandle;
 
-use crate::envelope::number_to_py;
+#[cfg(unix)]
+use crate::completions::{PyCompletions, Queue};
+use crate::envelope::opened_to_py;
 use crate::errors::{self, IntoPy};
 use crate::json;
 use crate::keys::{PyPrivateKey, PyPublicKey};
@@ -40,13 +44,13 @@ struct Job {
     body_deadline: Option<Duration>,
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Http(HttpError),
     Core(nomyo_core::Error),
 }
 
 impl Failure {
-    fn into_py(self) -> PyErr {
+    pub(crate) fn into_py(self) -> PyErr {
         match self {
             Failure::Http(e) => errors::http_to_py(e),
             Failure::Core(e) => errors::to_py(e),
@@ -56,7 +60,7 @@ impl Failure {
 
 /// One finished request: status, headers and either the body or the opened reply.
 #[pyclass(frozen, name = "Exchange", module = "nomyo._core")]
-pub struct PyExchange {
+pub(crate) struct PyExchange {
     #[pyo3(get)]
     status: u16,
     /// Bytes sent (the request body).
@@ -116,12 +120,7 @@ impl PyExchange {
         let opened = taken
             .ok_or_else(|| PyRuntimeError::new_err("no opened reply (or it was taken)"))?
             .py_err()?;
-        let value = json::loads(py, opened.plaintext.as_slice())?;
-        Ok((
-            value,
-            number_to_py(py, opened.processed_at)?,
-            envelope::ALGORITHM,
-        ))
+        opened_to_py(py, opened)
     }
 
     fn __repr__(&self) -> String {
@@ -210,6 +209,51 @@ fn seconds(value: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
 
 type TimeoutTuple = (Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 
+/// Where a finished request goes.
+enum Sink {
+    /// A Python callable `done(ok, value)`, called on a blocking-pool thread.
+    Call(Py<PyAny>),
+    /// A `Completions` queue, under this token.
+    #[cfg(unix)]
+    Queue(Arc<Queue>, u64),
+}
+
+impl Sink {
+    fn new(done: Bound<'_, PyAny>, token: u64) -> Self {
+        #[cfg(unix)]
+        if let Ok(completions) = done.cast::<PyCompletions>() {
+            return Sink::Queue(completions.get().queue.clone(), token);
+        }
+        let _ = token;
+        Sink::Call(done.unbind())
+    }
+
+    async fn deliver(self, result: Result<PyExchange, Failure>) {
+        match self {
+            #[cfg(unix)]
+            Sink::Queue(queue, token) => queue.push(token, result),
+            Sink::Call(done) => {
+                // Waiting for the GIL happens on a blocking-pool thread, never on an I/O
+                // worker: the connections and timers of other requests keep running.
+                let _ = tokio::task::spawn_blocking(move || {
+                    // Not attachable means the interpreter is shutting down: nobody waits.
+                    Python::try_attach(|py| {
+                        let (ok, value) = match result.map(|ex| Py::new(py, ex)) {
+                            Ok(Ok(exchange)) => (true, exchange.into_any()),
+                            Ok(Err(err)) => (false, err.into_value(py).into_any()),
+                            Err(failure) => (false, failure.into_py().into_value(py).into_any()),
+                        };
+                        // An error here means the event loop has closed: nobody is waiting.
+                        let _ = done.call1(py, (ok, value));
+                        drop(done);
+                    });
+                })
+                .await;
+            }
+        }
+    }
+}
+
 /// The native HTTP/1.1 transport: verified TLS (rustls) with the given trust anchors, a
 /// keep-alive pool, and requests that seal and open envelopes without the GIL.
 #[pyclass(frozen, name = "Transport", module = "nomyo._core")]
@@ -289,19 +333,21 @@ impl PyTransport {
         })
     }
 
-    /// Start a request; `done(ok, value)` is called from a worker thread when it ends, with
-    /// an `Exchange` (ok) or the exception to raise. Returns a `Pending` to cancel it.
+    /// Start a request. When it ends, its outcome (an `Exchange`, or the exception to raise)
+    /// goes to `done`: a `Completions` queue under `token`, or a callable `done(ok, value)`
+    /// called from a worker thread. Returns a `Pending` to cancel it.
     #[pyo3(signature = (
-        done, method, url, headers, *, body = None, seal = None, open = None,
+        done, method, url, headers, *, token = 0, body = None, seal = None, open = None,
         ok_limit, error_limit, timeouts, body_deadline = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
-        done: Py<PyAny>,
+        done: Bound<'_, PyAny>,
         method: &str,
         url: String,
         headers: Vec<(String, String)>,
+        token: u64,
         body: Option<&[u8]>,
         seal: Option<(Bound<'_, PyAny>, Bound<'_, PyPublicKey>)>,
         open: Option<(Bound<'_, PyPrivateKey>, usize)>,
@@ -323,27 +369,10 @@ impl PyTransport {
             body_deadline,
         )?;
         let client = self.client.clone();
+        let sink = Sink::new(done, token);
         let task = runtime::handle()
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the I/O runtime: {e}")))?
-            .spawn(async move {
-                let result = run(client, job).await;
-                // Waiting for the GIL happens on a blocking-pool thread, never on an I/O
-                // worker: the connections and timers of other requests keep running.
-                let _ = tokio::task::spawn_blocking(move || {
-                    // Not attachable means the interpreter is shutting down: nobody waits.
-                    Python::try_attach(|py| {
-                        let (ok, value) = match result.map(|ex| Py::new(py, ex)) {
-                            Ok(Ok(exchange)) => (true, exchange.into_any()),
-                            Ok(Err(err)) => (false, err.into_value(py).into_any()),
-                            Err(failure) => (false, failure.into_py().into_value(py).into_any()),
-                        };
-                        // An error here means the event loop has closed: nobody is waiting.
-                        let _ = done.call1(py, (ok, value));
-                        drop(done);
-                    });
-                })
-                .await;
-            });
+            .spawn(async move { sink.deliver(run(client, job).await).await });
         Ok(PyPending {
             abort: task.abort_handle(),
         })
