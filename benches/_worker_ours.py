@@ -64,6 +64,44 @@ class OursAdapter:
             buffer.close()
         return times
 
+    def router_share_seconds(self, spec: dict[str, Any], size: int, n: int) -> list[float]:
+        """The router's share of one echoed request of ``size``: ``n`` POSTs of a body sealed
+        once beforehand, each reply read whole and not opened (no client crypto, no JSON)."""
+        from urllib.parse import quote
+
+        from _workloads import payload_text
+
+        from nomyo import _core
+        from nomyo._constants import COMPLETION_PATH, PUBLIC_KEY_PATH
+
+        with open(os.path.join(spec["key_dir"], "private_key.pem"), "rb") as handle:
+            key = _core.PrivateKey.from_pem(handle.read())
+        transport = _core.Transport([spec["ca_file"]])
+        limits: dict[str, Any] = {
+            "ok_limit": 64 << 20,
+            "error_limit": 1 << 16,
+            "timeouts": (60.0, 60.0, 60.0, 60.0),
+        }
+        answer = transport.send("GET", spec["url"] + PUBLIC_KEY_PATH, [], **limits)
+        server_key = _core.PublicKey.from_pem(answer.body())
+        payload = {"model": MODEL, "messages": [{"role": "user", "content": payload_text(size)}]}
+        envelope = _core.seal_json(payload, server_key)
+        headers = [
+            ("X-Payload-ID", "router-share"),
+            ("X-Public-Key", quote(key.public_key().to_pem())),
+            ("Content-Type", "application/octet-stream"),
+        ]
+        url = spec["url"] + COMPLETION_PATH
+        times = []
+        for i in range(n + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            answer = transport.send("POST", url, headers, body=envelope, **limits)
+            if answer.status != 200 or answer.received_bytes <= size:
+                raise RuntimeError(f"router answered {answer.status}, {answer.received_bytes} B")
+            if i:
+                times.append(time.perf_counter() - start)
+        return times
+
 
 if __name__ == "__main__":
     run_worker(OursAdapter(), sys.argv)

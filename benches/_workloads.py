@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 MODEL = "bench-model"
@@ -157,6 +157,18 @@ async def wl_rsa(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
         "p90_ms": ordered[int(0.9 * (len(ordered) - 1))] * 1000.0,
         "max_ms": ordered[-1] * 1000.0,
     }
+
+
+async def wl_router_share(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
+    """The router's share of the echoed sizes (``router_share_seconds``; our worker only)."""
+    share = getattr(adapter, "router_share_seconds", None)
+    if share is None:
+        raise ValueError(f"{adapter.name} cannot measure the router's share")
+    results = {}
+    for size, n in spec["sizes"]:
+        times = share(spec, size, n)
+        results[str(size)] = {"n": n, "median_ms": _median_ms(times)}
+    return {"sizes": results}
 
 
 async def wl_count(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
@@ -419,7 +431,7 @@ def wl_gen_keys(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
     return {"key_dir": spec["key_dir"]}
 
 
-_ASYNC: dict[str, Callable[[Adapter, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+_ASYNC: dict[str, Callable[[Adapter, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]] = {
     "latency": wl_latency,
     "sizes": wl_sizes,
     "rsa": wl_rsa,
@@ -427,6 +439,7 @@ _ASYNC: dict[str, Callable[[Adapter, dict[str, Any]], Awaitable[dict[str, Any]]]
     "cold": wl_cold,
     "rss": wl_rss,
     "count": wl_count,
+    "router_share": wl_router_share,
 }
 _SYNC: dict[str, Callable[[Adapter, dict[str, Any]], dict[str, Any]]] = {
     "memscan": wl_memscan,

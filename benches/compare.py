@@ -388,6 +388,9 @@ def run_all(workers: Workers, proxy_url: str) -> None:
         warmup=plan.proxy_warmup,
     )
     each("d_sizes", "sizes", sizes=[list(s) for s in plan.sizes], warmup=plan.size_warmup)
+    large = [list(s) for s in plan.sizes if s[0] >= 64 * KIB]
+    log("d_router_share: ours (pre-sealed bodies, replies not opened)")
+    raw["d_router_share"] = workers.run("ours", workers.spec("ours", "router_share", sizes=large))
     each(
         "e_concurrency",
         "concurrency",
@@ -529,6 +532,7 @@ def build_rows(raw: dict[str, Any], plan: Plan) -> list[Row]:
             lower_is_better=None,
         ),
     ]
+    share = raw["d_router_share"]["sizes"]
     for size, n in plan.sizes:
         key = str(size)
         rows.append(
@@ -538,6 +542,18 @@ def build_rows(raw: dict[str, Any], plan: Plan) -> list[Row]:
                 d["ours"]["sizes"][key]["median_ms"],
             )
         )
+        if key in share:
+            floor = share[key]["median_ms"]
+            best = d["reference"]["sizes"][key]["median_ms"] / floor
+            rows.append(
+                Row(
+                    f"(d)   {size_label(size)}: the router's share alone (a pre-sealed body "
+                    "posted, the reply read, not opened), ms; the best ratio it leaves",
+                    None,
+                    None,
+                    text=("—", f"{floor:.1f}; at best {best:.1f}x"),
+                )
+            )
     total = plan.concurrency * plan.rounds
     rows += [
         Row(
@@ -635,7 +651,7 @@ def _spread(rsa: dict[str, Any]) -> str:
 
 
 def _share_within(latency: dict[str, Any], bound_ms: float) -> float:
-    values = latency["latencies_ms"]
+    values: list[float] = latency["latencies_ms"]
     return sum(x <= bound_ms for x in values) / len(values)
 
 
