@@ -68,7 +68,10 @@ def instructions(workers: Workers, client: str, spec: dict[str, Any], out: Path)
     )
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
-        raise BenchError(f"{client} under valgrind failed:\n{done.stderr[-3000:]}")
+        raise BenchError(
+            f"{client} under valgrind failed (exit {done.returncode}):\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-1500:]}"
+        )
     return int(found.group(1))
 
 

@@ -386,8 +386,15 @@ def test_ctrl_c_exits_130_without_traceback() -> None:
             text=True,
             env=cli_env(),
         )
-        connection, _ = listener.accept()  # the client now waits for the server's key
+        connection, _ = listener.accept()
         with connection:
+            connection.settimeout(60)
+            head = b""
+            while b"\r\n\r\n" not in head:  # the whole request: now it waits for the key
+                chunk = connection.recv(4096)
+                assert chunk, "the client closed the connection before asking for the key"
+                head += chunk
+            assert head.startswith(b"GET /pki/public_key ")
             proc.send_signal(signal.SIGINT)
             _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr

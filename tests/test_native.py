@@ -272,7 +272,7 @@ def test_concurrent_replies_reach_their_own_requests_through_the_loop_queue(
             assert [r.choices[0].message.content for r in replies] == texts
             queue = _native._COMPLETIONS[asyncio.get_running_loop()]
             assert queue is not None, "a selector loop watches the completions descriptor"
-            assert queue.futures == {}, "every future was settled and forgotten"
+            assert len(queue.futures) == 0, "every future was settled and forgotten"
 
     asyncio.run(scenario())
 
@@ -364,14 +364,46 @@ def test_a_closed_client_refuses_requests_on_both_transports(
         assert client.create(model="m", messages=user("open")).choices[0].message.content
     with pytest.raises(RuntimeError, match=closed):
         client.create(model="m", messages=user("after close"))
+    with pytest.raises(RuntimeError, match=closed):  # no new per-call client either
+        client.create(model="m", messages=user("elsewhere"), base_url="https://127.0.0.1:1")
 
-    async def scenario() -> None:
+    async def scenario() -> nomyo.SecureChatCompletion:
         async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
             client.client._set_key(client_key)
             assert (await client.create(model="m", messages=user("open"))).choices
         with pytest.raises(RuntimeError, match=closed):
             await client.create(model="m", messages=user("after close"))
         await client.aclose()  # closing twice is harmless
+        return client
 
-    asyncio.run(scenario())
+    reused = asyncio.run(scenario())
+    with pytest.raises(RuntimeError, match=closed):  # a new event loop does not reopen it
+        asyncio.run(reused.create(model="m", messages=user("next loop")))
     assert tls_router.router.secure_requests - received == 2, "nothing sent after close"
+
+
+def test_a_loop_closed_with_a_request_in_flight_is_not_kept_alive(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    import gc
+    import weakref
+
+    from nomyo import _native
+
+    gc.collect()
+    queues = len(_native._COMPLETIONS)
+    client = nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert)
+    client.client._set_key(client_key)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(client.create(model="m", messages=user("warm")))
+    tls_router.router.faults.push(Fault(delay=2.0))
+    task = loop.create_task(client.create(model="m", messages=user("abandoned")))
+    loop.run_until_complete(asyncio.wait({task}, timeout=0.3))
+    assert not task.done()
+    loop.close()  # the task is never awaited again
+    gone = weakref.ref(loop)
+    del loop, task, client  # the client remembers the last loop it ran on
+    gc.collect()
+    assert gone() is None, "nothing of ours keeps the closed loop (and its queue) alive"
+    assert len(_native._COMPLETIONS) == queues, "its queue (and descriptors) went with it"
+    tls_router.router.faults.clear()

@@ -137,6 +137,7 @@ class BaseSecureClient:
         if max_retries < 0:
             raise ConfigurationError("max_retries must be >= 0")
         self.router_url = check_base_url(resolve_base_url(router_url), allow_http)
+        self._closed = False
         self.allow_http = allow_http
         self.max_retries = max_retries
         self.key_size = KEY_SIZE
@@ -216,6 +217,15 @@ class BaseSecureClient:
         if cached is None or cached[0] is not pem:
             cached = self._quoted_public_key = (pem, quote(pem))
         return cached[1]
+
+    def _check_open(self) -> None:
+        """Refuse to send once the client was closed (the message httpx uses).
+
+        Raises:
+            RuntimeError: the client was closed.
+        """
+        if self._closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
 
     def _require_keys(self) -> _core.PrivateKey:
         if self.private_key is None:

@@ -123,7 +123,12 @@ class BaseSecureChat(Generic[ClientT]):
         self.client.load_keys(private_path, password=self._key_password)
 
     def _client_for(self, base_url: str | None) -> ClientT:
-        """The client of ``base_url`` (a per-call override); it shares this client's key."""
+        """The client of ``base_url`` (a per-call override); it shares this client's key.
+
+        Raises:
+            RuntimeError: this client was closed (no new per-call client is made).
+        """
+        self.client._check_open()
         if base_url is None or base_url.rstrip("/") == self.client.router_url:
             return self.client
         url = base_url.rstrip("/")

@@ -131,6 +131,7 @@ class SecureCompletionClient(BaseSecureClient):
         Connections belong to the loop that opened them; when the client is used from a new
         loop (e.g. a second ``asyncio.run``), a fresh pool replaces the orphaned one.
         """
+        self._check_open()
         loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
@@ -367,7 +368,9 @@ class SecureCompletionClient(BaseSecureClient):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the connection pool (if this client created it)."""
+        """Close the connection pool (if this client created it); later requests raise
+        ``RuntimeError``."""
+        self._closed = True
         if self._native is not None:
             self._native.close()
             return

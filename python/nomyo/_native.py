@@ -92,7 +92,10 @@ class _LoopCompletions:
 
     def __init__(self) -> None:
         self.queue = _core.Completions()
-        self.futures: dict[int, asyncio.Future[Any]] = {}
+        # Weak: a future holds its loop, and this (the loop's entry in _COMPLETIONS) must not;
+        # the task awaiting a future keeps it alive for as long as anyone waits.
+        self.futures: weakref.WeakValueDictionary[int, asyncio.Future[Any]]
+        self.futures = weakref.WeakValueDictionary()
         self.pid = os.getpid()
 
     def drain(self) -> None:

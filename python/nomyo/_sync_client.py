@@ -107,6 +107,7 @@ class SyncSecureCompletionClient(BaseSecureClient):
             KeyFormatError: the server sent no valid RSA public key.
             APIError / APIConnectionError: the fetch failed.
         """
+        self._check_open()
         url = self.router_url + PUBLIC_KEY_PATH
         if self._native is not None:
             try:
@@ -192,6 +193,7 @@ class SyncSecureCompletionClient(BaseSecureClient):
             SecurityError / EnvelopeError: the reply cannot be trusted or read.
         """
         headers = self._request_headers(payload_id, api_key, security_tier)
+        self._check_open()
         refetched = False
         attempt = 0
         while True:
@@ -313,7 +315,9 @@ class SyncSecureCompletionClient(BaseSecureClient):
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection pool (if this client created it)."""
+        """Close the connection pool (if this client created it); later requests raise
+        ``RuntimeError``."""
+        self._closed = True
         if self._native is not None:
             self._native.close()
         elif self._owns_http and self._http is not None:
