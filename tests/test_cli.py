@@ -372,6 +372,10 @@ def test_chat_over_https_with_ca_file(tls_router: Server, certs: DevCertificates
     assert "certificate" in untrusted.stderr
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_without_traceback() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -384,7 +388,10 @@ def test_ctrl_c_exits_130_without_traceback() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=cli_env(),
+            env=cli_env({"PYTHONFAULTHANDLER": "1"}),
+            # Ctrl-C as at a terminal: a suite started in the background by a shell (`cmd &`)
+            # runs with SIGINT ignored, and children inherit an ignored signal.
+            preexec_fn=_default_sigint,
         )
         connection, _ = listener.accept()
         with connection:
@@ -396,7 +403,12 @@ def test_ctrl_c_exits_130_without_traceback() -> None:
                 head += chunk
             assert head.startswith(b"GET /pki/public_key ")
             proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=30)
+            try:
+                _, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
+                _, stderr = proc.communicate()
+                pytest.fail(f"no exit 30 s after Ctrl-C; the child's threads:\n{stderr}")
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "interrupted" in stderr
