@@ -430,9 +430,11 @@ def test_fault_delay(server_key: _core.PrivateKey, client_key: _core.PrivateKey)
     async def scenario(router: DevRouter, http: httpx.AsyncClient) -> None:
         router.faults.push(Fault(delay=0.5))
         started = time.monotonic()
+        http.timeout = httpx.Timeout(30.0)  # a loaded machine may add seconds
         open_reply(await post_sealed(http, router, client_key), client_key)
         assert time.monotonic() - started >= 0.45
-        router.faults.push(Fault(delay=2.0))
+        router.faults.push(Fault(delay=10.0))
+        http.timeout = httpx.Timeout(1.0)  # far below the delay: it must time out
         with pytest.raises(httpx.ReadTimeout):
             await post_sealed(http, router, client_key, payload=None)
         # A client timeout must not break the router.
