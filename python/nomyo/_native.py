@@ -143,19 +143,12 @@ class NativeTransport:
         self._trust = trust
         self._pid = os.getpid()
         self._native = _core.Transport(trust)
-        self._closed = False
         self.timeouts = timeouts
 
     @property
     def _transport(self) -> _core.Transport:
         """This process's pool: a forked child starts a new one and never touches (or
-        frees) the parent's, whose locks and slots may be held by threads the child lacks.
-
-        Raises:
-            RuntimeError: the client was closed (as httpx does).
-        """
-        if self._closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        frees) the parent's, whose locks and slots may be held by threads the child lacks."""
         if os.getpid() != self._pid:
             _ORPHANED.append(self._native)
             self._native = _core.Transport(self._trust)
@@ -268,8 +261,7 @@ class NativeTransport:
         return self._transport.send(**request)
 
     def close(self) -> None:
-        """Close idle connections and refuse new requests (requests in flight finish)."""
-        self._closed = True
+        """Close idle connections (requests in flight finish; the client refuses new ones)."""
         if os.getpid() == self._pid:
             self._native.close_idle()
 
