@@ -18,8 +18,8 @@ proxy; (d) latency for 1 KiB .. 8 MiB echoed payloads (+ PNG plot); (e) 64 concu
 requests on one client: throughput and worst event-loop stall; (f) cold start of a new
 process; (g) peak RSS for an 8 MiB request; (h) plaintext copies left in process memory.
 
-``--smoke`` runs everything with tiny N and payloads up to 64 KiB (CI keeps the benches
-from rotting); the full run takes a few minutes. Results: a markdown table on stdout and
+``--smoke`` runs everything with tiny N, 8 concurrent and payloads up to 64 KiB (CI keeps
+the benches from rotting); the full run takes a few minutes. Results: a markdown table on stdout and
 in ``<out>/latest.md``, raw numbers in ``<out>/latest.json``, the plot in
 ``<out>/latency_vs_size.png``.
 """
@@ -94,12 +94,14 @@ SMOKE = Plan(
     proxy_warmup=1,
     sizes=((KIB, 1), (64 * KIB, 1)),
     size_warmup=1,
-    concurrency=64,
+    # Small enough that the reference (~1-3 req/s on a loaded CI machine) finishes well
+    # inside the timeout: smoke mode checks that the benchmark runs, not what it measures.
+    concurrency=8,
     rounds=1,
     warmup_rounds=1,
     cold_runs=1,
     rss_size=64 * KIB,
-    timeout=120.0,
+    timeout=600.0,
 )
 
 
