@@ -44,6 +44,11 @@ class OursAdapter:
     async def close(self, client: Any) -> None:
         await client.aclose()
 
+    def key_class(self) -> type:
+        assert self.nomyo is not None
+        cls: type = self.nomyo.SecureCompletionClient
+        return cls
+
     def gen_keys(self, key_dir: str) -> None:
         assert self.nomyo is not None
         self.nomyo.SecureCompletionClient().generate_keys(save_to_file=True, key_dir=key_dir)

@@ -50,6 +50,11 @@ class ReferenceAdapter:
     async def close(self, client: Any) -> None:
         """The reference opens a fresh httpx client per request: nothing to close."""
 
+    def key_class(self) -> type:
+        assert self.nomyo is not None
+        cls: type = self.nomyo.SecureCompletionClient.SecureCompletionClient
+        return cls
+
     def gen_keys(self, key_dir: str) -> None:
         assert self.nomyo is not None
         client = self.nomyo.SecureCompletionClient.SecureCompletionClient()
