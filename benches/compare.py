@@ -19,8 +19,8 @@ requests on one client: throughput and worst event-loop stall; (f) cold start of
 process; (g) peak RSS for an 8 MiB request; (h) plaintext copies left in process memory.
 
 ``--smoke`` runs everything with tiny N, 8 concurrent and payloads up to 64 KiB (CI keeps
-the benches from rotting); the full run takes a few minutes. Results: a markdown table on stdout and
-in ``<out>/latest.md``, raw numbers in ``<out>/latest.json``, the plot in
+the benches from rotting); the full run takes 10-15 minutes. Results: a markdown table on
+stdout and in ``<out>/latest.md``, raw numbers in ``<out>/latest.json``, the plot in
 ``<out>/latency_vs_size.png``.
 """
 
@@ -443,7 +443,7 @@ def cold_starts(workers: Workers) -> dict[str, Any]:
         "ours_keydir": ("ours", workers.key_dirs["ours"]),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    for client in CLIENTS:  # untimed: warm the page cache and the .pyc files
+    for client in CLIENTS:  # untimed: warm the page cache (bytecode: see precompile)
         workers.run(client, workers.spec(client, "cold"))
     for i in range(workers.plan.cold_runs):
         for name, (client, key_dir) in variants.items():

@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         "--clients", default=",".join(CLIENTS), help="comma-separated: reference,ours"
     )
     args = parser.parse_args(argv)
+    clients = args.clients.split(",")
+    if not clients or set(clients) - set(CLIENTS):
+        parser.error(f"--clients takes a comma-separated subset of {','.join(CLIENTS)}")
     if shutil.which("valgrind") is None:
         raise BenchError("valgrind is not installed (Debian: apt-get install valgrind)")
     reference_dir = install_reference()
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         ) as router:
             key_dirs = {client: str(work / f"keys-{client}") for client in CLIENTS}
             workers = Workers(reference_dir, bundle, router["url"], key_dirs, FULL)
-            for client in args.clients.split(","):
+            for client in clients:
                 workers.run(client, workers.spec(client, "gen_keys"))
                 results[client] = {
                     "request": per_item(workers, client, "requests", args.requests, work),

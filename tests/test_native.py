@@ -397,13 +397,15 @@ def test_a_loop_closed_with_a_request_in_flight_is_not_kept_alive(
     loop = asyncio.new_event_loop()
     loop.run_until_complete(client.create(model="m", messages=user("warm")))
     tls_router.router.faults.push(Fault(delay=2.0))
-    task = loop.create_task(client.create(model="m", messages=user("abandoned")))
-    loop.run_until_complete(asyncio.wait({task}, timeout=0.3))
-    assert not task.done()
-    loop.close()  # the task is never awaited again
+    try:
+        task = loop.create_task(client.create(model="m", messages=user("abandoned")))
+        loop.run_until_complete(asyncio.wait({task}, timeout=0.3))
+        assert not task.done()
+    finally:
+        loop.close()  # the task is never awaited again
+        tls_router.router.faults.clear()
     gone = weakref.ref(loop)
     del loop, task, client  # the client remembers the last loop it ran on
     gc.collect()
     assert gone() is None, "nothing of ours keeps the closed loop (and its queue) alive"
     assert len(_native._COMPLETIONS) == queues, "its queue (and descriptors) went with it"
-    tls_router.router.faults.clear()
