@@ -5,6 +5,7 @@ Run with the venv's python and no PYTHONPATH pointing at the reference client.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -68,6 +69,49 @@ class OursAdapter:
             times.append(time.perf_counter() - start)
             buffer.close()
         return times
+
+    async def floor_cpu_seconds(self, spec: dict[str, Any], n: int, gap: float) -> dict[str, Any]:
+        """Per-request CPU time of the parts of a small request that are not the RSA op.
+
+        ``seal``: sealing the small payload to the server key (RSA-OAEP public op + AES-GCM).
+        ``get`` / ``get_after_gap``: a server-key ``GET`` on the client's own native transport
+        and event loop (the same pool, completion queue and wake-ups as a request, no
+        envelope crypto, no client logic), back to back, and after the loop sat idle for
+        ``gap`` seconds, as it does while the router works on a request.
+        """
+        from _workloads import SMALL_PROMPT
+
+        from nomyo import _core
+        from nomyo._constants import PUBLIC_KEY_PATH
+
+        client = self.make_client(spec, spec["url"])
+        try:
+            messages = [{"role": "user", "content": SMALL_PROMPT}]
+            for _ in range(3):
+                await self.create(client, messages)
+            native = client.client._native
+            server_key = client.client.server_public_key
+            if native is None or server_key is None:
+                raise RuntimeError("the client is not on the native transport")
+            url = client.client.router_url + PUBLIC_KEY_PATH
+            payload = {"model": MODEL, "messages": messages}
+            out: dict[str, list[float]] = {"seal": [], "get": [], "get_after_gap": []}
+            for _ in range(n):
+                start = time.process_time()
+                _core.seal_json(payload, server_key)
+                out["seal"].append(time.process_time() - start)
+            for name, pause in (("get", 0.0), ("get_after_gap", gap)):
+                for _ in range(n):
+                    if pause:
+                        await asyncio.sleep(pause)
+                    start = time.process_time()
+                    exchange = await native.get_key(url)
+                    out[name].append(time.process_time() - start)
+                    if exchange.status != 200:
+                        raise RuntimeError(f"the key GET answered {exchange.status}")
+            return out
+        finally:
+            await self.close(client)
 
     def router_share_seconds(self, spec: dict[str, Any], size: int, n: int) -> list[float]:
         """The router's share of one echoed request of ``size``: ``n`` POSTs of a body sealed

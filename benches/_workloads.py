@@ -174,6 +174,18 @@ async def wl_router_share(adapter: Adapter, spec: dict[str, Any]) -> dict[str, A
     return {"sizes": results}
 
 
+async def wl_floor(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a small request costs beyond its RSA op when the client does nothing else:
+    sealing, and a request on the same transport after the loop sat idle (our worker only;
+    see ``floor_cpu_seconds``). With the RSA op it is the floor of target (b) here."""
+    floor = getattr(adapter, "floor_cpu_seconds", None)
+    if floor is None:
+        raise ValueError(f"{adapter.name} cannot measure the floor")
+    adapter.load()
+    times = await floor(spec, spec["n"], spec["gap"])
+    return {name: {"n": len(v), "median_ms": _median_ms(v)} for name, v in times.items()}
+
+
 async def wl_count(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
     """Warm up, then run ``n`` small requests (``what="requests"``) or ``n`` RSA private-key
     ops (``what="rsa"``) and nothing else: run under an instruction counter with two
@@ -467,6 +479,7 @@ _ASYNC: dict[str, Callable[[Adapter, dict[str, Any]], Coroutine[Any, Any, dict[s
     "rss": wl_rss,
     "count": wl_count,
     "router_share": wl_router_share,
+    "floor": wl_floor,
 }
 _SYNC: dict[str, Callable[[Adapter, dict[str, Any]], dict[str, Any]]] = {
     "memscan": wl_memscan,

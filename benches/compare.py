@@ -53,6 +53,12 @@ WORKER = {"ours": BENCHES / "_worker_ours.py", "reference": BENCHES / "_worker_r
 KIB, MIB = 1024, 1024 * 1024
 
 
+#: The floor of target (b): a key GET after the event loop sat idle this long (about the
+#: router's time on a small request here), and the parts reported.
+FLOOR_GAP = 0.003
+FLOOR_PARTS = ("seal", "get", "get_after_gap")
+
+
 @dataclass(frozen=True)
 class Plan:
     """How much of each workload to run."""
@@ -406,6 +412,8 @@ def run_all(workers: Workers, proxy_url: str) -> None:
 
     each("a_latency", "latency", n=plan.latency_n, warmup=plan.latency_warmup)
     each("b_rsa", "rsa", n=plan.rsa_n)
+    log(f"b_floor: ours (seal, and a key GET after a {FLOOR_GAP * 1000:.0f} ms idle gap)")
+    raw["b_floor"] = workers.run("ours", workers.spec("ours", "floor", n=plan.rsa_n, gap=FLOOR_GAP))
     each(
         "c_latency_rtt20",
         "latency",
@@ -510,6 +518,8 @@ def build_rows(raw: dict[str, Any], plan: Plan) -> list[Row]:
         raw["h_memscan"],
     )
     rsa_core = b["ours"]["median_ms"]  # one RSA-4096 private-key op, _core.open_bytes
+    fl = raw["b_floor"]
+    floor = rsa_core + fl["seal"]["median_ms"] + fl["get_after_gap"]["median_ms"]
     rtt_ms = plan.delay * 2000
     rows = [
         Row(
@@ -536,6 +546,24 @@ def build_rows(raw: dict[str, Any], plan: Plan) -> list[Row]:
             a["reference"]["cpu_median_ms"] / rsa_core,
             a["ours"]["cpu_median_ms"] / rsa_core,
             "{:.2f}",
+        ),
+        Row(
+            "(b)   parts without the RSA op: seal / a key GET on the same transport, back to "
+            f"back / after {FLOOR_GAP * 1000:.0f} ms idle (as while the router works), "
+            "CPU median ms",
+            None,
+            None,
+            text=("—", " / ".join(f"{fl[k]['median_ms']:.3f}" for k in FLOOR_PARTS)),
+        ),
+        Row(
+            "(b)   floor here: RSA op + seal + GET after the idle gap, in RSA ops; "
+            "our client logic above it, ms",
+            None,
+            None,
+            text=(
+                "—",
+                f"{floor / rsa_core:.2f}; {a['ours']['cpu_median_ms'] - floor:.2f}",
+            ),
         ),
         Row(
             "(b) client CPU per request, total over (a) / N (includes machine stalls), ms",
@@ -785,7 +813,12 @@ def render(rows: list[Row], info: dict[str, str], smoke: bool, plot: str | None)
         "VM, time the hypervisor takes while a thread runs is counted as that thread's CPU, "
         "which the total / N row includes). The RSA unit is one OAEP-SHA256 private-key "
         "operation of _core measured in the same run (the client's irreducible work per "
-        "request is one such op to open the reply). (e) control: the same 1 ms ticker in "
+        "request is one such op to open the reply). The (b) floor adds what our request "
+        "cannot avoid beside that op, measured apart in one worker: sealing the payload, and "
+        "a server-key GET on the client's own transport and loop after the loop sat idle "
+        "as long as the router takes (thread wake-ups, TLS, HTTP, kernel; no envelope "
+        "crypto, no client logic); 'client logic' is the request's CPU above that floor. "
+        "(e) control: the same 1 ms ticker in "
         "the same worker, with the client idle, for as long as (e) took (at most 10 s). "
         "(c) goes through a loopback proxy adding 10 ms per direction per chunk and one "
         "round trip per new connection. (f) is measured from spawning the worker process "
