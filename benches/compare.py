@@ -557,7 +557,7 @@ def build_rows(raw: dict[str, Any], plan: Plan) -> list[Row]:
         ),
         Row(
             "(b)   floor here: RSA op + seal + GET after the idle gap, in RSA ops; "
-            "our client logic above it, ms",
+            "the request's CPU above it, ms",
             None,
             None,
             text=(
@@ -817,7 +817,8 @@ def render(rows: list[Row], info: dict[str, str], smoke: bool, plot: str | None)
         "cannot avoid beside that op, measured apart in one worker: sealing the payload, and "
         "a server-key GET on the client's own transport and loop after the loop sat idle "
         "as long as the router takes (thread wake-ups, TLS, HTTP, kernel; no envelope "
-        "crypto, no client logic); 'client logic' is the request's CPU above that floor. "
+        "crypto, no client logic). Above the floor: the larger POST and reply, opening "
+        "beyond the bare RSA op, and the client's Python code. "
         "(e) control: the same 1 ms ticker in "
         "the same worker, with the client idle, for as long as (e) took (at most 10 s). "
         "(c) goes through a loopback proxy adding 10 ms per direction per chunk and one "
