@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey, PublicEncryptingKey};
+use aws_lc_rs::rsa::{PrivateDecryptingKey, PublicEncryptingKey};
 use pkcs8::der::pem::LineEnding;
 use pkcs8::der::{Decode, SecretDocument};
 use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo};
@@ -120,20 +120,16 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme<'_>) -> Result<()> {
 
 impl PrivateKey {
     /// Generate a key pair with e = 65537. `bits` is 2048, 3072 or 4096.
+    ///
+    /// Several generations race on the cores this process may use and the first to finish
+    /// is kept (see [`crate::keygen`]); the calling thread waits.
     pub fn generate(bits: usize) -> Result<Self> {
-        let size = match bits {
-            2048 => KeySize::Rsa2048,
-            3072 => KeySize::Rsa3072,
-            4096 => KeySize::Rsa4096,
-            _ => {
-                return Err(Error::key(format!(
-                    "unsupported RSA key size {bits}: use 2048, 3072 or 4096"
-                )))
-            }
-        };
-        let inner = PrivateDecryptingKey::generate(size)
-            .map_err(|_| Error::Internal("RSA key generation failed"))?;
-        Self::from_inner(inner)
+        if !matches!(bits, 2048 | 3072 | 4096) {
+            return Err(Error::key(format!(
+                "unsupported RSA key size {bits}: use 2048, 3072 or 4096"
+            )));
+        }
+        crate::keygen::generate_raced(bits, crate::keygen::default_racers())
     }
 
     fn from_inner(inner: PrivateDecryptingKey) -> Result<Self> {

@@ -10,6 +10,7 @@ pub mod b64;
 pub mod envelope;
 pub mod error;
 pub mod http;
+pub mod keygen;
 pub mod keys;
 pub mod rand;
 pub mod rsa;
