@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -54,21 +55,18 @@ class OursAdapter:
         assert self.nomyo is not None
         self.nomyo.SecureCompletionClient().generate_keys(save_to_file=True, key_dir=key_dir)
 
-    def rsa_op_seconds(self, key_dir: str, n: int) -> list[float]:
+    def rsa_op(self, key_dir: str) -> Callable[[], object]:
         """``_core.open_bytes`` of a 1-byte envelope: one RSA-4096 OAEP decrypt (+ tiny AES)."""
         from nomyo import _core
 
         with open(os.path.join(key_dir, "private_key.pem"), "rb") as handle:
             key = _core.PrivateKey.from_pem(handle.read())
         envelope = _core.seal_bytes(b"x", key.public_key())
-        _core.open_bytes(envelope, key).close()
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            buffer = _core.open_bytes(envelope, key)
-            times.append(time.perf_counter() - start)
-            buffer.close()
-        return times
+
+        def run() -> None:
+            _core.open_bytes(envelope, key).close()
+
+        return run
 
     async def floor_cpu_seconds(self, spec: dict[str, Any], n: int, gap: float) -> dict[str, Any]:
         """Per-request CPU time of the parts of a small request that are not the RSA op.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -60,7 +60,7 @@ class ReferenceAdapter:
         client = self.nomyo.SecureCompletionClient.SecureCompletionClient()
         client.generate_keys(save_to_file=True, key_dir=key_dir)
 
-    def rsa_op_seconds(self, key_dir: str, n: int) -> list[float]:
+    def rsa_op(self, key_dir: str) -> Callable[[], object]:
         """pyca/cryptography RSA-4096 OAEP-SHA256 decrypt of a 1-byte message."""
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -72,13 +72,7 @@ class ReferenceAdapter:
             mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
         )
         wrapped = key.public_key().encrypt(b"x", oaep)
-        key.decrypt(wrapped, oaep)
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            key.decrypt(wrapped, oaep)
-            times.append(time.perf_counter() - start)
-        return times
+        return lambda: key.decrypt(wrapped, oaep)
 
 
 if __name__ == "__main__":

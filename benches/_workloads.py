@@ -55,8 +55,9 @@ class Adapter(Protocol):
     def gen_keys(self, key_dir: str) -> None:
         """Generate and save a 4096-bit key pair in ``key_dir`` with this client."""
 
-    def rsa_op_seconds(self, key_dir: str, n: int) -> list[float]:
-        """Time ``n`` RSA-4096 OAEP private-key operations with this client's crypto."""
+    def rsa_op(self, key_dir: str) -> Callable[[], object]:
+        """One RSA-4096 OAEP private-key operation with this client's crypto, prepared
+        (key loaded, ciphertext made): each call of the result runs one."""
 
     def key_class(self) -> type:
         """The class whose ``generate_keys`` makes a client's key pair when it has none."""
@@ -87,16 +88,24 @@ def _median_ms(values: list[float]) -> float:
 
 
 async def _timed_requests(
-    adapter: Adapter, client: Any, text: str, n: int, warmup: int
+    adapter: Adapter,
+    client: Any,
+    text: str,
+    n: int,
+    warmup: int,
+    rsa_op: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
+    """``n`` timed requests after ``warmup``; with ``rsa_op``, one RSA op is timed (CPU)
+    after each request, outside the request's window, so that both medians sample the
+    machine at the same moments (its speed drifts by a third within minutes on a VM)."""
     messages = _messages(text)
     for _ in range(warmup):
         if _reply_text(await adapter.create(client, messages)) != text:
             raise RuntimeError("echo mismatch during warm-up")
     latencies: list[float] = []
     cpu_each: list[float] = []
+    rsa_cpu: list[float] = []
     cpu0 = time.process_time()
-    wall0 = time.perf_counter()
     for _ in range(n):
         start = time.perf_counter()
         cpu_start = time.process_time()
@@ -106,17 +115,22 @@ async def _timed_requests(
         if _reply_text(reply) != text:
             raise RuntimeError("echo mismatch")
         del reply
-    cpu = time.process_time() - cpu0
-    wall = time.perf_counter() - wall0
-    return {
+        if rsa_op is not None:
+            cpu_start = time.process_time()
+            rsa_op()
+            rsa_cpu.append(time.process_time() - cpu_start)
+    cpu = time.process_time() - cpu0 - sum(rsa_cpu)  # all threads, between requests too
+    result = {
         "n": n,
         "latencies_ms": [x * 1000.0 for x in latencies],
         "median_ms": _median_ms(latencies),
         "min_ms": min(latencies) * 1000.0,
         "cpu_ms_per_request": cpu / n * 1000.0,
         "cpu_median_ms": _median_ms(cpu_each),
-        "wall_ms_per_request": wall / n * 1000.0,
     }
+    if rsa_cpu:
+        result["rsa_cpu_median_ms"] = _median_ms(rsa_cpu)
+    return result
 
 
 async def wl_latency(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +139,10 @@ async def wl_latency(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
     client = adapter.make_client(spec, spec["url"])
     try:
         text = payload_text(spec.get("size"))
-        return await _timed_requests(adapter, client, text, spec["n"], spec.get("warmup", 1))
+        rsa_op = adapter.rsa_op(spec["key_dir"]) if spec.get("interleave_rsa") else None
+        return await _timed_requests(
+            adapter, client, text, spec["n"], spec.get("warmup", 1), rsa_op
+        )
     finally:
         await adapter.close(client)
 
@@ -151,7 +168,13 @@ async def wl_sizes(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
 async def wl_rsa(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
     """Cost of one RSA-4096 OAEP private-key operation with this client's crypto."""
     adapter.load()
-    times = adapter.rsa_op_seconds(spec["key_dir"], spec["n"])
+    rsa_op = adapter.rsa_op(spec["key_dir"])
+    rsa_op()
+    times = []
+    for _ in range(spec["n"]):
+        start = time.perf_counter()
+        rsa_op()
+        times.append(time.perf_counter() - start)
     ordered = sorted(times)
     return {
         "n": len(times),
@@ -193,7 +216,9 @@ async def wl_count(adapter: Adapter, spec: dict[str, Any]) -> dict[str, Any]:
     adapter.load()
     n = spec["n"]
     if spec["what"] == "rsa":
-        adapter.rsa_op_seconds(spec["key_dir"], n)
+        rsa_op = adapter.rsa_op(spec["key_dir"])
+        for _ in range(n):
+            rsa_op()
         return {"n": n}
     client = adapter.make_client(spec, spec["url"])
     messages = _messages(SMALL_PROMPT)
