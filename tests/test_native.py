@@ -347,6 +347,77 @@ def test_completions_queue_wakes_its_descriptor_once_per_batch(
     assert completions.drain() == []
 
 
+@pytest.mark.skipif(not hasattr(_core, "Completions"), reason="POSIX only")
+# Where PyO3 assumed an allocation could not fail, it reports the MemoryError as unraisable
+# and panics (pyo3::instance::panic_on_null); drain() catches that panic.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_completions_lose_nothing_when_python_runs_out_of_memory(
+    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+) -> None:
+    """Each of the first 24 Python allocations in turn fails inside ``drain()``; every
+    finished request still comes out exactly once (then or on the next wake-up), with its
+    own outcome."""
+    import select
+    import time
+    from urllib.parse import quote
+
+    testcapi = pytest.importorskip("_testcapi")
+    server_key = _core.PublicKey.from_pem(tls_router.router.public_key_pem)
+    transport = _core.Transport([certs.ca_cert])
+    completions = _core.Completions()
+    headers = [
+        ("X-Payload-ID", "oom-test"),
+        ("X-Public-Key", quote(client_key.public_key().to_pem())),
+        ("Content-Type", "application/octet-stream"),
+    ]
+    limits: dict[str, Any] = {
+        "ok_limit": 1 << 20,
+        "error_limit": 1 << 16,
+        "timeouts": (10.0, 10.0, 10.0, 10.0),
+    }
+    for failing in range(24):
+        pending = [
+            transport.start(
+                completions,
+                "POST",
+                tls_router.url + "/v1/chat/secure_completion",
+                headers,
+                token=token,
+                seal=({"model": "m", "messages": user(f"token {token}")}, server_key),
+                open=(client_key, 1 << 20),
+                **limits,
+            )
+            for token in (1, 2)
+        ]
+        pending.append(
+            transport.start(completions, "GET", "https://127.0.0.1:1/", [], token=3, **limits)
+        )
+        deadline = time.monotonic() + 30
+        while not all(p.done for p in pending):
+            assert time.monotonic() < deadline, "the requests finished"
+            time.sleep(0.005)
+        batch: list[Any] = []
+        testcapi.set_nomemory(failing, failing + 1)
+        try:
+            batch = completions.drain()  # nothing else allocates while the hook is on
+        except MemoryError:
+            pass
+        finally:
+            testcapi.remove_mem_hooks()
+        got = list(batch)
+        while select.select([completions], [], [], 0)[0]:
+            got.extend(completions.drain())
+        assert sorted(token for token, _, _ in got) == [1, 2, 3], failing
+        for token, ok, value in got:
+            if token == 3:  # its own error, or the MemoryError met while making it
+                assert not ok and isinstance(value, (_core.TransportError, MemoryError))
+            else:
+                assert ok, value
+                assert value.status == 200
+                reply, _, _ = value.reply()
+                assert reply["choices"][0]["message"]["content"] == f"token {token}"
+
+
 @pytest.mark.parametrize("transport", ["native", "httpx"])
 def test_a_closed_client_refuses_requests_on_both_transports(
     tls_router: RouterThread,

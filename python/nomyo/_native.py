@@ -99,10 +99,17 @@ class _LoopCompletions:
         self.pid = os.getpid()
 
     def drain(self) -> None:
+        failed: MemoryError | None = None
         for token, ok, value in self.queue.drain():
             future = self.futures.pop(token, None)
-            if future is not None:  # None: cancelled meanwhile
+            if future is None:  # cancelled meanwhile
+                continue
+            try:
                 _settle(future, ok, value)
+            except MemoryError as exc:  # settle the others first; the loop reports it
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 #: One queue per event loop, or None where the loop cannot watch a descriptor. The loop

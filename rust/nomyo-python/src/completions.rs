@@ -12,8 +12,10 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
+use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -29,6 +31,17 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// Put `items` back at the front (ahead of any pushed meanwhile) and wake the loop.
+    fn put_back(&self, items: impl Iterator<Item = (u64, Outcome)>) {
+        {
+            let mut queue = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            let newer = std::mem::take(&mut *queue);
+            queue.extend(items);
+            queue.extend(newer);
+        }
+        let _ = (&self.writer).write(&[1]);
+    }
+
     /// Called on an I/O worker: never blocks on Python.
     pub(crate) fn push(&self, token: u64, outcome: Outcome) {
         let was_empty = {
@@ -41,6 +54,25 @@ impl Queue {
             let _ = (&self.writer).write(&[1]);
         }
     }
+}
+
+/// Append `(token, ok, Exchange | exception)` for one request to `list`, leaving `outcome`
+/// as it was, so that it can be handed over again if this fails. PyO3 panics where CPython
+/// cannot allocate an object it assumed it could; that counts as a failure here too.
+fn handed_over(list: &Bound<'_, PyList>, token: u64, outcome: &Outcome) -> PyResult<()> {
+    let py = list.py();
+    let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| -> PyResult<()> {
+        let (ok, value) = match outcome {
+            Ok(exchange) => (true, Py::new(py, exchange.clone())?.into_any()),
+            Err(failure) => (false, failure.clone().into_py().into_value(py).into_any()),
+        };
+        list.append((token, ok, value))
+    }));
+    attempt.unwrap_or_else(|_| {
+        Err(PyMemoryError::new_err(
+            "could not hand over a finished request",
+        ))
+    })
 }
 
 /// Finished requests for one event loop (see the module documentation).
@@ -71,6 +103,11 @@ impl PyCompletions {
     }
 
     /// The requests finished since the last call: `[(token, ok, Exchange | exception)]`.
+    ///
+    /// Nothing is lost when Python runs out of memory on the way: a request leaves the queue
+    /// only once it is in the returned list. Those that could not be handed over stay
+    /// queued, in order, and the loop is woken again to come back for them; when not even
+    /// the first could, the error is raised (the event loop reports it and calls again).
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut wake = [0u8; 64];
         loop {
@@ -82,15 +119,25 @@ impl PyCompletions {
                 Err(e) => return Err(e.into()),
             }
         }
+        let list = PyList::new(py, std::iter::empty::<Py<PyAny>>())?;
         let items =
             std::mem::take(&mut *self.queue.items.lock().unwrap_or_else(|e| e.into_inner()));
-        let list = PyList::empty(py);
-        for (token, outcome) in items {
-            let (ok, value) = match outcome {
-                Ok(exchange) => (true, Py::new(py, exchange)?.into_any()),
-                Err(failure) => (false, failure.into_py().into_value(py).into_any()),
-            };
-            list.append((token, ok, value))?;
+        let mut handed = 0;
+        let mut failure = None;
+        for (token, outcome) in &items {
+            match handed_over(&list, *token, outcome) {
+                Ok(()) => handed += 1,
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        if handed < items.len() {
+            self.queue.put_back(items.into_iter().skip(handed));
+            if handed == 0 {
+                return Err(failure.unwrap_or_else(|| PyMemoryError::new_err(())));
+            }
         }
         Ok(list)
     }

@@ -44,6 +44,7 @@ struct Job {
     body_deadline: Option<Duration>,
 }
 
+#[derive(Clone)]
 pub(crate) enum Failure {
     Http(HttpError),
     Core(nomyo_core::Error),
@@ -58,30 +59,67 @@ impl Failure {
     }
 }
 
-/// One finished request: status, headers and either the body or the opened reply.
-#[pyclass(frozen, name = "Exchange", module = "nomyo._core")]
-pub(crate) struct PyExchange {
-    #[pyo3(get)]
+/// What a finished request holds (shared, so that a Python object for it can be made again
+/// if making one failed: see `Completions.drain`).
+pub(crate) struct ExchangeData {
     status: u16,
-    /// Bytes sent (the request body).
-    #[pyo3(get)]
     sent_bytes: usize,
-    /// Bytes received (the reply body).
-    #[pyo3(get)]
     received_bytes: usize,
-    #[pyo3(get)]
     seal_seconds: f64,
-    #[pyo3(get)]
     exchange_seconds: f64,
-    #[pyo3(get)]
     open_seconds: f64,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     opened: Mutex<Option<nomyo_core::Result<Opened>>>,
 }
 
+/// One finished request: status, headers and either the body or the opened reply.
+#[pyclass(frozen, name = "Exchange", module = "nomyo._core")]
+#[derive(Clone)]
+pub(crate) struct PyExchange(Arc<ExchangeData>);
+
+impl std::ops::Deref for PyExchange {
+    type Target = ExchangeData;
+
+    fn deref(&self) -> &ExchangeData {
+        &self.0
+    }
+}
+
 #[pymethods]
 impl PyExchange {
+    #[getter]
+    fn status(&self) -> u16 {
+        self.0.status
+    }
+
+    /// Bytes sent (the request body).
+    #[getter]
+    fn sent_bytes(&self) -> usize {
+        self.0.sent_bytes
+    }
+
+    /// Bytes received (the reply body).
+    #[getter]
+    fn received_bytes(&self) -> usize {
+        self.0.received_bytes
+    }
+
+    #[getter]
+    fn seal_seconds(&self) -> f64 {
+        self.0.seal_seconds
+    }
+
+    #[getter]
+    fn exchange_seconds(&self) -> f64 {
+        self.0.exchange_seconds
+    }
+
+    #[getter]
+    fn open_seconds(&self) -> f64 {
+        self.0.open_seconds
+    }
+
     /// The reply headers: lower-case names, repeated headers joined with ", ".
     fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
@@ -185,7 +223,7 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
         ),
         _ => (response.body, None),
     };
-    Ok(PyExchange {
+    Ok(PyExchange(Arc::new(ExchangeData {
         status: response.status,
         sent_bytes,
         received_bytes,
@@ -195,7 +233,7 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
         headers: response.headers,
         body,
         opened: Mutex::new(opened),
-    })
+    })))
 }
 
 fn seconds(value: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
