@@ -58,6 +58,42 @@ def native(client: nomyo.SecureChatCompletion | nomyo.SyncSecureChatCompletion) 
     return client.client._native
 
 
+#: Body limits and timeouts for requests started on a bare ``_core.Transport``.
+LIMITS: dict[str, Any] = {
+    "ok_limit": 1 << 20,
+    "error_limit": 1 << 16,
+    "timeouts": (10.0, 10.0, 10.0, 10.0),
+}
+
+
+def start_sealed(
+    transport: _core.Transport,
+    completions: Any,
+    router: RouterThread,
+    client_key: _core.PrivateKey,
+    token: int,
+) -> Any:
+    """Start a sealed completion whose reply goes to ``completions`` under ``token``."""
+    from urllib.parse import quote
+
+    server_key = _core.PublicKey.from_pem(router.router.public_key_pem)
+    headers = [
+        ("X-Payload-ID", f"token-{token}"),
+        ("X-Public-Key", quote(client_key.public_key().to_pem())),
+        ("Content-Type", "application/octet-stream"),
+    ]
+    return transport.start(
+        completions,
+        "POST",
+        router.url + "/v1/chat/secure_completion",
+        headers,
+        token=token,
+        seal=({"model": "m", "messages": user(f"token {token}")}, server_key),
+        open=(client_key, 1 << 20),
+        **LIMITS,
+    )
+
+
 def test_native_is_the_default_and_httpx_is_chosen_when_needed(
     certs: DevCertificates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,32 +343,13 @@ def test_completions_queue_wakes_its_descriptor_once_per_batch(
     tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
 ) -> None:
     import select
-    from urllib.parse import quote
 
-    server_key = _core.PublicKey.from_pem(tls_router.router.public_key_pem)
     transport = _core.Transport([certs.ca_cert])
     completions = _core.Completions()
     assert completions.drain() == []
     assert select.select([completions], [], [], 0)[0] == [], "nothing finished yet"
-    headers = [
-        ("X-Payload-ID", "queue-test"),
-        ("X-Public-Key", quote(client_key.public_key().to_pem())),
-        ("Content-Type", "application/octet-stream"),
-    ]
-    timeouts = (10.0, 10.0, 10.0, 10.0)
     for token in (7, 8):
-        transport.start(
-            completions,
-            "POST",
-            tls_router.url + "/v1/chat/secure_completion",
-            headers,
-            token=token,
-            seal=({"model": "m", "messages": user(f"token {token}")}, server_key),
-            open=(client_key, 1 << 20),
-            ok_limit=1 << 20,
-            error_limit=1 << 16,
-            timeouts=timeouts,
-        )
+        start_sealed(transport, completions, tls_router, client_key, token)
     finished: dict[int, Any] = {}
     while len(finished) < 2:
         assert select.select([completions], [], [], 30)[0], "the descriptor became readable"
@@ -359,38 +376,16 @@ def test_completions_lose_nothing_when_python_runs_out_of_memory(
     own outcome."""
     import select
     import time
-    from urllib.parse import quote
 
     testcapi = pytest.importorskip("_testcapi")
-    server_key = _core.PublicKey.from_pem(tls_router.router.public_key_pem)
     transport = _core.Transport([certs.ca_cert])
     completions = _core.Completions()
-    headers = [
-        ("X-Payload-ID", "oom-test"),
-        ("X-Public-Key", quote(client_key.public_key().to_pem())),
-        ("Content-Type", "application/octet-stream"),
-    ]
-    limits: dict[str, Any] = {
-        "ok_limit": 1 << 20,
-        "error_limit": 1 << 16,
-        "timeouts": (10.0, 10.0, 10.0, 10.0),
-    }
     for failing in range(24):
         pending = [
-            transport.start(
-                completions,
-                "POST",
-                tls_router.url + "/v1/chat/secure_completion",
-                headers,
-                token=token,
-                seal=({"model": "m", "messages": user(f"token {token}")}, server_key),
-                open=(client_key, 1 << 20),
-                **limits,
-            )
-            for token in (1, 2)
+            start_sealed(transport, completions, tls_router, client_key, token) for token in (1, 2)
         ]
         pending.append(
-            transport.start(completions, "GET", "https://127.0.0.1:1/", [], token=3, **limits)
+            transport.start(completions, "GET", "https://127.0.0.1:1/", [], token=3, **LIMITS)
         )
         deadline = time.monotonic() + 30
         while not all(p.done for p in pending):
