@@ -127,9 +127,11 @@ async def _timed_requests(
         "min_ms": min(latencies) * 1000.0,
         "cpu_ms_per_request": cpu / n * 1000.0,
         "cpu_median_ms": _median_ms(cpu_each),
+        "cpu_ms": [x * 1000.0 for x in cpu_each],
     }
     if rsa_cpu:
         result["rsa_cpu_median_ms"] = _median_ms(rsa_cpu)
+        result["rsa_cpu_ms"] = [x * 1000.0 for x in rsa_cpu]
     return result
 
 

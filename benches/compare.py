@@ -410,18 +410,46 @@ def run_all(workers: Workers, proxy_url: str) -> None:
         raw[label] = out
         return out
 
-    each("a_latency", "latency", n=plan.latency_n, warmup=plan.latency_warmup, interleave_rsa=True)
+    def alternating(label: str, workload: str, n: int, **extra: Any) -> None:
+        """``n`` timed requests per client in blocks that alternate the clients (ABBA...),
+        so that both sample the machine's drifting speed alike; medians over all blocks."""
+        parts: dict[str, list[dict[str, Any]]] = {client: [] for client in CLIENTS}
+        for i, block in enumerate(split(n, BLOCKS)):
+            for client in CLIENTS if i % 2 == 0 else CLIENTS[::-1]:
+                log(f"{label}: {client}, block {i + 1}")
+                spec = workers.spec(client, workload, n=block, **extra)
+                parts[client].append(workers.run(client, spec))
+        raw[label] = {client: merge_timed(found) for client, found in parts.items()}
+
+    def alternating_sizes(label: str) -> None:
+        """(d) in blocks that alternate the clients, like :func:`alternating`."""
+        blocks = max(1, min(BLOCKS, *(n for _, n in plan.sizes)))
+        counts = {size: split(n, blocks) for size, n in plan.sizes}
+        parts: dict[str, list[dict[str, Any]]] = {client: [] for client in CLIENTS}
+        for i in range(blocks):
+            sizes = [[size, counts[size][i]] for size, _ in plan.sizes]
+            for client in CLIENTS if i % 2 == 0 else CLIENTS[::-1]:
+                log(f"{label}: {client}, block {i + 1}")
+                spec = workers.spec(client, "sizes", sizes=sizes, warmup=plan.size_warmup)
+                parts[client].append(workers.run(client, spec)["sizes"])
+        raw[label] = {
+            client: {
+                "sizes": {
+                    str(size): merge_timed([part[str(size)] for part in found])
+                    for size, _ in plan.sizes
+                }
+            }
+            for client, found in parts.items()
+        }
+
+    alternating(
+        "a_latency", "latency", plan.latency_n, warmup=plan.latency_warmup, interleave_rsa=True
+    )
     each("b_rsa", "rsa", n=plan.rsa_n)
     log(f"b_floor: ours (seal, and a key GET after a {FLOOR_GAP * 1000:.0f} ms idle gap)")
     raw["b_floor"] = workers.run("ours", workers.spec("ours", "floor", n=plan.rsa_n, gap=FLOOR_GAP))
-    each(
-        "c_latency_rtt20",
-        "latency",
-        url=proxy_url,
-        n=plan.proxy_n,
-        warmup=plan.proxy_warmup,
-    )
-    each("d_sizes", "sizes", sizes=[list(s) for s in plan.sizes], warmup=plan.size_warmup)
+    alternating("c_latency_rtt20", "latency", plan.proxy_n, url=proxy_url, warmup=plan.proxy_warmup)
+    alternating_sizes("d_sizes")
     large = [list(s) for s in plan.sizes if s[0] >= 64 * KIB]
     log("d_router_share: ours (pre-sealed bodies, replies not opened)")
     raw["d_router_share"] = workers.run("ours", workers.spec("ours", "router_share", sizes=large))
@@ -440,6 +468,37 @@ def run_all(workers: Workers, proxy_url: str) -> None:
         scans[client] = memscan(workers, client, send=True)
         scans[client + "_control"] = memscan(workers, client, send=False)
     raw["h_memscan"] = scans
+
+
+#: (a), (c) and (d) run in this many blocks per client, alternating the clients.
+BLOCKS = 4
+
+
+def split(n: int, blocks: int) -> list[int]:
+    """``n`` as ``blocks`` near-equal positive parts (fewer when ``n`` is smaller)."""
+    blocks = max(1, min(blocks, n))
+    return [n // blocks + (i < n % blocks) for i in range(blocks)]
+
+
+def merge_timed(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result of ``_timed_requests`` from the results of several blocks."""
+    latencies = [x for part in parts for x in part["latencies_ms"]]
+    cpu = [x for part in parts for x in part["cpu_ms"]]
+    n = len(latencies)
+    merged: dict[str, Any] = {
+        "n": n,
+        "latencies_ms": latencies,
+        "median_ms": statistics.median(latencies),
+        "min_ms": min(latencies),
+        "cpu_ms_per_request": sum(p["cpu_ms_per_request"] * p["n"] for p in parts) / n,
+        "cpu_median_ms": statistics.median(cpu),
+        "cpu_ms": cpu,
+    }
+    if all("rsa_cpu_ms" in part for part in parts):
+        rsa = [x for part in parts for x in part["rsa_cpu_ms"]]
+        merged["rsa_cpu_ms"] = rsa
+        merged["rsa_cpu_median_ms"] = statistics.median(rsa)
+    return merged
 
 
 def cold_starts(workers: Workers) -> dict[str, Any]:
@@ -811,7 +870,10 @@ def render(rows: list[Row], info: dict[str, str], smoke: bool, plot: str | None)
     lines += [
         "",
         '"ours better by": reference / ours for times, RSS and CPU; ours / reference for '
-        "throughput (above 1 = nomyo-rs is better). Latencies are medians. (b) CPU is "
+        "throughput (above 1 = nomyo-rs is better). Latencies are medians. (a), (c) and (d) "
+        f"run in {BLOCKS} blocks per client that alternate the clients (reference, ours, ours, "
+        "reference, ...), each block in a fresh worker after its own warm-up, so that both "
+        "clients meet the machine's drifting speed alike. (b) CPU is "
         "time.process_time() of the worker (all threads) around each request of (a); its "
         "median is compared with the median RSA op (the same statistic on both sides; on a "
         "VM, time the hypervisor takes while a thread runs is counted as that thread's CPU, "
