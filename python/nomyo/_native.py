@@ -99,14 +99,15 @@ class _LoopCompletions:
         self.pid = os.getpid()
 
     def drain(self) -> None:
-        failed: MemoryError | None = None
-        for token, ok, value in self.queue.drain():
-            future = self.futures.pop(token, None)
-            if future is None:  # cancelled meanwhile
-                continue
+        batch = self.queue.drain()
+        failed: BaseException | None = None
+        while batch:
+            token, ok, value = batch.pop(0)  # no iterator to allocate
             try:
-                _settle(future, ok, value)
-            except MemoryError as exc:  # settle the others first; the loop reports it
+                future = self.futures.pop(token, None)
+                if future is not None:  # None: cancelled meanwhile
+                    _settle(future, ok, value)
+            except BaseException as exc:  # settle the rest first; the loop reports the first
                 failed = failed or exc
         if failed is not None:
             raise failed

@@ -58,13 +58,20 @@ impl Queue {
 
 /// Append `(token, ok, Exchange | exception)` for one request to `list`, leaving `outcome`
 /// as it was, so that it can be handed over again if this fails. PyO3 panics where CPython
-/// cannot allocate an object it assumed it could; that counts as a failure here too.
+/// cannot allocate an object it assumed it could; that counts as a failure here too, and so
+/// does a request's exception that came out as a MemoryError while it was being made.
 fn handed_over(list: &Bound<'_, PyList>, token: u64, outcome: &Outcome) -> PyResult<()> {
     let py = list.py();
     let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| -> PyResult<()> {
         let (ok, value) = match outcome {
             Ok(exchange) => (true, Py::new(py, exchange.clone())?.into_any()),
-            Err(failure) => (false, failure.clone().into_py().into_value(py).into_any()),
+            Err(failure) => {
+                let err = failure.clone().into_py();
+                if err.is_instance_of::<PyMemoryError>(py) {
+                    return Err(err); // not the request's own error
+                }
+                (false, err.into_value(py).into_any())
+            }
         };
         list.append((token, ok, value))
     }));
@@ -109,6 +116,9 @@ impl PyCompletions {
     /// queued, in order, and the loop is woken again to come back for them; when not even
     /// the first could, the error is raised (the event loop reports it and calls again).
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        // Before the wake bytes are read: if this fails the descriptor stays readable.
+        let list = std::panic::catch_unwind(|| PyList::new(py, std::iter::empty::<Py<PyAny>>()))
+            .unwrap_or_else(|_| Err(PyMemoryError::new_err(())))?;
         let mut wake = [0u8; 64];
         loop {
             match (&self.queue.reader).read(&mut wake) {
@@ -119,7 +129,6 @@ impl PyCompletions {
                 Err(e) => return Err(e.into()),
             }
         }
-        let list = PyList::new(py, std::iter::empty::<Py<PyAny>>())?;
         let items =
             std::mem::take(&mut *self.queue.items.lock().unwrap_or_else(|e| e.into_inner()));
         let mut handed = 0;
