@@ -35,24 +35,18 @@ pub fn default_racers() -> usize {
 }
 
 /// Generate an RSA key pair (e = 65537) of `bits` with `racers` generations in parallel
-/// (1: on the calling thread) and keep the first to finish.
+/// (one of them on the calling thread) and keep the first to finish.
 pub fn generate_raced(bits: usize, racers: usize) -> Result<PrivateKey> {
     let bits = c_int::try_from(bits).map_err(|_| Error::Internal("RSA key size out of range"))?;
     let stop = AtomicBool::new(false);
-    if racers <= 1 {
-        let der = generate_pkcs8(bits, &stop)?.ok_or(Error::Internal("key generation stopped"))?;
-        return PrivateKey::from_pkcs8_der(&der);
-    }
     let der = thread::scope(|scope| {
         let (sender, receiver) = mpsc::channel();
-        for _ in 0..racers {
+        for _ in 1..racers {
             let sender = sender.clone();
             let stop = &stop;
             let spawned = thread::Builder::new()
                 .name("nomyo-keygen".into())
                 .spawn_scoped(scope, move || {
-                    // A send fails only once a winner was taken: this key is then dropped
-                    // (and zeroed) here.
                     let _ = sender.send(generate_pkcs8(bits, stop));
                 });
             if spawned.is_err() {
@@ -61,17 +55,14 @@ pub fn generate_raced(bits: usize, racers: usize) -> Result<PrivateKey> {
         }
         drop(sender);
         let mut failure = None;
-        for outcome in receiver.iter() {
+        for outcome in std::iter::once(generate_pkcs8(bits, &stop)).chain(receiver.iter()) {
             match outcome {
-                Ok(Some(der)) => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Ok(der);
-                }
+                Ok(Some(der)) => return Ok(der), // the scope then waits for the stopped ones
                 Ok(None) => {}
                 Err(e) => failure = failure.or(Some(e)),
             }
         }
-        // Every racer failed (or none could start).
+        // Every racer failed.
         Err(failure.unwrap_or(Error::Internal("RSA key generation failed")))
     })?;
     PrivateKey::from_pkcs8_der(&der)
@@ -102,7 +93,8 @@ impl<T> Drop for Owned<T> {
     }
 }
 
-/// One generation, serialised as PKCS#8 DER; `Ok(None)` when `stop` ended it early.
+/// One generation, serialised as PKCS#8 DER. The first to succeed sets `stop`, which ends
+/// the others (`Ok(None)`, as for one that succeeds after it).
 fn generate_pkcs8(bits: c_int, stop: &AtomicBool) -> Result<Option<Zeroizing<Vec<u8>>>> {
     const FAILED: Error = Error::Internal("RSA key generation failed");
     // SAFETY: every pointer is checked before use and owned by an `Owned` that frees it
@@ -126,15 +118,19 @@ fn generate_pkcs8(bits: c_int, stop: &AtomicBool) -> Result<Option<Zeroizing<Vec
             ptr: raw,
             free: sys::EVP_PKEY_free,
         };
-        if stop.load(Ordering::Relaxed) {
+        let won = generated && !pkey.ptr.is_null() && !stop.swap(true, Ordering::Relaxed);
+        if !won {
             sys::ERR_clear_error();
-            return Ok(None); // freed (aws-lc clears bignums) by `pkey`'s drop
-        }
-        if !generated || pkey.ptr.is_null() {
-            sys::ERR_clear_error();
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None); // freed (aws-lc clears bignums) by `pkey`'s drop
+            }
             return Err(FAILED);
         }
-        marshal_pkcs8(pkey.ptr).map(Some)
+        let der = marshal_pkcs8(pkey.ptr);
+        if der.is_err() {
+            sys::ERR_clear_error();
+        }
+        der.map(Some)
     }
 }
 
