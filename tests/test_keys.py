@@ -99,6 +99,32 @@ def test_default_key_size_is_4096() -> None:
     assert SecureCompletionClient().key_size == 4096
 
 
+def test_raced_key_generation_gives_distinct_valid_keys() -> None:
+    """PrivateKey.generate races aws-lc generations on several threads (crypto_info tells
+    how many) and keeps the first: each key is a valid RSA key to pyca/cryptography."""
+    info = _core.crypto_info()
+    assert info["library"] == "aws-lc"
+    assert 1 <= info["key_generation_racers"] <= 4
+    moduli = set()
+    for bits in (2048, 2048, 3072):
+        pem = _core.PrivateKey.generate(bits).to_pem()
+        key = serialization.load_pem_private_key(pem, password=None)  # checks the key
+        assert isinstance(key, rsa.RSAPrivateKey)
+        numbers = key.private_numbers()
+        assert key.key_size == bits
+        assert numbers.public_numbers.e == 65537
+        assert numbers.p * numbers.q == numbers.public_numbers.n
+        assert abs(numbers.p - numbers.q).bit_length() > bits // 2 - 100  # FIPS 186-4 B.3.3
+        moduli.add(numbers.public_numbers.n)
+    assert len(moduli) == 3
+
+
+def test_aws_lc_seeds_its_generator_from_the_os() -> None:
+    """The build setting in .cargo/config.toml reached this extension: no CPU-jitter
+    sampling (35-70 ms on each process's first random number)."""
+    assert _core.crypto_info()["rng_seed"] == "os"
+
+
 def test_save_and_load_without_password(saved_plain: Path) -> None:
     assert sorted(p.name for p in saved_plain.iterdir()) == [PRIVATE, PUBLIC]
     pem = (saved_plain / PRIVATE).read_bytes()

@@ -22,6 +22,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "__version__",
+    "crypto_info",
     "disable_core_dumps",
     "dumps",
     "lock_bytearray",
@@ -167,6 +168,10 @@ def open_bytes(envelope: bytes, key: PrivateKey, max_size: int | None = None) ->
 
 def dumps(obj: Any) -> SecretBuffer:
     """Serialize ``obj`` to compact JSON into a SecretBuffer (what ``seal_json`` encrypts)."""
+
+def crypto_info() -> dict[str, Any]:
+    """The crypto library ("aws-lc"), its random generator's seed ("os"; "cpu-jitter" in a
+    build without the project's cargo settings) and how many RSA key generations race."""
 
 def memory_protection_info() -> dict[str, Any]:
     """What this platform actually grants: locking, dump exclusion, zeroing, page size."""

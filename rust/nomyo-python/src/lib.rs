@@ -11,6 +11,7 @@ mod buffer;
 mod completions;
 mod envelope;
 mod errors;
+mod info;
 mod json;
 mod keys;
 mod memory;
@@ -45,6 +46,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(envelope::seal_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::open_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(envelope::dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(info::crypto_info, m)?)?;
     m.add_function(wrap_pyfunction!(memory::memory_protection_info, m)?)?;
     m.add_function(wrap_pyfunction!(memory::disable_core_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(memory::lock_bytearray, m)?)?;
