@@ -368,12 +368,17 @@ def test_completions_queue_wakes_its_descriptor_once_per_batch(
 # Where PyO3 assumed an allocation could not fail, it reports the MemoryError as unraisable
 # and panics (pyo3::instance::panic_on_null); drain() catches that panic.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("free_lists", ["as they are", "emptied"])
 def test_completions_lose_nothing_when_python_runs_out_of_memory(
-    tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
+    tls_router: RouterThread,
+    certs: DevCertificates,
+    client_key: _core.PrivateKey,
+    free_lists: str,
 ) -> None:
     """Each of the first 24 Python allocations in turn fails inside ``drain()``; every
     finished request still comes out exactly once (then or on the next wake-up), with its
-    own outcome."""
+    own outcome. With CPython's list free list emptied, making the result list allocates
+    too (and may fail before the wake-up byte is read)."""
     import select
     import time
 
@@ -392,6 +397,7 @@ def test_completions_lose_nothing_when_python_runs_out_of_memory(
             assert time.monotonic() < deadline, "the requests finished"
             time.sleep(0.005)
         batch: list[Any] = []
+        held = [[] for _ in range(200)] if free_lists == "emptied" else []
         testcapi.set_nomemory(failing, failing + 1)
         try:
             batch = completions.drain()  # nothing else allocates while the hook is on
@@ -399,6 +405,7 @@ def test_completions_lose_nothing_when_python_runs_out_of_memory(
             pass
         finally:
             testcapi.remove_mem_hooks()
+        del held
         got = list(batch)
         while select.select([completions], [], [], 0)[0]:
             got.extend(completions.drain())
