@@ -97,7 +97,7 @@ async def _timed_requests(
 ) -> dict[str, Any]:
     """``n`` timed requests after ``warmup``; with ``rsa_op``, one RSA op is timed (CPU)
     after each request, outside the request's window, so that both medians sample the
-    machine at the same moments (its speed drifts by a third within minutes on a VM)."""
+    machine at the same moments (on a VM its speed can drift by a third within seconds)."""
     messages = _messages(text)
     for _ in range(warmup):
         if _reply_text(await adapter.create(client, messages)) != text:

@@ -410,32 +410,40 @@ def run_all(workers: Workers, proxy_url: str) -> None:
         raw[label] = out
         return out
 
-    def alternating(label: str, workload: str, n: int, **extra: Any) -> None:
-        """``n`` timed requests per client in blocks that alternate the clients (ABBA...),
-        so that both sample the machine's drifting speed alike; medians over all blocks."""
+    def in_blocks(
+        label: str, workload: str, blocks: list[dict[str, Any]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """One worker per client per block, alternating the clients (ABBA...), so that both
+        sample the machine's drifting speed alike; each block's spec adds its own fields."""
         parts: dict[str, list[dict[str, Any]]] = {client: [] for client in CLIENTS}
-        for i, block in enumerate(split(n, BLOCKS)):
+        for i, extra in enumerate(blocks):
             for client in CLIENTS if i % 2 == 0 else CLIENTS[::-1]:
                 log(f"{label}: {client}, block {i + 1}")
-                spec = workers.spec(client, workload, n=block, **extra)
-                parts[client].append(workers.run(client, spec))
+                parts[client].append(workers.run(client, workers.spec(client, workload, **extra)))
+        return parts
+
+    def alternating(label: str, workload: str, n: int, **extra: Any) -> None:
+        """``n`` timed requests per client in blocks; medians over all blocks."""
+        blocks = [{"n": block, **extra} for block in split(n, BLOCKS)]
+        parts = in_blocks(label, workload, blocks)
         raw[label] = {client: merge_timed(found) for client, found in parts.items()}
 
     def alternating_sizes(label: str) -> None:
-        """(d) in blocks that alternate the clients, like :func:`alternating`."""
-        blocks = max(1, min(BLOCKS, *(n for _, n in plan.sizes)))
-        counts = {size: split(n, blocks) for size, n in plan.sizes}
-        parts: dict[str, list[dict[str, Any]]] = {client: [] for client in CLIENTS}
-        for i in range(blocks):
-            sizes = [[size, counts[size][i]] for size, _ in plan.sizes]
-            for client in CLIENTS if i % 2 == 0 else CLIENTS[::-1]:
-                log(f"{label}: {client}, block {i + 1}")
-                spec = workers.spec(client, "sizes", sizes=sizes, warmup=plan.size_warmup)
-                parts[client].append(workers.run(client, spec)["sizes"])
+        """(d) in blocks, like :func:`alternating`."""
+        count = max(1, min(BLOCKS, *(n for _, n in plan.sizes)))
+        counts = {size: split(n, count) for size, n in plan.sizes}
+        blocks = [
+            {
+                "sizes": [[size, counts[size][i]] for size, _ in plan.sizes],
+                "warmup": plan.size_warmup,
+            }
+            for i in range(count)
+        ]
+        parts = in_blocks(label, "sizes", blocks)
         raw[label] = {
             client: {
                 "sizes": {
-                    str(size): merge_timed([part[str(size)] for part in found])
+                    str(size): merge_timed([part["sizes"][str(size)] for part in found])
                     for size, _ in plan.sizes
                 }
             }

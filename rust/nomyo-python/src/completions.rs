@@ -131,21 +131,18 @@ impl PyCompletions {
         }
         let items =
             std::mem::take(&mut *self.queue.items.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut handed = 0;
-        let mut failure = None;
-        for (token, outcome) in &items {
-            match handed_over(&list, *token, outcome) {
-                Ok(()) => handed += 1,
-                Err(err) => {
-                    failure = Some(err);
-                    break;
-                }
-            }
-        }
-        if handed < items.len() {
+        let stuck = items
+            .iter()
+            .enumerate()
+            .find_map(|(handed, (token, outcome))| {
+                handed_over(&list, *token, outcome)
+                    .err()
+                    .map(|err| (handed, err))
+            });
+        if let Some((handed, err)) = stuck {
             self.queue.put_back(items.into_iter().skip(handed));
             if handed == 0 {
-                return Err(failure.unwrap_or_else(|| PyMemoryError::new_err(())));
+                return Err(err);
             }
         }
         Ok(list)
