@@ -4,10 +4,12 @@
 
     NomyoError                      base of everything below
     ├── SecurityError               a crypto or trust failure; deliberately opaque
+    ├── ClientClosedError (RuntimeError) a request on a client that was closed
     ├── APIConnectionError          network failure or timeout (retried)
     │   └── APITimeoutError
     ├── APIError                    the server answered with an error status
     │   ├── InvalidRequestError     400
+    │   │   └── RequestTooLargeError 413, or refused before sealing (``max_request_size``)
     │   ├── AuthenticationError     401
     │   ├── ForbiddenError          403 (model not allowed for the tier)
     │   ├── RateLimitError          429 (retried)
@@ -19,7 +21,9 @@
 
 The subclass relations of the reference client ``nomyo`` 0.2.9 hold: ``except APIError``
 catches exactly the HTTP status errors, and ``SecurityError``/``APIConnectionError`` are not
-``APIError``. Messages never contain plaintext, keys or API keys.
+``APIError``. Messages never contain plaintext, keys or API keys. ``SecurityError``,
+``EnvelopeError``, ``APIError`` and ``APIConnectionError`` carry the failed request's
+``payload_id`` (None when the failure belongs to no request, e.g. a key fetch).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "ClientClosedError",
     "ConfigurationError",
     "EnvelopeError",
     "ForbiddenError",
@@ -38,6 +43,7 @@ __all__ = [
     "KeyFormatError",
     "NomyoError",
     "RateLimitError",
+    "RequestTooLargeError",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
@@ -50,11 +56,31 @@ class NomyoError(Exception):
 
 
 class SecurityError(NomyoError):
-    """A security check failed (decryption, authentication, key pinning, attestation, HTTPS)."""
+    """A security check failed (decryption, authentication, key pinning, attestation, HTTPS).
+
+    Attributes:
+        payload_id: the ``X-Payload-ID`` of the request whose reply failed, when known.
+    """
+
+    def __init__(self, *args: object, payload_id: str | None = None) -> None:
+        super().__init__(*args)
+        self.payload_id = payload_id
 
 
 class EnvelopeError(NomyoError, ValueError):
-    """An encrypted envelope or a decrypted reply is structurally invalid."""
+    """An encrypted envelope or a decrypted reply is structurally invalid.
+
+    Attributes:
+        payload_id: the ``X-Payload-ID`` of the request whose reply failed, when known.
+    """
+
+    def __init__(self, *args: object, payload_id: str | None = None) -> None:
+        super().__init__(*args)
+        self.payload_id = payload_id
+
+
+class ClientClosedError(NomyoError, RuntimeError):
+    """A request on a client that was closed (also a ``RuntimeError``, as httpx raises)."""
 
 
 class KeyFormatError(NomyoError, ValueError):
@@ -126,6 +152,40 @@ class InvalidRequestError(APIError):
     default_status = 400
 
 
+class RequestTooLargeError(InvalidRequestError):
+    """The request is too large: refused before sealing because its text exceeds the
+    client's ``max_request_size``, or refused by the router with HTTP 413.
+
+    Attributes:
+        limit: the client's ``max_request_size`` in bytes.
+        size: the size that was over: the payload's text (refused before sealing) or the
+            sealed request the router refused, in bytes; None when unknown.
+    """
+
+    default_status = 413
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        error_details: dict[str, Any] | None = None,
+        *,
+        payload_id: str | None = None,
+        retry_after: float | None = None,
+        limit: int | None = None,
+        size: int | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status_code,
+            error_details,
+            payload_id=payload_id,
+            retry_after=retry_after,
+        )
+        self.limit = limit
+        self.size = size
+
+
 class AuthenticationError(APIError):
     """Authentication failed (HTTP 401): missing or invalid API key."""
 
@@ -161,6 +221,7 @@ _STATUS_ERRORS: dict[int, tuple[type[APIError], str]] = {
     401: (AuthenticationError, "Authentication failed"),
     403: (ForbiddenError, "Forbidden"),
     404: (APIError, "Endpoint not found"),
+    413: (RequestTooLargeError, "Request too large"),
     429: (RateLimitError, "Rate limit exceeded"),
     500: (ServerError, "Server error"),
     503: (ServiceUnavailableError, "Service unavailable"),

@@ -9,13 +9,19 @@ very objects the native parser made (nothing is copied). Both styles work::
 ``repr()``/``str()`` never show message content, tool-call arguments or reasoning, so a stray
 ``print(resp)`` or log line does not leak the conversation; ``resp.to_dict()`` gives plain
 dicts and lists, and ``ResponseObject.repr_content = True`` turns the hiding off (debugging).
+
+The official SDK's serialisers work too: ``model_dump()``, ``model_dump_json()``,
+``to_json()``; and a reply built from plain data (a cached ``model_dump()``, JSON from disk)
+wraps its nested objects, so ``ChatCompletion(cached).choices[0].message.content`` works, as
+does ``ChatCompletion.model_validate(cached)``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
-from typing import Any, ClassVar, TypeVar
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 
 __all__ = [
     "ChatCompletion",
@@ -23,11 +29,15 @@ __all__ = [
     "ChatCompletionMessageToolCall",
     "Choice",
     "CompletionUsage",
+    "FinishReason",
     "Function",
     "ResponseList",
     "ResponseObject",
     "to_response",
 ]
+
+#: Why a choice stopped (the official SDK's ``Choice.finish_reason``).
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 _T = TypeVar("_T")
 #: Classes of the objects (or list items) under some keys of an object.
@@ -64,6 +74,28 @@ class ResponseObject(dict[str, Any]):
     _children: ClassVar[_Children] = {}
     #: Declared fields: absent ones read as None.
     _declared: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """A ``dict`` built as ``dict(...)`` is; nested plain objects and arrays become reply
+        objects (``Choice``, ``ChatCompletionMessage``, ...), so attribute access works on
+        a reply rebuilt from cached data."""
+        super().__init__(*args, **kwargs)
+        children = type(self)._children
+        for key, item in self.items():
+            if type(item) is dict or type(item) is list:
+                dict.__setitem__(self, key, _convert(item, children.get(key, ResponseObject)))
+
+    @classmethod
+    def model_validate(cls: type[_O], obj: Mapping[str, Any]) -> _O:
+        """Build from plain data (as the official SDK's pydantic models do), e.g. a cached
+        ``model_dump()``.
+
+        Raises:
+            TypeError: ``obj`` is not a mapping.
+        """
+        if not isinstance(obj, Mapping):
+            raise TypeError(f"{cls.__name__}.model_validate needs a mapping, not {type(obj)}")
+        return cls(obj)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -107,6 +139,42 @@ class ResponseObject(dict[str, Any]):
         """A plain ``dict``/``list`` copy of the tree (the strings themselves are shared)."""
         return {k: _plain(v) for k, v in self.items()}
 
+    def model_dump(
+        self,
+        *,
+        mode: Literal["json", "python"] | str = "python",
+        exclude_none: bool = False,
+        exclude_unset: bool = False,
+        by_alias: bool = False,
+    ) -> dict[str, Any]:
+        """A plain ``dict``/``list`` copy, as the official SDK's ``model_dump()``.
+
+        ``exclude_none`` leaves out keys whose value is None (at every level);
+        ``exclude_unset`` and ``by_alias`` are accepted for compatibility and change nothing
+        (a reply holds exactly the keys that were sent, under their wire names).
+
+        Raises:
+            ValueError: ``mode`` is neither ``"python"`` nor ``"json"``.
+        """
+        if mode not in ("python", "json"):
+            raise ValueError(f"mode must be 'python' or 'json', not {mode!r}")
+        return _plain(self, drop_none=exclude_none)  # type: ignore[no-any-return]
+
+    def model_dump_json(self, *, indent: int | None = None, exclude_none: bool = False) -> str:
+        """The reply as JSON text, as the official SDK's ``model_dump_json()`` (compact
+        unless ``indent`` is given; non-ASCII characters are written as they are)."""
+        separators = (",", ":") if indent is None else None
+        return json.dumps(
+            self.model_dump(exclude_none=exclude_none),
+            indent=indent,
+            separators=separators,
+            ensure_ascii=False,
+        )
+
+    def to_json(self, *, indent: int | None = 2, exclude_none: bool = False) -> str:
+        """The reply as JSON text, indented by 2 by default (the official SDK's ``to_json``)."""
+        return self.model_dump_json(indent=indent, exclude_none=exclude_none)
+
 
 class ResponseList(list[_T]):
     """A JSON array of a reply, with the same content-hiding repr."""
@@ -137,7 +205,7 @@ class ChatCompletionMessageToolCall(ResponseObject):
 
     __slots__ = ()
     id: str
-    type: str
+    type: Literal["function"]
     function: Function
     _children: ClassVar[_Children] = {"function": Function}
 
@@ -146,7 +214,7 @@ class ChatCompletionMessage(ResponseObject):
     """The assistant's message."""
 
     __slots__ = ()
-    role: str
+    role: Literal["assistant"]
     content: str | None
     refusal: str | None
     reasoning_content: str | None
@@ -166,7 +234,7 @@ class Choice(ResponseObject):
     __slots__ = ()
     index: int
     message: ChatCompletionMessage
-    finish_reason: str | None
+    finish_reason: FinishReason
     logprobs: ResponseObject | None
     _children: ClassVar[_Children] = {"message": ChatCompletionMessage}
 
@@ -192,7 +260,7 @@ class ChatCompletion(ResponseObject):
 
     __slots__ = ()
     id: str
-    object: str
+    object: Literal["chat.completion"]
     created: int
     model: str
     choices: ResponseList[Choice]
@@ -212,15 +280,12 @@ def to_response(value: dict[str, Any], cls: type[_O]) -> _O:
 
 
 def _convert_object(value: dict[str, Any], cls: type[_O]) -> _O:
-    out = cls(value)  # dict's own copy (C); only nested objects and arrays are replaced
-    children = cls._children
-    for key, item in value.items():
-        if isinstance(item, (dict, list)):
-            dict.__setitem__(out, key, _convert(item, children.get(key, ResponseObject)))
-    return out
+    return cls(value)  # dict's own copy; __init__ replaces nested objects and arrays
 
 
 def _convert(value: Any, cls: type[ResponseObject]) -> Any:
+    if isinstance(value, ResponseObject):
+        return value
     if isinstance(value, dict):
         return _convert_object(value, cls)
     if isinstance(value, list):
@@ -228,11 +293,11 @@ def _convert(value: Any, cls: type[ResponseObject]) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, drop_none: bool = False) -> Any:
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, drop_none) for k, v in value.items() if not (drop_none and v is None)}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, drop_none) for v in value]
     return value
 
 

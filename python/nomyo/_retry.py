@@ -1,20 +1,76 @@
-"""Retry policy: which failures are retried, and how long to wait before the next try."""
+"""Retry policy: which failures are retried, and how long to wait before the next try.
+
+Only what can change is retried: a refused or reset connection, a timeout, 429 and 5xx.
+A certificate that is not trusted, a failed TLS handshake or a host name that does not
+resolve fail the same way on every try, so they raise at once.
+"""
 
 from __future__ import annotations
 
 import email.utils
 import random
+import socket
+import ssl
 import time
 from collections.abc import Mapping
 
+from . import _core
 from ._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, RETRYABLE_STATUS
 
-__all__ = ["parse_retry_after", "retry_delay", "should_retry"]
+__all__ = ["is_permanent_network_failure", "parse_retry_after", "retry_delay", "should_retry"]
+
+#: Failure texts of the native transport (``nomyo._core.TransportError``, kind ``connect``)
+#: that no retry can change: its TLS handshake message, and the resolver's "no such host"
+#: (getaddrinfo's EAI_NONAME/EAI_NODATA/EAI_FAIL texts, as std::io reports them).
+_NATIVE_TLS = "TLS handshake with "
+_NATIVE_RESOLVE = "failed to lookup address information"
+#: ... except when the handshake or lookup was only cut short (these can change).
+_NATIVE_TRANSIENT = (
+    "temporary failure",  # EAI_AGAIN
+    "try again",
+    "connection reset",
+    "broken pipe",
+    "unexpected eof",
+    "timed out",
+)
 
 
 def should_retry(status_code: int) -> bool:
     """True for statuses worth another try (429, 500, 502, 503, 504)."""
     return status_code in RETRYABLE_STATUS
+
+
+def is_permanent_network_failure(exc: BaseException) -> bool:
+    """True when a network failure cannot succeed on another try.
+
+    ``exc`` is the transport's exception (``httpx.TransportError`` or the native
+    ``TransportError``) or an exception caused by one: an untrusted certificate or another
+    TLS handshake failure, or a host name that does not resolve. A reset, refused or timed
+    out connection, and a temporary resolver failure (``EAI_AGAIN``), are not permanent.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _permanent_here(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _permanent_here(exc: BaseException) -> bool:
+    if isinstance(exc, socket.gaierror):
+        return exc.errno != socket.EAI_AGAIN
+    if isinstance(exc, ssl.SSLError):
+        # An EOF or reset in the middle of the handshake is a broken connection.
+        return not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
+    if isinstance(exc, _core.TransportError) and exc.kind == "connect":
+        text = str(exc)
+        if _NATIVE_TLS not in text and _NATIVE_RESOLVE not in text:
+            return False
+        lowered = text.lower()
+        return not any(marker in lowered for marker in _NATIVE_TRANSIENT)
+    return False
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
