@@ -101,6 +101,10 @@ def test_configure_logging_levels_and_idempotence(monkeypatch: pytest.MonkeyPatc
     saved = (logger.level, list(logger.handlers))
     try:
         monkeypatch.setenv("NOMYO_LOG", "nonsense")
+        with pytest.raises(nomyo.ConfigurationError, match="NOMYO_LOG='nonsense'"):
+            _config.configure_logging()
+        assert not any(isinstance(h, _config._NomyoHandler) for h in logger.handlers)
+        monkeypatch.setenv("NOMYO_LOG", "")
         _config.configure_logging()
         assert not any(isinstance(h, _config._NomyoHandler) for h in logger.handlers)
         for name, level in (("debug", 10), ("INFO", 20), ("warning", 30)):

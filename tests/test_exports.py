@@ -21,11 +21,25 @@ EXPECTED_ALL = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AsyncStream",
     "AuthenticationError",
     "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "ChatCompletionMessageToolCall",
+    "Choice",
+    "ChoiceDelta",
+    "ChoiceDeltaFunctionCall",
+    "ChoiceDeltaToolCall",
+    "ChoiceDeltaToolCallFunction",
+    "ChunkChoice",
+    "ClientClosedError",
+    "CompletionUsage",
     "ConfigurationError",
     "EnvelopeError",
+    "FinishReason",
     "ForbiddenError",
+    "Function",
     "InvalidRequestError",
     "KeyFormatError",
     "NomyoError",
@@ -35,6 +49,7 @@ EXPECTED_ALL = [
     "RateLimitError",
     "RateLimitPolicy",
     "RateLimiter",
+    "RequestTooLargeError",
     "ResponseList",
     "ResponseObject",
     "SecureBuffer",
@@ -43,6 +58,7 @@ EXPECTED_ALL = [
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
+    "Stream",
     "SyncSecureChatCompletion",
     "SyncSecureCompletionClient",
     "configure_logging",
@@ -83,6 +99,7 @@ API_ERRORS = {
     "RateLimitError": 429,
     "ServerError": 500,
     "ServiceUnavailableError": 503,
+    "RequestTooLargeError": 413,
 }
 NOT_API_ERRORS = [
     "SecurityError",
@@ -91,6 +108,7 @@ NOT_API_ERRORS = [
     "EnvelopeError",
     "KeyFormatError",
     "ConfigurationError",
+    "ClientClosedError",
 ]
 VALUE_ERRORS = ["EnvelopeError", "KeyFormatError", "ConfigurationError"]
 
@@ -252,6 +270,8 @@ def test_value_error_family() -> None:
     for name in ("SecurityError", "APIConnectionError", "APIError"):
         assert not issubclass(getattr(nomyo, name), ValueError), name
     assert issubclass(nomyo.APITimeoutError, nomyo.APIConnectionError)
+    assert issubclass(nomyo.ClientClosedError, RuntimeError)  # what httpx raises
+    assert issubclass(nomyo.RequestTooLargeError, nomyo.InvalidRequestError)
 
 
 # --- sync and async methods, signatures -------------------------------------------------------
@@ -389,7 +409,11 @@ def test_typed_openai_parameters_default_to_not_given(cls: Any) -> None:
     from nomyo._params import OPENAI_PARAMETERS
 
     params = inspect.signature(cls.create).parameters
-    typed = [n for n, p in params.items() if p.default is nomyo.NOT_GIVEN and n != "timeout"]
+    typed = [
+        n
+        for n, p in params.items()
+        if p.default is nomyo.NOT_GIVEN and n not in ("timeout", "max_retries")
+    ]
     assert typed == list(OPENAI_PARAMETERS)
     for name in (
         "temperature",

@@ -133,8 +133,10 @@ def test_refused_before_sending(router: RouterThread, client_key: _core.PrivateK
     with sync_chat(router.url, client_key) as client:
         with pytest.raises(nomyo.InvalidRequestError, match="stream"):
             client.create("m", user("x"), stream=True)
-        with pytest.raises(nomyo.ConfigurationError, match="extra_headers"):
-            client.create("m", user("x"), extra_headers={"X-A": "b"})
+        with pytest.raises(nomyo.ConfigurationError, match="extra_headers may not set"):
+            client.create("m", user("x"), extra_headers={"X-Public-Key": "b"})
+        with pytest.raises(TypeError, match="messages must be a list"):
+            client.create("m", "x")  # type: ignore[arg-type]
         with pytest.raises(nomyo.ConfigurationError, match="security_tier"):
             client.create("m", user("x"), security_tier="ultra")
     assert router.router.secure_requests == before
