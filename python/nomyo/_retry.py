@@ -17,13 +17,21 @@ from collections.abc import Mapping
 from . import _core
 from ._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, RETRYABLE_STATUS
 
-__all__ = ["is_permanent_network_failure", "parse_retry_after", "retry_delay", "should_retry"]
+__all__ = [
+    "is_certificate_failure",
+    "is_permanent_network_failure",
+    "parse_retry_after",
+    "retry_delay",
+    "should_retry",
+]
 
 #: Failure texts of the native transport (``nomyo._core.TransportError``, kind ``connect``)
 #: that no retry can change: its TLS handshake message, and the resolver's "no such host"
 #: (getaddrinfo's EAI_NONAME/EAI_NODATA/EAI_FAIL texts, as std::io reports them).
 _NATIVE_TLS = "TLS handshake with "
 _NATIVE_RESOLVE = "failed to lookup address information"
+#: rustls's text for a certificate it refused (unknown issuer, wrong name, expired, ...).
+_NATIVE_CERTIFICATE = "invalid peer certificate"
 #: ... except when the handshake or lookup was only cut short (these can change).
 _NATIVE_TRANSIENT = (
     "temporary failure",  # EAI_AGAIN
@@ -48,14 +56,29 @@ def is_permanent_network_failure(exc: BaseException) -> bool:
     TLS handshake failure, or a host name that does not resolve. A reset, refused or timed
     out connection, and a temporary resolver failure (``EAI_AGAIN``), are not permanent.
     """
+    return any(_permanent_here(item) for item in _causes(exc))
+
+
+def is_certificate_failure(exc: BaseException) -> bool:
+    """True when the server's TLS certificate was refused (either transport), e.g. one not
+    signed by a trusted CA, expired, or for another host name; ``exc`` or its causes."""
+    return any(
+        isinstance(item, ssl.SSLCertVerificationError)
+        or (isinstance(item, _core.TransportError) and _NATIVE_CERTIFICATE in str(item))
+        for item in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the chain of its causes (``__cause__``, else ``__context__``)."""
+    out: list[BaseException] = []
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if _permanent_here(current):
-            return True
+        out.append(current)
         current = current.__cause__ or current.__context__
-    return False
+    return out
 
 
 def _permanent_here(exc: BaseException) -> bool:
