@@ -618,3 +618,55 @@ fn ecdsa_short_integers_are_left_padded_and_long_ones_refused() {
         s
     ));
 }
+
+/// The AIK fingerprint of a fixture's attestation.
+fn aik_fingerprint(doc: &Value) -> String {
+    run(doc).aik_fingerprint.expect("the AIK parses")
+}
+
+#[test]
+fn pinned_aik_refuses_the_forged_quote() {
+    let genuine = fixture("valid/q1_rsa_rsassa");
+    let forged = fixture("forged/software_key_consistent");
+    let pid = forged["payload_id"].as_str().expect("payload_id");
+    let pins = vec![aik_fingerprint(&genuine)];
+    assert_ne!(pins[0], aik_fingerprint(&forged));
+
+    let v = tpm::verify_pinned(&forged["tpm_attestation"], pid, None, Some(&pins));
+    assert!(!v.valid && v.reason == "aik_untrusted", "{v:?}");
+    assert!(v.signature_valid && !v.aik_trusted && !v.genuine_tpm_proven);
+
+    let v = tpm::verify_pinned(&genuine["tpm_attestation"], pid, None, Some(&pins));
+    assert!(v.valid && v.aik_trusted && v.genuine_tpm_proven, "{v:?}");
+    assert_eq!(v.caveat, tpm::CAVEAT_PINNED);
+
+    // Without pins nothing is trusted, and an empty pin list trusts no key.
+    let v = tpm::verify(&genuine["tpm_attestation"], pid, None);
+    assert!(v.valid && !v.aik_trusted && !v.genuine_tpm_proven);
+    let v = tpm::verify_pinned(&genuine["tpm_attestation"], pid, None, Some(&[]));
+    assert_eq!(v.reason, "aik_untrusted");
+}
+
+#[test]
+fn pinned_aik_does_not_excuse_other_failures() {
+    let doc = fixture("invalid/rsa_wrong_payload_id");
+    let pid = doc["payload_id"].as_str().expect("payload_id");
+    let pins = vec![aik_fingerprint(&doc)];
+    let v = tpm::verify_pinned(&doc["tpm_attestation"], pid, None, Some(&pins));
+    assert!(v.aik_trusted && !v.valid && !v.genuine_tpm_proven, "{v:?}");
+}
+
+#[test]
+fn aik_fingerprints_have_the_server_key_format() {
+    for name in [
+        "valid/q1_rsa_rsassa",
+        "valid/q3_ecc_ecdsa",
+        "valid/q4_rsa_rsapss",
+    ] {
+        let fp = aik_fingerprint(&fixture(name));
+        assert!(fp.starts_with("sha256:") && fp.len() == 71, "{name}: {fp}");
+        assert!(fp[7..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+}

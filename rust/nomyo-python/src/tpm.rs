@@ -13,17 +13,27 @@ fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
 }
 
 /// Verify an attestation block for `payload_id`; returns what was (and was not) proven.
+/// With `trusted_aiks` (`sha256:<hex>` fingerprints of AIK SubjectPublicKeyInfo DER) the
+/// quote must be signed by one of those keys (else reason `aik_untrusted`).
 #[pyfunction]
-#[pyo3(signature = (attestation, payload_id, expected_pcrs = None))]
+#[pyo3(signature = (attestation, payload_id, expected_pcrs = None, trusted_aiks = None))]
 pub fn verify_attestation<'py>(
     py: Python<'py>,
     attestation: &Bound<'py, PyAny>,
     payload_id: &str,
     expected_pcrs: Option<&Bound<'py, PyAny>>,
+    trusted_aiks: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let trusted: Option<Vec<String>> =
+        trusted_aiks.map(|t| t.iter().map(|f| f.trim().to_ascii_lowercase()).collect());
     let Ok(block) = to_value(attestation) else {
         // Not representable (e.g. nested beyond the parser's depth limit): a parse error.
-        let mut result = tpm::verify(&serde_json::Value::Bool(false), payload_id, None);
+        let mut result = tpm::verify_pinned(
+            &serde_json::Value::Bool(false),
+            payload_id,
+            None,
+            trusted.as_deref(),
+        );
         result.detail = "the attestation block is not a JSON object of bounded depth".into();
         return encode(py, &result);
     };
@@ -35,7 +45,8 @@ pub fn verify_attestation<'py>(
         })?),
         _ => None,
     };
-    let result = py.detach(|| tpm::verify(&block, payload_id, policy.as_ref()));
+    let result =
+        py.detach(|| tpm::verify_pinned(&block, payload_id, policy.as_ref(), trusted.as_deref()));
     encode(py, &result)
 }
 

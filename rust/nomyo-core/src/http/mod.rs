@@ -170,6 +170,13 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Request bodies above this size may take a while to write (see `Client::send`).
 const LARGE_BODY: usize = 1 << 20;
 
+/// The largest body limit a request may set (`ok_limit`, `error_limit`): 1 GiB.
+pub const MAX_BODY_LIMIT: usize = 1 << 30;
+
+/// The first reservation for a reply body, whatever length the server declares: the buffer
+/// grows (fallibly) as bytes arrive, so a declared length costs nothing until it is sent.
+const FIRST_RESERVATION: usize = 64 * 1024;
+
 struct Idle {
     sender: Sender,
     since: Instant,
@@ -354,6 +361,11 @@ impl Client {
     /// A request that fails on a reused keep-alive connection before any byte of it was
     /// written (the server closed the idle connection) is sent again on a new connection.
     pub async fn send(&self, ex: Exchange<'_>) -> Result<Response, HttpError> {
+        if ex.ok_limit > MAX_BODY_LIMIT || ex.error_limit > MAX_BODY_LIMIT {
+            return Err(HttpError::Config(format!(
+                "a reply body limit may be at most {MAX_BODY_LIMIT} bytes"
+            )));
+        }
         let target = Target::parse(ex.url)?;
         let _slot = within(ex.timeouts.pool, "pool", self.slots.clone().acquire_owned())
             .await?
@@ -454,8 +466,13 @@ impl Client {
         }
         let deadline = ex.body_deadline.map(|d| Instant::now() + d);
         let mut body = response.into_body();
-        let capacity = declared.map_or(0, |d| d as usize).min(limit);
-        let mut data = Vec::with_capacity(capacity);
+        let mut data = Vec::new();
+        let first = declared.map_or(0, |d| d as usize).min(limit);
+        if data.try_reserve(first.min(FIRST_RESERVATION)).is_err() {
+            return Err(HttpError::TooLarge(
+                "cannot allocate the reply buffer".into(),
+            ));
+        }
         loop {
             let next = match (ex.timeouts.read, deadline) {
                 (None, None) => Ok(body.frame().await),
@@ -479,6 +496,18 @@ impl Client {
             if let Ok(chunk) = frame.into_data() {
                 if data.len() + chunk.len() > limit {
                     return too_large("body".into());
+                }
+                // Amortised (doubling) growth, capped at the limit; a failed allocation is
+                // an error, not an abort.
+                if data.capacity() - data.len() < chunk.len() {
+                    let want = (data.len() + chunk.len())
+                        .max(data.capacity() * 2)
+                        .min(limit);
+                    if data.try_reserve_exact(want - data.len()).is_err() {
+                        return Err(HttpError::TooLarge(format!(
+                            "cannot allocate {want} bytes for the reply"
+                        )));
+                    }
                 }
                 data.extend_from_slice(&chunk);
             }
