@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import ssl
+import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
@@ -26,6 +28,7 @@ __all__ = [
     "VerifyTypes",
     "body_deadline",
     "check_base_url",
+    "check_caller_http",
     "default_timeout",
     "http2_available",
     "make_async_client",
@@ -36,6 +39,8 @@ __all__ = [
     "request_timeout",
     "timeout_seconds",
 ]
+
+logger = logging.getLogger("nomyo")
 
 # httpx is imported only where the httpx transport is used (not on the native path).
 TimeoutTypes: TypeAlias = "float | httpx.Timeout | None"
@@ -92,6 +97,64 @@ def _verify(verify: VerifyTypes) -> bool | ssl.SSLContext:
             "(verify_mode=CERT_REQUIRED, check_hostname=True)"
         )
     return verify
+
+
+_NOT_VERIFYING = (
+    "certificate verification cannot be turned off: the given {what} does not verify "
+    "certificates and host names (built with verify=False or a non-verifying SSLContext)"
+)
+_unchecked_lock = threading.Lock()
+_unchecked_logged: set[str] = set()
+
+
+def _transports_of(transport: object, http_client: object) -> list[tuple[str, object]]:
+    """The httpx transports a caller supplied, directly or inside an httpx client."""
+    found: list[tuple[str, object]] = []
+    if transport is not None:
+        found.append(("transport", transport))
+    if http_client is not None:
+        found.append(("http_client", getattr(http_client, "_transport", None)))
+        mounts = getattr(http_client, "_mounts", None)
+        if isinstance(mounts, dict):
+            found.extend(("http_client (proxy mount)", t) for t in mounts.values())
+    return [(what, t) for what, t in found if t is not None]
+
+
+def check_caller_http(transport: object, http_client: object) -> None:
+    """Refuse a caller's httpx transport or client that does not verify certificates.
+
+    httpx's own transports (also those of an ``httpx.Client``/``AsyncClient`` and its proxy
+    mounts) are inspected: their SSL context must require certificates and check host
+    names. ``httpx.MockTransport`` never reaches the network. Any other transport cannot be
+    inspected; it is logged once per class as unchecked.
+
+    Raises:
+        ConfigurationError: a caller-supplied transport or client does not verify.
+    """
+    if transport is None and http_client is None:
+        return
+    import httpx
+
+    for what, candidate in _transports_of(transport, http_client):
+        if isinstance(candidate, httpx.MockTransport):
+            continue
+        if isinstance(candidate, (httpx.HTTPTransport, httpx.AsyncHTTPTransport)):
+            context = getattr(getattr(candidate, "_pool", None), "_ssl_context", None)
+            if isinstance(context, ssl.SSLContext):
+                if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+                    raise ConfigurationError(_NOT_VERIFYING.format(what=what))
+                continue
+        name = f"{type(candidate).__module__}.{type(candidate).__qualname__}"
+        with _unchecked_lock:
+            if name in _unchecked_logged:
+                continue
+            _unchecked_logged.add(name)
+        logger.warning(
+            "the %s given (%s) cannot be inspected: nomyo cannot tell whether it verifies "
+            "TLS certificates; that is the caller's responsibility",
+            what,
+            name,
+        )
 
 
 def _client_options(
