@@ -147,7 +147,7 @@ def test_2_per_call_options_never_reach_the_payload(
             timeout=30,
             max_retries=0,
             extra_headers={"X-Trace-Id": "trace-19", "X-Security-Tier": "high"},
-            extra_query={"route": "eu", "tag": ["a", "b"]},
+            extra_query={"route": "eu", "tag": ["a", "b"], "fast": True, "skip": None},
             extra_body={"vendor_option": {"k": 1}},
             temperature=0.5,
             my_vendor_parameter="passes through",
@@ -165,7 +165,7 @@ def test_2_per_call_options_never_reach_the_payload(
     }
     assert recorded.headers["x-trace-id"] == "trace-19"
     assert recorded.headers["x-security-tier"] == "high"
-    assert recorded.query == "route=eu&tag=a&tag=b"
+    assert recorded.query == "route=eu&tag=a&tag=b&fast=true"
 
 
 def test_2_async_per_call_options_too(router: RouterThread, client_key: _core.PrivateKey) -> None:
@@ -358,6 +358,20 @@ def test_5_base_url_with_v1_from_the_environment(
     assert nomyo.SecureCompletionClient(router.url + "/v1/", allow_http=True).router_url == (
         router.url
     )
+
+
+def test_5_a_wrong_base_url_path_says_what_base_url_should_be(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str
+) -> None:
+    with (
+        sync_chat(router.url + "/api", client_key) as client,
+        pytest.raises(nomyo.APIError) as info,
+    ):
+        client.create("m", HELLO)
+    assert info.value.status_code == 404
+    message = str(info.value)
+    assert f"{router.url}/api/pki/public_key" in message
+    assert "base_url must be the router's root URL" in message
 
 
 def test_5_one_base_url_resolver_and_loopback_check() -> None:
