@@ -7,6 +7,7 @@
 
 pub mod aead;
 pub mod b64;
+pub mod devcert;
 pub mod envelope;
 pub mod error;
 pub mod http;

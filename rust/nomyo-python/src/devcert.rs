@@ -1,0 +1,28 @@
+//! Development TLS certificates (`nomyo serve-dev --tls`), written straight to files.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+
+use crate::errors::IntoPy;
+
+/// Make a throwaway CA and a server certificate for localhost/127.0.0.1/::1, valid for
+/// `days` days, and write them: `ca_path` and `cert_path` 0644, `key_path` 0600 (the
+/// server's key never becomes a Python object; the CA's key is never written).
+#[pyfunction]
+#[pyo3(signature = (ca_path, cert_path, key_path, days = 30))]
+pub fn write_dev_certificates(
+    py: Python<'_>,
+    ca_path: PathBuf,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    days: u32,
+) -> PyResult<()> {
+    py.detach(|| {
+        let certs = nomyo_core::devcert::make_dev_certificates(days)?;
+        nomyo_core::keys::write_new_file(&key_path, certs.key_pem.as_bytes(), true, 0o600)?;
+        nomyo_core::keys::write_new_file(&cert_path, certs.cert_pem.as_bytes(), true, 0o644)?;
+        nomyo_core::keys::write_new_file(&ca_path, certs.ca_pem.as_bytes(), true, 0o644)
+    })
+    .py_err()
+}
