@@ -22,6 +22,9 @@ pub enum Error {
     Io(std::io::ErrorKind, String),
     /// The OS random number generator or the crypto library failed unexpectedly.
     Internal(&'static str),
+    /// `secure_memory='require'`: a secret buffer could not be locked and dump-excluded, so it
+    /// was refused before anything was written to it (sizes and limit only).
+    Memory(crate::secret::Shortfall),
 }
 
 /// Result alias of the core.
@@ -36,6 +39,7 @@ impl fmt::Display for Error {
             Error::Envelope(m) => write!(f, "invalid envelope: {m}"),
             Error::Key(m) | Error::Value(m) | Error::Io(_, m) => f.write_str(m),
             Error::Internal(m) => write!(f, "internal error: {m}"),
+            Error::Memory(shortfall) => shortfall.fmt(f),
         }
     }
 }

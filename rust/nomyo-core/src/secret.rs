@@ -15,8 +15,16 @@
 //! paying mmap + mlock + munlock + munmap (and a page fault per page) every time. Only the
 //! bytes that were ever written are wiped (a high-water mark), so a large mapping that held a
 //! small secret costs a small wipe; every byte past the mark is zero by construction.
+//!
+//! How hard a buffer insists on locked pages is its [`Policy`], taken from the calling
+//! thread ([`with_policy`]) when the buffer is made: best effort by default, or
+//! [`Policy::Require`], under which a mapping that cannot be locked and dump-excluded is
+//! refused ([`Error::Memory`], with the bytes needed and the limit) before a byte is written
+//! to it. What every buffer actually got is counted ([`stats`], relaxed atomics).
 
+use std::cell::Cell;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 use zeroize::Zeroize;
@@ -38,6 +46,169 @@ pub fn page_size() -> usize {
             4096
         }
     })
+}
+
+/// How hard a secret buffer insists on locked, dump-excluded pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Do not lock the pages (they are still dump-excluded where possible, and zeroed).
+    Off,
+    /// Lock when the OS allows; otherwise carry on with unlocked pages (and count them).
+    #[default]
+    BestEffort,
+    /// Refuse ([`Error::Memory`]) a mapping that cannot be locked and dump-excluded, before
+    /// anything is written to it.
+    Require,
+}
+
+impl Policy {
+    /// `"off"`, `"best_effort"` or `"require"`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "off" => Some(Policy::Off),
+            "best_effort" => Some(Policy::BestEffort),
+            "require" => Some(Policy::Require),
+            _ => None,
+        }
+    }
+
+    /// The name [`Policy::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Off => "off",
+            Policy::BestEffort => "best_effort",
+            Policy::Require => "require",
+        }
+    }
+}
+
+thread_local! {
+    static POLICY: Cell<Policy> = const { Cell::new(Policy::BestEffort) };
+}
+
+/// The policy of buffers made on this thread now.
+pub fn policy() -> Policy {
+    POLICY.with(Cell::get)
+}
+
+/// Run `f` with buffers made on this thread under `policy` (restored afterwards, also on
+/// panic). Buffers keep the policy they were made with when they grow later.
+pub fn with_policy<T>(policy: Policy, f: impl FnOnce() -> T) -> T {
+    struct Restore(Policy);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            POLICY.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(POLICY.with(|p| p.replace(policy)));
+    f()
+}
+
+/// Why [`Policy::Require`] refused a secret buffer: what it needed and what the limit is.
+/// Holds sizes only, never contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Bytes of the mapping that could not be locked (whole pages).
+    pub needed: u64,
+    /// The soft `RLIMIT_MEMLOCK` in bytes (`None` = unlimited).
+    pub limit: Option<u64>,
+    /// Bytes this process had locked when it was refused.
+    pub locked: u64,
+    /// The pages were locked but could not be excluded from core dumps.
+    pub dump_exclusion_failed: bool,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.dump_exclusion_failed {
+            return write!(
+                f,
+                "secure_memory='require': a secret buffer of {} bytes could not be excluded \
+                 from core dumps (madvise MADV_DONTDUMP failed on this platform); nothing was \
+                 written to it or sent",
+                self.needed
+            );
+        }
+        let limit = match self.limit {
+            Some(l) => format!("{l} bytes"),
+            None => "unlimited".to_owned(),
+        };
+        write!(
+            f,
+            "secure_memory='require': a secret buffer of {} bytes could not be locked in RAM \
+             (RLIMIT_MEMLOCK is {limit}, {} bytes already locked by this process); nothing was \
+             written to it or sent. Raise the limit (`ulimit -l unlimited`, \
+             `docker run --ulimit memlock=-1:-1`, LimitMEMLOCK=infinity for systemd) or grant \
+             CAP_IPC_LOCK; `nomyo doctor --size BYTES` checks a request size",
+            self.needed, self.locked
+        )
+    }
+}
+
+/// Counters since the process started (relaxed atomics: cheap, each exact on its own).
+mod counters {
+    use super::AtomicU64;
+
+    pub(super) static BUFFERS_LOCKED: AtomicU64 = AtomicU64::new(0);
+    pub(super) static BUFFERS_NOT_LOCKED: AtomicU64 = AtomicU64::new(0);
+    pub(super) static BUFFERS_UNLOCKED_BY_CHOICE: AtomicU64 = AtomicU64::new(0);
+    pub(super) static BUFFERS_NOT_DUMP_EXCLUDED: AtomicU64 = AtomicU64::new(0);
+    pub(super) static BYTES_LOCKED: AtomicU64 = AtomicU64::new(0);
+    pub(super) static BYTES_NOT_LOCKED: AtomicU64 = AtomicU64::new(0);
+    pub(super) static LOCK_FAILURES: AtomicU64 = AtomicU64::new(0);
+    pub(super) static DUMP_EXCLUSION_FAILURES: AtomicU64 = AtomicU64::new(0);
+    pub(super) static REFUSED: AtomicU64 = AtomicU64::new(0);
+    /// Bytes of secret mappings locked right now (live and pooled).
+    pub(super) static LOCKED_NOW: AtomicU64 = AtomicU64::new(0);
+}
+
+/// What the secret buffers of this process actually got, since it started.
+///
+/// A "buffer" here is one mapping handed to a [`SecretBuf`] (a buffer that grows takes a new
+/// one each time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Mappings that were to be locked and were.
+    pub buffers_locked: u64,
+    /// Mappings that were to be locked but were not (best effort carried on without).
+    pub buffers_not_locked: u64,
+    /// Mappings made with [`Policy::Off`] (not locked by choice).
+    pub buffers_unlocked_by_choice: u64,
+    /// Mappings handed out that are not excluded from core dumps.
+    pub buffers_not_dump_excluded: u64,
+    /// Bytes of the locked mappings, summed.
+    pub bytes_locked: u64,
+    /// Bytes of the mappings that were to be locked but were not, summed.
+    pub bytes_not_locked: u64,
+    /// `mlock` calls that failed (a retry after evicting the pool counts again).
+    pub lock_failures: u64,
+    /// `madvise(MADV_DONTDUMP)` calls that failed.
+    pub dump_exclusion_failures: u64,
+    /// Mappings refused under [`Policy::Require`].
+    pub refused: u64,
+    /// Bytes of secret mappings locked now (live and pooled).
+    pub locked_now: u64,
+    /// Of those, bytes in the pool (given back when a new mapping needs the room).
+    pub pooled_locked: u64,
+}
+
+/// The counters now.
+pub fn stats() -> Stats {
+    use counters::*;
+    let pooled_locked = pool::locked_bytes() as u64;
+    Stats {
+        buffers_locked: BUFFERS_LOCKED.load(Relaxed),
+        buffers_not_locked: BUFFERS_NOT_LOCKED.load(Relaxed),
+        buffers_unlocked_by_choice: BUFFERS_UNLOCKED_BY_CHOICE.load(Relaxed),
+        buffers_not_dump_excluded: BUFFERS_NOT_DUMP_EXCLUDED.load(Relaxed),
+        bytes_locked: BYTES_LOCKED.load(Relaxed),
+        bytes_not_locked: BYTES_NOT_LOCKED.load(Relaxed),
+        lock_failures: LOCK_FAILURES.load(Relaxed),
+        dump_exclusion_failures: DUMP_EXCLUSION_FAILURES.load(Relaxed),
+        refused: REFUSED.load(Relaxed),
+        locked_now: LOCKED_NOW.load(Relaxed),
+        pooled_locked,
+    }
 }
 
 fn round_up(n: usize) -> usize {
@@ -64,8 +235,9 @@ unsafe impl Sync for Pages {}
 
 impl Pages {
     /// A fresh mapping of exactly `cap` bytes (a whole number of pages), zero-filled.
+    /// `count`: record lock and dump-exclusion failures in the counters (not for probes).
     #[cfg(unix)]
-    fn map(cap: usize, lock: bool) -> Result<Self> {
+    fn map(cap: usize, lock: bool, count: bool) -> Result<Self> {
         // SAFETY: anonymous private mapping, no file descriptor; checked for MAP_FAILED.
         let raw = unsafe {
             libc::mmap(
@@ -82,6 +254,9 @@ impl Pages {
         }
         let ptr = NonNull::new(raw.cast::<u8>()).ok_or(Error::Internal("mmap returned null"))?;
         let dump_excluded = dont_dump(raw, cap);
+        if !dump_excluded && count {
+            counters::DUMP_EXCLUSION_FAILURES.fetch_add(1, Relaxed);
+        }
         let wipe_on_fork = wipe_on_fork(raw, cap);
         let mut pages = Pages {
             ptr,
@@ -92,21 +267,21 @@ impl Pages {
             wipe_on_fork,
         };
         if lock
-            && !pages.try_lock()
+            && !pages.try_lock(count)
             && memlock_limit().is_none_or(|lim| cap as u64 <= lim)
             && pool::evict_locked()
         {
             // Pooled locked pages count against RLIMIT_MEMLOCK: give them back and retry,
             // so the pool never costs a live buffer its lock. (Not for a mapping larger than
             // the limit, which could never be locked anyway.)
-            pages.try_lock();
+            pages.try_lock(count);
         }
         Ok(pages)
     }
 
     /// Without mmap/mlock (Windows): page-aligned zeroed heap memory, wiped on drop; not locked.
     #[cfg(not(unix))]
-    fn map(cap: usize, _lock: bool) -> Result<Self> {
+    fn map(cap: usize, _lock: bool, _count: bool) -> Result<Self> {
         let layout = std::alloc::Layout::from_size_align(cap, page_size())
             .map_err(|_| Error::Internal("secret buffer layout"))?;
         // SAFETY: layout has a non-zero size.
@@ -123,11 +298,21 @@ impl Pages {
     }
 
     /// Try to `mlock` the mapping (if it is not already); returns whether it is locked.
-    fn try_lock(&mut self) -> bool {
+    /// `count`: record a failure in the counters.
+    fn try_lock(&mut self, count: bool) -> bool {
         #[cfg(unix)]
         if !self.locked {
             // SAFETY: ptr/cap is the mapping this value owns.
             self.locked = unsafe { libc::mlock(self.ptr.as_ptr().cast(), self.cap) } == 0;
+            if self.locked {
+                counters::LOCKED_NOW.fetch_add(self.cap as u64, Relaxed);
+            } else if count {
+                counters::LOCK_FAILURES.fetch_add(1, Relaxed);
+            }
+        }
+        #[cfg(not(unix))]
+        if count {
+            counters::LOCK_FAILURES.fetch_add(1, Relaxed);
         }
         self.locked
     }
@@ -200,6 +385,7 @@ impl Drop for Pages {
             unsafe {
                 if self.locked {
                     libc::munlock(raw, self.cap);
+                    counters::LOCKED_NOW.fetch_sub(self.cap as u64, Relaxed);
                 }
                 libc::munmap(raw, self.cap);
             }
@@ -279,6 +465,11 @@ mod pool {
             let pid = std::process::id();
             if self.pid != pid {
                 for mut p in self.entries.drain(..) {
+                    if p.locked {
+                        // Locks are not inherited: the counter was the parent's.
+                        super::counters::LOCKED_NOW
+                            .fetch_sub(p.cap as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                     p.locked = false;
                     out.push(p);
                 }
@@ -321,9 +512,18 @@ mod pool {
         let mut p = taken?;
         debug_assert_eq!(p.dirty, 0);
         if lock {
-            p.try_lock();
+            p.try_lock(true);
         }
         Some(p)
+    }
+
+    /// Bytes of locked mappings in the pool now (0 while another thread holds the pool, or
+    /// in a forked child, whose copies are not locked).
+    pub(super) fn locked_bytes() -> usize {
+        POOL.try_lock()
+            .ok()
+            .filter(|pool| pool.pid == std::process::id())
+            .map_or(0, |pool| pool.locked_bytes)
     }
 
     /// Wipe `pages` and keep them for reuse if the pool has room; otherwise unmap them.
@@ -386,19 +586,53 @@ mod pool {
 }
 
 /// Get a zeroed mapping of at least `min_cap` bytes: from the pool, or freshly mapped.
-fn acquire(min_cap: usize, lock: bool) -> Result<Pages> {
+/// Under [`Policy::Require`], a mapping that is not locked and dump-excluded is never
+/// returned (nothing has been written to it: it is released untouched).
+fn acquire(min_cap: usize, policy: Policy) -> Result<Pages> {
     let class = size_class(min_cap);
-    if let Some(p) = pool::take(min_cap, class, lock) {
-        return Ok(p);
+    let lock = policy != Policy::Off;
+    let pages = match pool::take(min_cap, class, lock) {
+        Some(p) if policy == Policy::Require && !p.locked => {
+            // A pooled mapping that could not be locked: back to the pool, and a fresh one
+            // (which evicts the pool's locked pages if that makes the room).
+            pool::release(p);
+            Pages::map(class, true, true)?
+        }
+        Some(p) => p,
+        None => Pages::map(class, lock, true)?,
+    };
+    if policy == Policy::Require && !(pages.locked && pages.dump_excluded) {
+        counters::REFUSED.fetch_add(1, Relaxed);
+        let shortfall = Shortfall {
+            needed: pages.cap as u64,
+            limit: memlock_limit(),
+            locked: locked_now(),
+            dump_exclusion_failed: pages.locked,
+        };
+        drop(pages);
+        return Err(Error::Memory(shortfall));
     }
-    Pages::map(class, lock)
+    let cap = pages.cap as u64;
+    if !lock {
+        counters::BUFFERS_UNLOCKED_BY_CHOICE.fetch_add(1, Relaxed);
+    } else if pages.locked {
+        counters::BUFFERS_LOCKED.fetch_add(1, Relaxed);
+        counters::BYTES_LOCKED.fetch_add(cap, Relaxed);
+    } else {
+        counters::BUFFERS_NOT_LOCKED.fetch_add(1, Relaxed);
+        counters::BYTES_NOT_LOCKED.fetch_add(cap, Relaxed);
+    }
+    if !pages.dump_excluded {
+        counters::BUFFERS_NOT_DUMP_EXCLUDED.fetch_add(1, Relaxed);
+    }
+    Ok(pages)
 }
 
 /// A growable byte buffer for secrets, in locked, dump-excluded pages, zeroed on drop.
 pub struct SecretBuf {
     pages: Option<Pages>,
     len: usize,
-    lock: bool,
+    policy: Policy,
 }
 
 impl Drop for SecretBuf {
@@ -410,23 +644,35 @@ impl Drop for SecretBuf {
 }
 
 impl SecretBuf {
-    /// An empty buffer that will hold at least `capacity` bytes without growing.
+    /// An empty buffer that will hold at least `capacity` bytes without growing, under the
+    /// calling thread's [`policy`].
     pub fn with_capacity(capacity: usize) -> Result<Self> {
-        Self::with_capacity_and_lock(capacity, true)
+        Self::with_capacity_in(capacity, policy())
     }
 
-    /// As [`SecretBuf::with_capacity`], choosing whether to try `mlock`.
+    /// As [`SecretBuf::with_capacity`], choosing whether to try `mlock` (`true`: the calling
+    /// thread's [`policy`]; `false`: [`Policy::Off`]).
     pub fn with_capacity_and_lock(capacity: usize, lock: bool) -> Result<Self> {
+        Self::with_capacity_in(capacity, if lock { policy() } else { Policy::Off })
+    }
+
+    /// As [`SecretBuf::with_capacity`], under `policy` (which the buffer keeps when it grows).
+    pub fn with_capacity_in(capacity: usize, policy: Policy) -> Result<Self> {
         let pages = if capacity == 0 {
             None
         } else {
-            Some(acquire(capacity, lock)?)
+            Some(acquire(capacity, policy)?)
         };
         Ok(SecretBuf {
             pages,
             len: 0,
-            lock,
+            policy,
         })
+    }
+
+    /// The policy this buffer's mappings are made under.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// A buffer holding a copy of `data`.
@@ -501,7 +747,7 @@ impl SecretBuf {
             return Ok(());
         }
         let new_cap = needed.max(self.capacity().saturating_mul(2));
-        let mut pages = acquire(new_cap, self.lock)?;
+        let mut pages = acquire(new_cap, self.policy)?;
         pages
             .range_mut(0, self.len)
             .copy_from_slice(self.as_slice());
@@ -602,27 +848,112 @@ pub struct Protection {
     pub zeroing: bool,
     /// The soft `RLIMIT_MEMLOCK` in bytes (`None` = unlimited).
     pub memlock_limit: Option<u64>,
+    /// The hard `RLIMIT_MEMLOCK` in bytes (`None` = unlimited): how far an unprivileged
+    /// process may raise the soft one itself.
+    pub memlock_hard_limit: Option<u64>,
+    /// `CAP_IPC_LOCK` is in the effective set (then the limit does not bound `mlock`).
+    pub ipc_lock_capability: bool,
+    /// Bytes this process has locked now (all of it, not only secret buffers).
+    pub locked_now: u64,
+    /// Bytes more that secret buffers can lock now (the pool's locked pages included, which
+    /// are given back on demand); `None` = not bounded.
+    pub lockable_now: Option<u64>,
     /// Page size in bytes.
     pub page_size: usize,
 }
 
-/// Probe what protection a new secret buffer gets on this machine, by making one.
+/// Probe what protection a new secret buffer gets on this machine, by mapping one page (not
+/// counted in [`stats`], not pooled).
 pub fn probe() -> Result<Protection> {
-    let buf = SecretBuf::with_capacity(1)?;
+    let page = Pages::map(page_size(), true, false)?;
     Ok(Protection {
-        locking: buf.locked(),
-        dump_exclusion: buf.dump_excluded(),
-        wipe_on_fork: buf.wipe_on_fork(),
+        locking: page.locked,
+        dump_exclusion: page.dump_excluded,
+        wipe_on_fork: page.wipe_on_fork,
         zeroing: true,
         memlock_limit: memlock_limit(),
+        memlock_hard_limit: memlock_hard_limit(),
+        ipc_lock_capability: has_ipc_lock_capability(),
+        locked_now: locked_now(),
+        lockable_now: lockable_now(),
         page_size: page_size(),
     })
+}
+
+/// Bytes this process has locked now: the kernel's `VmLck` on Linux, else what secret buffers
+/// hold locked.
+pub fn locked_now() -> u64 {
+    #[cfg(target_os = "linux")]
+    if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmLck:"))?;
+            line["VmLck:".len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    {
+        return kb * 1024;
+    }
+    counters::LOCKED_NOW.load(Relaxed)
+}
+
+/// Bytes more that secret buffers can lock now (the pool's locked pages count as free, as a
+/// new mapping takes their room); `None` when not bounded (unlimited, or `CAP_IPC_LOCK`).
+pub fn lockable_now() -> Option<u64> {
+    let limit = memlock_limit()?;
+    if has_ipc_lock_capability() {
+        return None;
+    }
+    let pooled = pool::locked_bytes() as u64;
+    Some((limit + pooled).saturating_sub(locked_now()))
+}
+
+/// Locked bytes that serializing a request of `n` JSON bytes needs at its peak, when the
+/// request is mostly one string (a chat message): the native JSON writer's output buffer grows
+/// by doubling from 4 KiB (the old and the new mapping are both held while it is copied), the
+/// string is read as 4-byte characters into a scratch buffer held meanwhile, and the AES key
+/// takes a page. An upper bound for ASCII text; the reply needs less (its size, once).
+pub fn request_peak(n: usize) -> usize {
+    let mut cap = size_class(4096);
+    let mut peak_out = cap;
+    while cap < n {
+        let next = size_class(cap.saturating_mul(2));
+        peak_out = peak_out.max(cap.saturating_add(next));
+        cap = next;
+    }
+    size_class(n.saturating_mul(4))
+        .saturating_add(peak_out)
+        .saturating_add(page_size())
+}
+
+/// The largest request (JSON bytes, per [`request_peak`]) whose secret buffers can all be
+/// locked now; `None` when not bounded.
+pub fn largest_lockable_request() -> Option<u64> {
+    let room = usize::try_from(lockable_now()?).unwrap_or(usize::MAX);
+    if request_peak(1) > room {
+        return Some(0);
+    }
+    // request_peak is non-decreasing: the largest n with request_peak(n) <= room.
+    let (mut lo, mut hi) = (1usize, room.max(1));
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if request_peak(mid) <= room {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo as u64)
 }
 
 /// True if this process has `CAP_IPC_LOCK` in its effective set (then `RLIMIT_MEMLOCK` does
 /// not bound `mlock`).
 #[cfg(target_os = "linux")]
-fn has_ipc_lock_capability() -> bool {
+pub fn has_ipc_lock_capability() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -633,30 +964,49 @@ fn has_ipc_lock_capability() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
+/// Always false off Linux (no capabilities to read).
 #[cfg(not(target_os = "linux"))]
-fn has_ipc_lock_capability() -> bool {
+pub fn has_ipc_lock_capability() -> bool {
     false
 }
 
+/// The soft `RLIMIT_MEMLOCK` in bytes (`None` = unlimited or unknown).
 #[cfg(not(unix))]
-fn memlock_limit() -> Option<u64> {
+pub fn memlock_limit() -> Option<u64> {
     None
 }
 
+/// The hard `RLIMIT_MEMLOCK` in bytes (`None` = unlimited or unknown).
+#[cfg(not(unix))]
+pub fn memlock_hard_limit() -> Option<u64> {
+    None
+}
+
+/// The soft `RLIMIT_MEMLOCK` in bytes (`None` = unlimited).
 #[cfg(unix)]
-fn memlock_limit() -> Option<u64> {
+pub fn memlock_limit() -> Option<u64> {
+    memlock_rlimit().0
+}
+
+/// The hard `RLIMIT_MEMLOCK` in bytes (`None` = unlimited).
+#[cfg(unix)]
+pub fn memlock_hard_limit() -> Option<u64> {
+    memlock_rlimit().1
+}
+
+#[cfg(unix)]
+fn memlock_rlimit() -> (Option<u64>, Option<u64>) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: lim is a valid out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return (None, None);
     }
     #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    Some(lim.rlim_cur as u64)
+    let bytes = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then_some(v as u64);
+    (bytes(lim.rlim_cur), bytes(lim.rlim_max))
 }
 
 #[cfg(test)]
@@ -858,6 +1208,89 @@ mod tests {
                 "{n} -> {c}"
             );
         }
+    }
+
+    #[test]
+    fn policy_is_scoped_to_the_thread_and_kept_by_the_buffer() {
+        assert_eq!(policy(), Policy::BestEffort);
+        let b = with_policy(Policy::Off, || {
+            assert_eq!(policy(), Policy::Off);
+            std::thread::spawn(policy).join().unwrap()
+        });
+        assert_eq!(b, Policy::BestEffort, "another thread keeps its own policy");
+        assert_eq!(policy(), Policy::BestEffort, "restored");
+        let mut buf = with_policy(Policy::Off, || SecretBuf::with_capacity(10).unwrap());
+        assert_eq!(buf.policy(), Policy::Off);
+        buf.extend_from_slice(&[1u8; 100_000]).unwrap();
+        assert!(
+            !buf.pages.as_ref().unwrap().locked,
+            "grown under its own policy"
+        );
+        let r = std::panic::catch_unwind(|| with_policy(Policy::Require, || panic!("x")));
+        assert!(r.is_err());
+        assert_eq!(policy(), Policy::BestEffort, "restored after a panic");
+        for p in [Policy::Off, Policy::BestEffort, Policy::Require] {
+            assert_eq!(Policy::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Policy::parse("true"), None);
+    }
+
+    #[test]
+    fn counters_count_buffers_by_what_they_got() {
+        let before = stats();
+        let a = SecretBuf::with_capacity_in(5000, Policy::BestEffort).unwrap();
+        let b = SecretBuf::with_capacity_in(5000, Policy::Off).unwrap();
+        let after = stats();
+        let got = (after.buffers_locked - before.buffers_locked)
+            + (after.buffers_not_locked - before.buffers_not_locked);
+        assert!(got >= 1);
+        assert!(after.buffers_unlocked_by_choice > before.buffers_unlocked_by_choice);
+        if a.locked() {
+            assert!(after.bytes_locked >= before.bytes_locked + a.capacity() as u64);
+        }
+        drop((a, b));
+    }
+
+    #[test]
+    fn request_peak_bounds_what_a_request_needs() {
+        let page = page_size();
+        let mut last = 0;
+        for n in [
+            1usize,
+            100,
+            4096,
+            4097,
+            65_536,
+            1 << 20,
+            3 << 20,
+            10_000_001,
+        ] {
+            let p = request_peak(n);
+            assert!(p >= last, "non-decreasing");
+            // At least the 4-byte scratch, the output, and the key page.
+            assert!(p >= 4 * n + n + page, "{n} -> {p}");
+            last = p;
+        }
+        assert_eq!(request_peak(1), 3 * page.max(4096) / page * page);
+    }
+
+    #[test]
+    fn shortfall_names_sizes_and_remedy() {
+        let s = Shortfall {
+            needed: 12_288,
+            limit: Some(65_536),
+            locked: 61_440,
+            dump_exclusion_failed: false,
+        };
+        let text = Error::Memory(s).to_string();
+        assert!(
+            text.contains("12288 bytes") && text.contains("65536 bytes"),
+            "{text}"
+        );
+        assert!(
+            text.contains("61440 bytes") && text.contains("ulimit -l"),
+            "{text}"
+        );
     }
 
     #[test]

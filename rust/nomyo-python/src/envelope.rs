@@ -11,6 +11,7 @@ use crate::buffer::PySecretBuffer;
 use crate::errors::IntoPy;
 use crate::json;
 use crate::keys::{PyPrivateKey, PyPublicKey};
+use crate::memory::policy;
 
 fn timestamp(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<serde_json::Number>> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
@@ -80,15 +81,18 @@ fn seal_buf<'py>(
 
 /// Serialize `obj` to JSON in native memory and seal it for `recipient`.
 #[pyfunction]
-#[pyo3(signature = (obj, recipient, processed_at = None))]
+#[pyo3(signature = (obj, recipient, processed_at = None, *, secure_memory = "best_effort"))]
 pub fn seal_json<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
     recipient: &PyPublicKey,
     processed_at: Option<&Bound<'py, PyAny>>,
+    secure_memory: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let ts = timestamp(processed_at)?;
-    seal_buf(py, json::dumps(obj)?, recipient, ts)
+    nomyo_core::secret::with_policy(policy(secure_memory)?, || {
+        seal_buf(py, json::dumps(obj)?, recipient, ts)
+    })
 }
 
 /// Seal the caller's bytes (`bytes`, `bytearray` or `memoryview`) for `recipient`.
@@ -129,16 +133,22 @@ fn size_limit(given: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
 
 /// Open an envelope and parse the plaintext JSON: `(value, processed_at, algorithm)`.
 #[pyfunction]
-#[pyo3(signature = (envelope, key, max_size = None))]
+#[pyo3(signature = (envelope, key, max_size = None, *, secure_memory = "best_effort"))]
 pub fn open_json<'py>(
     py: Python<'py>,
     envelope: &[u8],
     key: &PyPrivateKey,
     max_size: Option<&Bound<'_, PyAny>>,
+    secure_memory: &str,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, &'static str)> {
     let max_size = size_limit(max_size)?;
+    let policy = policy(secure_memory)?;
     let opened = py
-        .detach(|| envelope::open(envelope, &key.inner, max_size))
+        .detach(|| {
+            nomyo_core::secret::with_policy(policy, || {
+                envelope::open(envelope, &key.inner, max_size)
+            })
+        })
         .py_err()?;
     opened_to_py(py, opened)
 }
@@ -174,6 +184,8 @@ pub fn open_bytes(
 
 /// Serialize `obj` to compact JSON in a `SecretBuffer` (what `seal_json` encrypts).
 #[pyfunction]
-pub fn dumps(obj: &Bound<'_, PyAny>) -> PyResult<PySecretBuffer> {
-    Ok(PySecretBuffer::from_buf(json::dumps(obj)?))
+#[pyo3(signature = (obj, *, secure_memory = "best_effort"))]
+pub fn dumps(obj: &Bound<'_, PyAny>, secure_memory: &str) -> PyResult<PySecretBuffer> {
+    let buf = nomyo_core::secret::with_policy(policy(secure_memory)?, || json::dumps(obj))?;
+    Ok(PySecretBuffer::from_buf(buf))
 }

@@ -13,6 +13,7 @@ pyo3::import_exception!(nomyo._exceptions, SecurityError);
 pyo3::import_exception!(nomyo._exceptions, EnvelopeError);
 pyo3::import_exception!(nomyo._exceptions, KeyFormatError);
 pyo3::import_exception!(nomyo._exceptions, ConfigurationError);
+pyo3::import_exception!(nomyo._exceptions, SecureMemoryError);
 
 pyo3::create_exception!(
     nomyo._core,
@@ -56,6 +57,17 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Io(std::io::ErrorKind::PermissionDenied, m) => PyPermissionError::new_err(m),
         Error::Io(_, m) => PyOSError::new_err(m),
         Error::Internal(m) => PyRuntimeError::new_err(m),
+        Error::Memory(shortfall) => {
+            let err = SecureMemoryError::new_err(shortfall.to_string());
+            pyo3::Python::attach(|py| {
+                let value = err.value(py);
+                // Setting attributes on a fresh exception instance cannot fail.
+                let _ = value.setattr("needed", shortfall.needed);
+                let _ = value.setattr("limit", shortfall.limit);
+                let _ = value.setattr("locked", shortfall.locked);
+            });
+            err
+        }
     }
 }
 

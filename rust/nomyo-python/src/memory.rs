@@ -1,19 +1,41 @@
-//! What the platform grants for secret memory, and helpers for the caller's own bytearrays.
+//! What this process gets for secret memory (probed, and counted since it started), and
+//! helpers for the caller's own bytearrays.
 
-use nomyo_core::secret;
+use nomyo_core::secret::{self, Policy};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyDict};
 
 use crate::errors::IntoPy;
 
-/// A truthful report of memory protection on this machine, probed with a real buffer.
+/// The policy named by a `secure_memory=` argument of the binding.
+pub(crate) fn policy(name: &str) -> PyResult<Policy> {
+    Policy::parse(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "secure_memory must be 'off', 'best_effort' or 'require', not {name:?}"
+        ))
+    })
+}
+
+/// A truthful report of what this process has achieved for secret memory: a probe page now,
+/// the limits, and what every secret buffer since the start actually got.
 #[pyfunction]
 pub fn memory_protection_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let p = secret::probe().py_err()?;
+    let s = secret::stats();
     let d = PyDict::new(py);
     d.set_item("backend", "nomyo-rs")?;
     d.set_item("platform", std::env::consts::OS)?;
-    let level = if p.locking { "full" } else { "zeroing_only" };
+    // "full" until one secret buffer that was to be locked was not (or was not excluded from
+    // dumps); "zeroing_only" when nothing can be locked at all.
+    let degraded = s.buffers_not_locked > 0 || s.buffers_not_dump_excluded > 0;
+    let level = if !p.locking && s.buffers_locked == 0 {
+        "zeroing_only"
+    } else if degraded || !p.locking || !p.dump_exclusion {
+        "partial"
+    } else {
+        "full"
+    };
     d.set_item("protection_level", level)?;
     d.set_item("has_memory_locking", p.locking)?;
     d.set_item("has_secure_zeroing", p.zeroing)?;
@@ -21,8 +43,38 @@ pub fn memory_protection_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("has_wipe_on_fork", p.wipe_on_fork)?;
     d.set_item("supports_full_protection", p.locking && p.dump_exclusion)?;
     d.set_item("memlock_limit", p.memlock_limit)?;
+    d.set_item("memlock_hard_limit", p.memlock_hard_limit)?;
+    d.set_item("has_ipc_lock", p.ipc_lock_capability)?;
+    d.set_item("locked_bytes", p.locked_now)?;
+    d.set_item("lockable_bytes", p.lockable_now)?;
+    d.set_item(
+        "largest_lockable_request",
+        secret::largest_lockable_request(),
+    )?;
+    d.set_item("secret_buffers_locked", s.buffers_locked)?;
+    d.set_item("secret_buffers_not_locked", s.buffers_not_locked)?;
+    d.set_item(
+        "secret_buffers_unlocked_by_choice",
+        s.buffers_unlocked_by_choice,
+    )?;
+    d.set_item(
+        "secret_buffers_not_dump_excluded",
+        s.buffers_not_dump_excluded,
+    )?;
+    d.set_item("secret_bytes_locked", s.bytes_locked)?;
+    d.set_item("secret_bytes_not_locked", s.bytes_not_locked)?;
+    d.set_item("lock_failures", s.lock_failures)?;
+    d.set_item("dump_exclusion_failures", s.dump_exclusion_failures)?;
+    d.set_item("require_refusals", s.refused)?;
     d.set_item("page_size", p.page_size)?;
     Ok(d)
+}
+
+/// Locked bytes a request of `size` JSON bytes needs at its peak (see `largest_lockable_request`
+/// of `memory_protection_info`).
+#[pyfunction]
+pub fn secure_memory_needed(size: usize) -> usize {
+    secret::request_peak(size)
 }
 
 /// Turn off core dumps for this process (RLIMIT_CORE = 0; on Linux also not dumpable).

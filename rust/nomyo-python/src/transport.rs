@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nomyo_core::envelope::{self, Opened};
 use nomyo_core::http::{self, Client, HttpError, Method, Timeouts};
 use nomyo_core::keys::{PrivateKey, PublicKey};
-use nomyo_core::secret::SecretBuf;
+use nomyo_core::secret::{self, Policy, SecretBuf};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -42,6 +42,8 @@ struct Job {
     error_limit: usize,
     timeouts: Timeouts,
     body_deadline: Option<Duration>,
+    /// The transport's secure-memory policy, for the buffers sealing and opening make.
+    policy: Policy,
 }
 
 #[derive(Clone)]
@@ -194,8 +196,10 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
         Body::Raw(bytes) => bytes,
         Body::Seal(mut plaintext, key) => {
             let mut out = vec![0u8; envelope::sealed_len(plaintext.len(), &key, None)];
-            envelope::seal_in_place_into(&mut plaintext, &key, None, &mut out)
-                .map_err(Failure::Core)?;
+            secret::with_policy(job.policy, || {
+                envelope::seal_in_place_into(&mut plaintext, &key, None, &mut out)
+            })
+            .map_err(Failure::Core)?;
             out
         }
     };
@@ -219,7 +223,9 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
     let (body, opened) = match job.open {
         Some((key, max_size)) if response.status == 200 => (
             Vec::new(),
-            Some(envelope::open(&response.body, &key, max_size)),
+            Some(secret::with_policy(job.policy, || {
+                envelope::open(&response.body, &key, max_size)
+            })),
         ),
         _ => (response.body, None),
     };
@@ -297,11 +303,13 @@ impl Sink {
 #[pyclass(frozen, name = "Transport", module = "nomyo._core")]
 pub struct PyTransport {
     client: Arc<Client>,
+    policy: Policy,
 }
 
 impl PyTransport {
     #[allow(clippy::too_many_arguments)]
     fn job(
+        &self,
         method: &str,
         url: String,
         headers: Vec<(String, String)>,
@@ -327,9 +335,11 @@ impl PyTransport {
                 return Err(PyValueError::new_err("pass either body or seal, not both"))
             }
             (Some(raw), None) => Body::Raw(raw.to_vec()),
-            (None, Some((payload, key))) => {
-                Body::Seal(json::dumps(payload)?, key.get().inner.clone())
-            }
+            (None, Some((payload, key))) => Body::Seal(
+                // Serialized here (before anything is sent) under the transport's policy.
+                secret::with_policy(self.policy, || json::dumps(payload))?,
+                key.get().inner.clone(),
+            ),
             (None, None) => Body::Empty,
         };
         Ok(Job {
@@ -347,6 +357,7 @@ impl PyTransport {
                 pool: seconds(timeouts.3, "pool timeout")?,
             },
             body_deadline: seconds(body_deadline, "body deadline")?,
+            policy: self.policy,
         })
     }
 }
@@ -354,20 +365,26 @@ impl PyTransport {
 #[pymethods]
 impl PyTransport {
     #[new]
-    #[pyo3(signature = (ca_paths, *, max_connections = 100, max_idle = 32, keepalive = 5.0))]
+    #[pyo3(signature = (
+        ca_paths, *, max_connections = 100, max_idle = 32, keepalive = 5.0,
+        secure_memory = "best_effort"
+    ))]
     fn new(
         py: Python<'_>,
         ca_paths: Vec<PathBuf>,
         max_connections: usize,
         max_idle: usize,
         keepalive: f64,
+        secure_memory: &str,
     ) -> PyResult<Self> {
+        let policy = crate::memory::policy(secure_memory)?;
         let keepalive = seconds(Some(keepalive), "keepalive")?.unwrap_or_default();
         let config = py
             .detach(|| http::client_config(&ca_paths))
             .map_err(errors::http_to_py)?;
         Ok(PyTransport {
             client: Arc::new(Client::new(config, max_connections, max_idle, keepalive)),
+            policy,
         })
     }
 
@@ -394,7 +411,7 @@ impl PyTransport {
         timeouts: TimeoutTuple,
         body_deadline: Option<f64>,
     ) -> PyResult<PyPending> {
-        let job = Self::job(
+        let job = self.job(
             method,
             url,
             headers,
@@ -436,7 +453,7 @@ impl PyTransport {
         timeouts: TimeoutTuple,
         body_deadline: Option<f64>,
     ) -> PyResult<PyExchange> {
-        let job = Self::job(
+        let job = self.job(
             method,
             url,
             headers,
@@ -477,6 +494,12 @@ impl PyTransport {
                 }
             }
         }
+    }
+
+    /// The secure-memory policy of this transport's secret buffers.
+    #[getter]
+    fn secure_memory(&self) -> &'static str {
+        self.policy.as_str()
     }
 
     /// Close idle keep-alive connections (requests in flight are not affected).
