@@ -44,6 +44,7 @@ __all__ = [
     "NomyoError",
     "RateLimitError",
     "RequestTooLargeError",
+    "SecureMemoryError",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
@@ -65,6 +66,23 @@ class SecurityError(NomyoError):
     def __init__(self, *args: object, payload_id: str | None = None) -> None:
         super().__init__(*args)
         self.payload_id = payload_id
+
+
+class SecureMemoryError(SecurityError):
+    """``secure_memory="require"``: a secret could not be held in locked, dump-excluded memory.
+
+    Raised where the secret buffer is made, before any plaintext or key is written to it, so
+    for a request before anything is sent. The message says how to raise the limit.
+
+    Attributes:
+        needed: bytes of the buffer that could not be locked (whole pages).
+        limit: the soft ``RLIMIT_MEMLOCK`` in bytes, None when unlimited.
+        locked: bytes this process had locked at that moment.
+    """
+
+    needed: int | None = None
+    limit: int | None = None
+    locked: int | None = None
 
 
 class EnvelopeError(NomyoError, ValueError):

@@ -1,46 +1,113 @@
 """Secure-memory helpers of the reference client, backed by the native core.
 
-Plaintext requests and replies, AES keys and private keys never pass through these
-helpers: they live in native buffers (``nomyo._core.SecretBuffer``) that are always
-locked when the OS allows, excluded from core dumps and zeroed on release. These helpers
-exist for callers who hold secrets of their own in a ``bytearray``: they lock its pages and
-wipe it with writes the compiler cannot remove (in Rust, not through CPython internals).
+Plaintext requests and replies and AES keys never pass through these helpers: they live in
+native buffers (``nomyo._core.SecretBuffer``) that are locked when the OS allows, excluded
+from core dumps and zeroed on release. How hard a client insists on the lock is its
+``secure_memory=`` (see :func:`secure_memory_mode`): ``"require"`` refuses a request whose
+buffers cannot be locked (:class:`~nomyo.SecureMemoryError`) instead of running unlocked.
+:func:`get_memory_protection_info` reports what this process actually got.
+
+The other helpers exist for callers who hold secrets of their own in a ``bytearray``: they
+lock its pages and wipe it with writes the compiler cannot remove (in Rust, not through
+CPython internals).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from . import _core
+from ._exceptions import ConfigurationError
 
 __all__ = [
+    "ENV_SECURE_MEMORY",
     "SecureBuffer",
+    "SecureMemoryMode",
+    "SecureMemoryOption",
     "disable_core_dumps",
     "disable_secure_memory",
     "enable_secure_memory",
     "get_memory_protection_info",
     "secure_bytearray",
     "secure_bytes",
+    "secure_memory_mode",
 ]
+
+#: Set to ``require`` to make every client of the process fail closed (whatever its
+#: ``secure_memory=`` argument), so that an operator can insist without changing code.
+ENV_SECURE_MEMORY = "NOMYO_SECURE_MEMORY"
+
+#: What a client's ``secure_memory=`` takes: True (best effort, the default), False (no
+#: locking, zeroing only) or ``"require"`` (fail closed); the names below are accepted too.
+SecureMemoryOption = bool | Literal["require", "best_effort", "off"]
+
+#: The native policy a client's secret buffers are made under.
+SecureMemoryMode = Literal["off", "best_effort", "require"]
+
+_MODES: dict[object, SecureMemoryMode] = {
+    True: "best_effort",
+    False: "off",
+    "best_effort": "best_effort",
+    "off": "off",
+    "require": "require",
+}
 
 logger = logging.getLogger("nomyo")
 _lock = threading.Lock()
 _enabled = True
 
 
+def secure_memory_mode(value: object) -> SecureMemoryMode:
+    """The native policy of a client's ``secure_memory=`` argument (and the environment).
+
+    True is best effort (lock when the OS allows, carry on otherwise: the reference
+    client's meaning), False locks nothing (buffers are still zeroed), ``"require"`` fails
+    closed. ``NOMYO_SECURE_MEMORY=require`` turns every client into ``"require"``;
+    ``best_effort`` or an empty value there changes nothing.
+
+    Raises:
+        ConfigurationError: an unknown value, in the argument or the environment.
+    """
+    mode = _MODES.get(value) if isinstance(value, (bool, str)) else None
+    if mode is None:
+        raise ConfigurationError(f"secure_memory must be True, False or 'require', not {value!r}")
+    env = os.environ.get(ENV_SECURE_MEMORY, "").strip().lower()
+    if env == "require":
+        return "require"
+    if env not in ("", "best_effort"):
+        raise ConfigurationError(
+            f"{ENV_SECURE_MEMORY} must be 'require' (or 'best_effort' or empty), not {env!r}"
+        )
+    return mode
+
+
 def get_memory_protection_info() -> dict[str, Any]:
-    """Report what this platform actually grants, probed with a real native buffer.
+    """Report what this process has actually achieved for secret memory.
+
+    ``protection_level`` is ``"full"`` while every secret buffer that was to be locked was
+    locked and excluded from core dumps, ``"partial"`` as soon as one was not (best effort
+    carried on without), and ``"zeroing_only"`` when nothing can be locked at all.
 
     Returns:
         A dict with the reference client's keys (``enabled``, ``platform``,
         ``protection_level``, ``has_memory_locking``, ``has_secure_zeroing``,
-        ``supports_full_protection``, ``page_size``) plus ``has_dump_exclusion``,
-        ``memlock_limit`` and ``backend``.
+        ``supports_full_protection``, ``page_size``), plus: ``backend``,
+        ``has_dump_exclusion``, ``has_wipe_on_fork``; the limits: ``memlock_limit`` and
+        ``memlock_hard_limit`` (bytes, None = unlimited), ``has_ipc_lock`` (then the limit
+        does not apply), ``locked_bytes`` (locked by this process now), ``lockable_bytes``
+        (more that can be locked now, None = unbounded), ``largest_lockable_request`` (JSON
+        bytes of the largest request whose buffers can all be locked now, None = unbounded);
+        and counters since the process started: ``secret_buffers_locked``,
+        ``secret_buffers_not_locked``, ``secret_buffers_unlocked_by_choice``
+        (``secure_memory=False``), ``secret_buffers_not_dump_excluded``,
+        ``secret_bytes_locked``, ``secret_bytes_not_locked``, ``lock_failures``,
+        ``dump_exclusion_failures``, ``require_refusals``.
     """
     info = dict(_core.memory_protection_info())
     info["enabled"] = _enabled
