@@ -297,3 +297,52 @@ def test_fresh_make_sh_fixtures_verify_as_expected(tmp_path: Path) -> None:
     old = json.loads(old_path.read_text())["tpm_attestation"]
     assert fresh["aik_pubkey_b64"] != old["aik_pubkey_b64"]
     assert fresh["pcr_values"] == old["pcr_values"]
+
+
+# --- a pinned AIK (issue 18, finding 1) -------------------------------------------------------
+
+
+def _aik_fingerprint_by_tpm2_tools(tpm: SwtpmAttestation, tmp_path: Path) -> str:
+    """What an operator gets from the AK's public part: tpm2_print | openssl | sha256."""
+    import base64
+    import hashlib
+
+    public = tmp_path / "ak.tpm2b_public"
+    public.write_bytes(base64.b64decode(tpm("aik-export")["aik_pubkey_b64"]))
+    pem = subprocess.run(
+        ["tpm2_print", "-t", "TPM2B_PUBLIC", "-f", "pem", str(public)],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(pem)
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def test_pinned_aik_accepts_the_tpm_and_refuses_another_key(
+    router: RouterThread, tpm: SwtpmAttestation, tmp_path: Path
+) -> None:
+    pin = _aik_fingerprint_by_tpm2_tools(tpm, tmp_path)
+
+    async def chat(trusted: str) -> Any:
+        async with nomyo.SecureChatCompletion(
+            router.url, allow_http=True, attestation="require", trusted_aik=trusted
+        ) as c:  # random payload ids: a fresh quote per request
+            return await c.create("m", [{"role": "user", "content": "pinned tpm"}])
+
+    reply = asyncio.run(chat(pin))
+    result = reply["_metadata"]["attestation_verification"]
+    assert result["aik_fingerprint"] == pin
+    assert result["valid"] and result["aik_trusted"] and result["genuine_tpm_proven"]
+    with pytest.raises(nomyo.SecurityError, match="aik_untrusted"):
+        asyncio.run(chat("sha256:" + "00" * 32))
+    with nomyo.SyncSecureChatCompletion(
+        router.url, allow_http=True, attestation="require", trusted_aik=[pin]
+    ) as sync:
+        sync_reply = sync.create("m", [{"role": "user", "content": "pinned tpm"}])
+    assert sync_reply["_metadata"]["attestation_verification"]["genuine_tpm_proven"]
