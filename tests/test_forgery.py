@@ -53,11 +53,49 @@ def aik_fingerprint(block: dict[str, Any], payload_id: str = PAYLOAD_ID) -> str:
 ROUTER_AIK = aik_fingerprint(GENUINE["tpm_attestation"])
 
 
+class QuoteForger:
+    """What make.sh did for ``forged/``, for any payload id: the router's quote with its
+    qualifying data replaced, re-signed by a plain software RSA key, and a hand-built
+    TPM2B_PUBLIC for that key claiming ``fixedTPM|restricted|sign``."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        modulus = self.key.public_key().public_numbers().n.to_bytes(256, "big")
+        area = struct.pack(">HHIH", 0x0001, 0x000B, 0x00050072, 0)  # no auth policy
+        area += struct.pack(">HHHHI", 0x0010, 0x0014, 0x000B, 2048, 0)  # RSASSA-SHA256
+        area += struct.pack(">H", len(modulus)) + modulus
+        self.public = struct.pack(">H", len(area)) + area
+
+    def __call__(self, payload_id: str) -> dict[str, Any]:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        block = dict(GENUINE["tpm_attestation"])
+        quote = bytearray(base64.b64decode(block["quote_b64"]))
+        (signer_size,) = struct.unpack_from(">H", quote, 6)
+        at = 8 + signer_size  # extraData: u16 size, then the bytes
+        assert struct.unpack_from(">H", quote, at)[0] == 16
+        quote[at + 2 : at + 18] = hashlib.sha256(payload_id.encode()).digest()[:16]
+        signature = self.key.sign(bytes(quote), padding.PKCS1v15(), hashes.SHA256())
+        block["quote_b64"] = base64.b64encode(bytes(quote)).decode()
+        block["signature_b64"] = base64.b64encode(
+            struct.pack(">HHH", 0x0014, 0x000B, len(signature)) + signature
+        ).decode()
+        block["aik_pubkey_b64"] = base64.b64encode(self.public).decode()
+        return block
+
+
+FORGE = QuoteForger()
+
+
 def forged_reply(payload_id: str, claim: bool) -> dict[str, Any]:
+    quote = FORGED["tpm_attestation"] if payload_id == PAYLOAD_ID else FORGE(payload_id)
     metadata: dict[str, Any] = {
         "payload_id": payload_id,
         "security_tier": "standard",
-        "tpm_attestation": FORGED["tpm_attestation"],
+        "tpm_attestation": quote,
     }
     if claim:
         metadata["attestation_verification"] = dict(CLAIMED)
@@ -195,6 +233,56 @@ def test_v1_alone_accepts_the_forgery(router: RouterThread, intermediary: Interm
         assert tool_name(reply) == "run_shell"
         result = reply["_metadata"]["attestation_verification"]
         assert result["valid"] and not result["aik_trusted"] and not result["genuine_tpm_proven"]
+    assert intermediary.forged == 2
+
+
+def test_v1_alone_accepts_a_forgery_for_any_request(
+    router: RouterThread, intermediary: Intermediary
+) -> None:
+    """As the review ran it: the chat API (a random payload id per request), the server key
+    pinned, attestation verified; the intermediary forges a fresh quote per request."""
+    pin = router.router.public_key.fingerprint()
+
+    async def go() -> Any:
+        async with nomyo.SecureChatCompletion(
+            intermediary.url, allow_http=True, server_key_fingerprint=pin, attestation="require"
+        ) as chat:
+            return await chat.create("m", [{"role": "user", "content": "list my files"}])
+
+    reply = asyncio.run(go())
+    assert tool_name(reply) == "run_shell"
+    assert reply["_metadata"]["attestation_verification"]["valid"]
+    assert reply["_metadata"]["payload_id"] != PAYLOAD_ID
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"attestation": "require", "trusted_aik": ROUTER_AIK},
+        {"reply_binding": "require"},
+    ],
+    ids=["trusted_aik", "reply_binding"],
+)
+def test_chat_api_refuses_the_forgery(
+    router: RouterThread, intermediary: Intermediary, options: dict[str, Any]
+) -> None:
+    pin = router.router.public_key.fingerprint()
+
+    async def go() -> Any:
+        async with nomyo.SecureChatCompletion(
+            intermediary.url, allow_http=True, server_key_fingerprint=pin, **options
+        ) as chat:
+            return await chat.create("m", [{"role": "user", "content": "list my files"}])
+
+    with pytest.raises(nomyo.SecurityError):
+        asyncio.run(go())
+    with (
+        nomyo.SyncSecureChatCompletion(
+            intermediary.url, allow_http=True, server_key_fingerprint=pin, **options
+        ) as chat,
+        pytest.raises(nomyo.SecurityError),
+    ):
+        chat.create("m", [{"role": "user", "content": "list my files"}])
     assert intermediary.forged == 2
 
 
