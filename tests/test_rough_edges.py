@@ -435,8 +435,8 @@ def test_6_silent_in_an_application_without_logging(tmp_path: Path) -> None:
 def test_6_nomyo_log_turns_output_on(tmp_path: Path) -> None:
     proc = run_program(_QUIET_PROGRAM, str(tmp_path / "keys"), env={"NOMYO_LOG": "info"})
     assert proc.returncode == 0, proc.stderr
-    assert "nomyo INFO request " in proc.stderr and "retry 1/2" in proc.stderr
-    assert "saved without a password" in proc.stderr  # a warning, shown at info
+    assert "nomyo INFO request " in proc.stderr and "retry 1/2" in proc.stderr, proc.stderr
+    assert "saved without a password" in proc.stderr, proc.stderr  # a warning, shown at info
 
 
 def test_6_retries_are_logged_at_info(
