@@ -82,7 +82,9 @@ class ResponseObject(dict[str, Any]):
         super().__init__(*args, **kwargs)
         children = type(self)._children
         for key, item in self.items():
-            if type(item) is dict or type(item) is list:
+            if isinstance(item, list) or (
+                isinstance(item, dict) and not isinstance(item, ResponseObject)
+            ):
                 dict.__setitem__(self, key, _convert(item, children.get(key, ResponseObject)))
 
     @classmethod
