@@ -1,10 +1,12 @@
-"""Every usage example in README.md runs as written (against a local HTTPS dev router)."""
+"""Every usage example in README.md runs as written (against a local HTTPS dev router), and so
+does its "Try it locally" path."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -16,12 +18,18 @@ import pytest
 
 from nomyo.testing import DevRouter, RouterThread, make_test_certificates
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-PUBLIC_URL = "https://api.nomyo.ai"
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
 
 
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+def blocks(lang: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def section(title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, flags=re.S | re.M)
+    assert match is not None, title
+    return match.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,16 @@ def https_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rou
         yield handle, certs.ca_cert
 
 
+def clean_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NOMYO_") and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+    }
+
+
 def env_for(url: str, ca: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
-    return {**env, "NOMYO_BASE_URL": url, "SSL_CERT_FILE": ca}
+    return {**clean_env(), "NOMYO_BASE_URL": url, "SSL_CERT_FILE": ca}
 
 
 def test_readme_has_the_two_commands() -> None:
@@ -82,17 +97,19 @@ def commands() -> list[str]:
 
 
 def run_cli(line: str, url: str, ca: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    line = line.replace(PUBLIC_URL, url)
     stdin = None
     if "|" in line:
         producer, line = (part.strip() for part in line.split("|", 1))
         stdin = " ".join(shlex.split(producer)[1:]) + "\n"
     argv = shlex.split(line)
     assert argv[0] == "nomyo"
+    env = env_for(url, ca)
+    # As in the README's shell, with .venv/bin/activate: `python` is the venv's.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     return subprocess.run(
         [sys.executable, "-m", "nomyo", *argv[1:]],
         input=stdin,
-        env=env_for(url, ca),
+        env=env,
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -113,7 +130,7 @@ def wait_for(url: str, timeout: float = 20.0) -> httpx.Response:
 
 
 def run_server(line: str, url: str, ca: str, cwd: Path, probe: str) -> httpx.Response:
-    argv = shlex.split(line.replace(PUBLIC_URL, url))
+    argv = shlex.split(line)
     proc = subprocess.Popen(
         [sys.executable, "-m", "nomyo", *argv[1:]],
         env=env_for(url, ca),
@@ -153,7 +170,73 @@ def test_console_examples(https_router: tuple[RouterThread, str], tmp_path: Path
                 assert "hello" in proc.stdout
             if "keys trust" in line:
                 assert handle.router.public_key.fingerprint() in proc.stdout
+            if line.startswith("nomyo run"):
+                assert proc.stdout.strip() == "Qwen/Qwen3-0.6B"
             if "server-fingerprint" in line:
                 assert proc.stdout.strip() == handle.router.public_key.fingerprint()
         seen.add(sub)
-    assert seen == {"chat", "keys", "serve-dev", "proxy"}
+    assert seen == {"chat", "keys", "serve-dev", "proxy", "run"}
+
+
+def test_try_it_locally_works_as_written(tmp_path: Path) -> None:
+    """The README's local path, run literally in two shells with a fresh home directory."""
+    if not (REPO / ".venv" / "bin" / "activate").is_file():
+        pytest.skip("no .venv/ in the checkout (made by `make demo`)")
+    server_block, client_block = blocks("bash", section("Try it locally"))
+    assert "nomyo serve-dev --tls" in server_block
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**clean_env(), "HOME": str(home)}
+    env.pop("XDG_CONFIG_HOME", None)
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO / ".venv"))
+    )
+    shell = subprocess.Popen(
+        ["bash", "-c", server_block],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert shell.stdout is not None
+        printed = []
+        for line in shell.stdout:
+            if line.startswith("export "):
+                printed.append(line.rstrip("\n"))
+            if len(printed) == 2:
+                break
+        # the two lines it prints are the README's (with $HOME as this home directory)
+        readme_exports = [
+            line.replace("$HOME", str(home))
+            for line in client_block.splitlines()
+            if line.startswith("export ")
+        ]
+        assert printed == readme_exports, shell.stderr.read() if shell.stderr else ""
+
+        second = subprocess.run(
+            ["bash", "-e", "-c", client_block],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert second.returncode == 0, second.stderr
+        assert second.stdout == "Hello over local HTTPS\n"
+        assert "https://127.0.0.1:12434" in second.stderr  # the summary line names the router
+
+        # "every example below runs unchanged: save one as example.py, python example.py"
+        (tmp_path / "example.py").write_text(blocks("python")[0])
+        example = subprocess.run(
+            ["bash", "-e", "-c", f"{client_block}\npython {tmp_path / 'example.py'}\n"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert example.returncode == 0, example.stderr
+        assert example.stdout.splitlines()[-2:] == ["What is the capital of France?", "True"]
+    finally:
+        os.killpg(shell.pid, signal.SIGINT)  # Ctrl-C in the first shell
+        _, stderr = shell.communicate(timeout=30)
+    assert shell.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert (home / ".config" / "nomyo" / "dev-tls" / "ca.pem").is_file()
