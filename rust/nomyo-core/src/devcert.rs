@@ -9,6 +9,7 @@
 //! certificate and is dropped, so the CA cannot issue anything else.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
@@ -18,6 +19,7 @@ use pkcs8::der::pem::{self, LineEnding};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::keys::write_new_file;
 
 /// The PEM text of a development CA, a server certificate it signed, and the server's key.
 pub struct DevCertificates {
@@ -120,6 +122,20 @@ pub fn make_dev_certificates(days: u32) -> Result<DevCertificates> {
         cert_pem: to_pem("CERTIFICATE", &cert_der)?,
         key_pem: Zeroizing::new(to_pem("PRIVATE KEY", &server_pkcs8)?),
     })
+}
+
+/// Make the certificates ([`make_dev_certificates`]) and write them, each atomically and
+/// replacing what is there: `ca_path` and `cert_path` 0644, the server's key `key_path` 0600.
+pub fn write_dev_certificates(
+    ca_path: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+    days: u32,
+) -> Result<()> {
+    let certs = make_dev_certificates(days)?;
+    write_new_file(key_path, certs.key_pem.as_bytes(), true, 0o600)?;
+    write_new_file(cert_path, certs.cert_pem.as_bytes(), true, 0o644)?;
+    write_new_file(ca_path, certs.ca_pem.as_bytes(), true, 0o644)
 }
 
 fn generate(rng: &SystemRandom) -> Result<(EcdsaKeyPair, Zeroizing<Vec<u8>>)> {
@@ -278,6 +294,25 @@ mod tests {
     fn long_lengths() {
         assert_eq!(&tlv(0x04, &[0; 200])[..3], &[0x04, 0x81, 200]);
         assert_eq!(&tlv(0x04, &[0; 300])[..4], &[0x04, 0x82, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn writes_the_three_files() {
+        let dir = std::env::temp_dir().join(format!("nomyo-devcert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, cert, key) = (dir.join("ca.pem"), dir.join("s.pem"), dir.join("k.pem"));
+        write_dev_certificates(&ca, &cert, &key, 1).unwrap();
+        write_dev_certificates(&ca, &cert, &key, 1).unwrap(); // replaces
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(std::fs::read_to_string(&cert)
+            .unwrap()
+            .contains("CERTIFICATE"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -18,11 +18,6 @@ pub fn write_dev_certificates(
     key_path: PathBuf,
     days: u32,
 ) -> PyResult<()> {
-    py.detach(|| {
-        let certs = nomyo_core::devcert::make_dev_certificates(days)?;
-        nomyo_core::keys::write_new_file(&key_path, certs.key_pem.as_bytes(), true, 0o600)?;
-        nomyo_core::keys::write_new_file(&cert_path, certs.cert_pem.as_bytes(), true, 0o644)?;
-        nomyo_core::keys::write_new_file(&ca_path, certs.ca_pem.as_bytes(), true, 0o644)
-    })
-    .py_err()
+    py.detach(|| nomyo_core::devcert::write_dev_certificates(&ca_path, &cert_path, &key_path, days))
+        .py_err()
 }
