@@ -135,6 +135,8 @@ def chat(
     return result
 
 
+NOMYO = [sys.executable, "-m", "nomyo"]
+
 FLAVOURS = [
     pytest.param("async", {}, id="async-native"),
     pytest.param("sync", {}, id="sync-native"),
@@ -243,6 +245,37 @@ def test_native_policy_names_are_checked() -> None:
     assert issubclass(SecureMemoryError, SecurityError)
 
 
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "code"), [(1000, 0), (BIG_REQUEST, 4)])
+def test_chat_secure_memory_require(size: int, code: int) -> None:
+    proc = subprocess.run(
+        [*_caps_dropped_prefix(), *NOMYO, "chat", "--local", "--secure-memory", "require"],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_MEMLOCK, (SMALL, SMALL)),
+        input="hello " + "x" * size,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == code, proc.stderr[-2000:]
+    if code:
+        assert "secure_memory='require'" in proc.stderr and "ulimit -l" in proc.stderr
+        assert "xxxx" not in proc.stderr
+    else:
+        assert "hello" in proc.stdout
+
+
+def test_secure_memory_option_on_proxy_and_run() -> None:
+    for command in ("proxy", "run"):
+        proc = subprocess.run(
+            [*NOMYO, command, "--help"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0
+        assert "--secure-memory {require,best-effort,off}" in proc.stdout
+
+
 # -- nomyo doctor ---------------------------------------------------------------------------
 
 DOCTOR = [sys.executable, "-m", "nomyo", "doctor"]
@@ -291,8 +324,6 @@ def test_doctor_redacts_proxy_passwords(monkeypatch: pytest.MonkeyPatch) -> None
 
 # -- core dumps -----------------------------------------------------------------------------
 
-CANARY = 4096  # a page of plaintext (see the report: smaller copies leave a stack residue)
-
 # Holds one canary only in a secret buffer (read from the pipe straight into a bytearray,
 # copied into secret memory, the bytearray wiped) and one in an ordinary bytes object.
 HOLDER = r"""
@@ -314,13 +345,16 @@ os.read(0, 1)  # until the parent closes the pipe
 """
 
 
-def test_core_dump_holds_the_control_canary_but_not_the_secret(tmp_path: Path) -> None:
+# 32 bytes: an AES key's size, copied through vector registers (which lazy symbol binding
+# saves to the stack unless the native code clears them); 4096: a page of plaintext.
+@pytest.mark.parametrize("size", [32, 4096])
+def test_core_dump_holds_the_control_canary_but_not_the_secret(tmp_path: Path, size: int) -> None:
     gcore = shutil.which("gcore")
     if gcore is None:
         pytest.skip("gcore (Debian's gdb) is not installed: run scripts/install-system-deps.sh")
-    secret, control = os.urandom(CANARY), os.urandom(32)
+    secret, control = os.urandom(size), os.urandom(32)
     child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(CANARY)],
+        [sys.executable, "-c", HOLDER, str(size)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -350,5 +384,5 @@ def test_core_dump_holds_the_control_canary_but_not_the_secret(tmp_path: Path) -
     assert len(data) > 1 << 20
     assert control in data, "the control canary in a Python object must be in the dump"
     # Not the canary, and not any 16-byte piece of it.
-    leaked = [i for i in range(0, CANARY, 16) if secret[i : i + 16] in data]
+    leaked = [i for i in range(0, size, 16) if secret[i : i + 16] in data]
     assert not leaked, f"pieces of the secret buffer's canary are in the dump at {leaked[:8]}"

@@ -45,8 +45,10 @@ impl PySecretBuffer {
                 if let Ok(ba) = d.cast::<PyByteArray>() {
                     // SAFETY: no Python code runs while the slice is borrowed.
                     let src = unsafe { ba.as_bytes_mut() };
-                    buf.extend_from_slice(src).py_err()?;
+                    let copied = buf.extend_from_slice(src);
                     zeroize::Zeroize::zeroize(src);
+                    nomyo_core::secret::scrub();
+                    copied.py_err()?;
                 } else if let Ok(b) = d.cast::<PyBytes>() {
                     buf.extend_from_slice(b.as_bytes()).py_err()?;
                 } else {

@@ -73,7 +73,10 @@ fn seal_buf<'py>(
             std::ptr::write_bytes(data, 0, len);
             std::slice::from_raw_parts_mut(data, len)
         };
-        envelope::seal_in_place_into(&mut buf, &recipient.inner, processed_at.as_ref(), out)
+        let sealed =
+            envelope::seal_in_place_into(&mut buf, &recipient.inner, processed_at.as_ref(), out);
+        nomyo_core::secret::scrub();
+        sealed
     })
     .py_err()?;
     Ok(bytes)
@@ -90,8 +93,10 @@ pub fn seal_json<'py>(
     secure_memory: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let ts = timestamp(processed_at)?;
+    let plaintext = nomyo_core::secret::with_policy(policy(secure_memory)?, || json::dumps(obj));
+    nomyo_core::secret::scrub();
     nomyo_core::secret::with_policy(policy(secure_memory)?, || {
-        seal_buf(py, json::dumps(obj)?, recipient, ts)
+        seal_buf(py, plaintext?, recipient, ts)
     })
 }
 
@@ -145,9 +150,11 @@ pub fn open_json<'py>(
     let policy = policy(secure_memory)?;
     let opened = py
         .detach(|| {
-            nomyo_core::secret::with_policy(policy, || {
+            let opened = nomyo_core::secret::with_policy(policy, || {
                 envelope::open(envelope, &key.inner, max_size)
-            })
+            });
+            nomyo_core::secret::scrub();
+            opened
         })
         .py_err()?;
     opened_to_py(py, opened)
@@ -177,7 +184,11 @@ pub fn open_bytes(
 ) -> PyResult<PySecretBuffer> {
     let max_size = size_limit(max_size)?;
     let opened = py
-        .detach(|| envelope::open(envelope, &key.inner, max_size))
+        .detach(|| {
+            let opened = envelope::open(envelope, &key.inner, max_size);
+            nomyo_core::secret::scrub();
+            opened
+        })
         .py_err()?;
     Ok(PySecretBuffer::from_buf(opened.plaintext))
 }
@@ -186,6 +197,7 @@ pub fn open_bytes(
 #[pyfunction]
 #[pyo3(signature = (obj, *, secure_memory = "best_effort"))]
 pub fn dumps(obj: &Bound<'_, PyAny>, secure_memory: &str) -> PyResult<PySecretBuffer> {
-    let buf = nomyo_core::secret::with_policy(policy(secure_memory)?, || json::dumps(obj))?;
-    Ok(PySecretBuffer::from_buf(buf))
+    let buf = nomyo_core::secret::with_policy(policy(secure_memory)?, || json::dumps(obj));
+    nomyo_core::secret::scrub();
+    Ok(PySecretBuffer::from_buf(buf?))
 }

@@ -196,10 +196,11 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
         Body::Raw(bytes) => bytes,
         Body::Seal(mut plaintext, key) => {
             let mut out = vec![0u8; envelope::sealed_len(plaintext.len(), &key, None)];
-            secret::with_policy(job.policy, || {
+            let sealed = secret::with_policy(job.policy, || {
                 envelope::seal_in_place_into(&mut plaintext, &key, None, &mut out)
-            })
-            .map_err(Failure::Core)?;
+            });
+            secret::scrub();
+            sealed.map_err(Failure::Core)?;
             out
         }
     };
@@ -223,9 +224,13 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
     let (body, opened) = match job.open {
         Some((key, max_size)) if response.status == 200 => (
             Vec::new(),
-            Some(secret::with_policy(job.policy, || {
-                envelope::open(&response.body, &key, max_size)
-            })),
+            Some({
+                let opened = secret::with_policy(job.policy, || {
+                    envelope::open(&response.body, &key, max_size)
+                });
+                secret::scrub();
+                opened
+            }),
         ),
         _ => (response.body, None),
     };
@@ -335,11 +340,12 @@ impl PyTransport {
                 return Err(PyValueError::new_err("pass either body or seal, not both"))
             }
             (Some(raw), None) => Body::Raw(raw.to_vec()),
-            (None, Some((payload, key))) => Body::Seal(
+            (None, Some((payload, key))) => {
                 // Serialized here (before anything is sent) under the transport's policy.
-                secret::with_policy(self.policy, || json::dumps(payload))?,
-                key.get().inner.clone(),
-            ),
+                let plaintext = secret::with_policy(self.policy, || json::dumps(payload));
+                secret::scrub();
+                Body::Seal(plaintext?, key.get().inner.clone())
+            }
             (None, None) => Body::Empty,
         };
         Ok(Job {
