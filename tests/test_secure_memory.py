@@ -4,8 +4,9 @@ Each client runs in a subprocess whose memlock limit is set with ``setrlimit`` b
 starts and, when the tests run as root, without ``CAP_IPC_LOCK`` (``setpriv`` drops it from
 the bounding and inheritable sets, so the new program does not get it in its permitted or
 effective set either). The development router runs in this process and counts what it
-receives. A core-dump test takes ``gcore`` of a live process that holds one canary only in a
-secret buffer and another in an ordinary Python object.
+receives. The core-dump tests dump a live process (with ``gcore``, and by the kernel on
+SIGABRT) that holds one canary only in a secret buffer and another in an ordinary Python
+object: the control must be in the dump, no 16-byte piece of the secret may be.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -327,9 +329,12 @@ def test_doctor_redacts_proxy_passwords(monkeypatch: pytest.MonkeyPatch) -> None
 # Holds one canary only in a secret buffer (read from the pipe straight into a bytearray,
 # copied into secret memory, the bytearray wiped) and one in an ordinary bytes object.
 HOLDER = r"""
-import os, sys
+import os, resource, sys
 from nomyo import _core
 n = int(sys.argv[1])
+if sys.argv[2] == "kernel":  # let the kernel write a core file when SIGABRT arrives
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
 secret = bytearray(n)
 view = memoryview(secret)
 got = 0
@@ -345,19 +350,47 @@ os.read(0, 1)  # until the parent closes the pipe
 """
 
 
-# 32 bytes: an AES key's size, copied through vector registers (which lazy symbol binding
-# saves to the stack unless the native code clears them); 4096: a page of plaintext.
-@pytest.mark.parametrize("size", [32, 4096])
-def test_core_dump_holds_the_control_canary_but_not_the_secret(tmp_path: Path, size: int) -> None:
+def _gcore(pid: int, where: Path) -> None:
     gcore = shutil.which("gcore")
     if gcore is None:
         pytest.skip("gcore (Debian's gdb) is not installed: run scripts/install-system-deps.sh")
+    proc = subprocess.run(
+        [gcore, "-o", str(where / "core"), str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0 or not list(where.glob("core*")):
+        if "ptrace" in proc.stderr or "Operation not permitted" in proc.stderr:
+            pytest.skip(f"the kernel forbids ptrace here: {proc.stderr.strip()[-300:]}")
+        pytest.fail(f"gcore failed: {proc.stdout[-1000:]} {proc.stderr[-1000:]}")
+
+
+def _kernel_dump_possible() -> None:
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|") or "/" in pattern:
+        pytest.skip(f"core files go to {pattern!r} here, not to the process's directory")
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] == 0:
+        pytest.skip("the hard RLIMIT_CORE is 0: the kernel writes no core file")
+
+
+# 32 bytes: an AES key's size, copied through vector registers (which lazy symbol binding
+# saves to the stack unless the native code clears them); 4096: a page of plaintext.
+@pytest.mark.parametrize("size", [32, 4096])
+@pytest.mark.parametrize("dumper", ["gcore", "kernel"])
+def test_core_dump_holds_the_control_canary_but_not_the_secret(
+    tmp_path: Path, dumper: str, size: int
+) -> None:
+    if dumper == "kernel":
+        _kernel_dump_possible()
     secret, control = os.urandom(size), os.urandom(32)
     child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(size)],
+        [sys.executable, "-c", HOLDER, str(size), dumper],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        cwd=tmp_path,
     )
     assert child.stdin is not None and child.stdout is not None
     try:
@@ -365,21 +398,16 @@ def test_core_dump_holds_the_control_canary_but_not_the_secret(tmp_path: Path, s
         child.stdin.flush()
         line = child.stdout.readline().decode().split()
         assert line == ["ready", "True", "True"], line
-        proc = subprocess.run(
-            [gcore, "-o", str(tmp_path / "core"), str(child.pid)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        dumps = list(tmp_path.glob("core*"))
-        if proc.returncode != 0 or not dumps:
-            if "ptrace" in proc.stderr or "Operation not permitted" in proc.stderr:
-                pytest.skip(f"the kernel forbids ptrace here: {proc.stderr.strip()[-300:]}")
-            pytest.fail(f"gcore failed: {proc.stdout[-1000:]} {proc.stderr[-1000:]}")
+        if dumper == "gcore":
+            _gcore(child.pid, tmp_path)
+        else:
+            child.send_signal(signal.SIGABRT)
+            child.wait(timeout=60)
     finally:
         child.stdin.close()
         child.wait(timeout=30)
+    dumps = list(tmp_path.glob("core*"))
+    assert dumps, f"no core file in {tmp_path} (exit {child.returncode})"
     data = dumps[0].read_bytes()
     assert len(data) > 1 << 20
     assert control in data, "the control canary in a Python object must be in the dump"
