@@ -94,6 +94,11 @@ def send_raw(router: RouterThread, key_dir: str, payload: Any) -> dict[str, Any]
             "tool_call_id",
         ),
         (
+            [{"role": "user", "content": "hi"}, {"role": "assistant"}],
+            "messages[1].content",
+            "unless 'tool_calls'",
+        ),
+        (
             [{"role": "assistant", "tool_calls": [{"id": "c1"}]}],
             "messages[0].tool_calls[0]",
             "arguments",
@@ -182,6 +187,8 @@ def test_well_formed_conversations_pass(client: SyncSecureChatCompletion) -> Non
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
+    refused = [{"role": "user", "content": "x"}, {"role": "assistant", "refusal": "no"}]
+    assert client.create(MODEL, [*refused, {"role": "user", "content": "y"}]).choices
     reply = client.create(MODEL, conversation, tools=[WEATHER])
     assert reply.choices[0].message.content == "sunny"
     assert reply.choices[0].finish_reason == "stop"

@@ -118,7 +118,8 @@ def _check_message(message: Any, i: int) -> None:
         )
     has_calls = role == "assistant" and message.get("tool_calls") is not None
     _check_content(message.get("content"), f"{where}.content", required=role != "assistant")
-    if role == "assistant" and message.get("content") is None and not has_calls:
+    stands_in = ("tool_calls", "function_call", "refusal", "audio")  # for an assistant's content
+    if role == "assistant" and all(message.get(k) is None for k in ("content", *stands_in)):
         raise _invalid(
             f"Missing parameter: '{where}.content' is required unless 'tool_calls' is given.",
             f"{where}.content",
