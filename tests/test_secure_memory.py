@@ -11,6 +11,7 @@ object: the control must be in the dump, no 16-byte piece of the secret may be.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import resource
@@ -18,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +198,61 @@ def test_require_serves_a_request_that_fits_a_small_limit(router: RouterThread) 
     assert after["secret_buffers_locked"] > 0
     assert after["secret_buffers_not_locked"] == 0
     assert after["require_refusals"] == 0
+    assert after["protection_level"] == "full"
+
+
+class _BigReplyUpstream(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible upstream whose completion is BIG_REQUEST bytes of text."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(
+            {
+                "id": "chatcmpl-big",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "y" * BIG_REQUEST},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("flavour", "env"), FLAVOURS)
+def test_require_refuses_to_open_a_reply_too_large_to_lock(
+    flavour: str, env: dict[str, str]
+) -> None:
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BigReplyUpstream)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+        with DevRouter(key_bits=2048, api_keys=None, upstream=base).run_in_thread() as big:
+            result = chat(big, "require", 100, SMALL, flavour, env)
+            # The small request was sent; the reply's plaintext buffer could not be locked,
+            # so the reply was refused before it was decrypted into memory.
+            assert big.router.secure_requests == 1
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    assert result["ok"] is False and result["error"] == "SecureMemoryError", result
+    assert result["needed"] >= BIG_REQUEST
+    after = result["after"]
+    assert after["require_refusals"] >= 1
+    assert after["secret_buffers_not_locked"] == 0
     assert after["protection_level"] == "full"
 
 
