@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke bench-instructions wheel-check fuzz clean
+.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke bench-proxy bench-instructions wheel-check fuzz clean
 
 all: test
 
@@ -53,9 +53,15 @@ bench: build
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py $(BENCH_ARGS)
 
-bench-smoke: build
+bench-smoke: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py --smoke
+	$(PY) benches/proxy.py --smoke --out .cache/bench-smoke
+
+# nomyo proxy against the library, same router, same run (needs wrk: installed by system-deps).
+bench-proxy: build system-deps
+	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
+	$(PY) benches/proxy.py $(BENCH_ARGS)
 
 # Instructions per request under valgrind (repeatable where CPU time is not; needs valgrind).
 bench-instructions: build

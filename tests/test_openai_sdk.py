@@ -68,15 +68,18 @@ def sdk(url: str, key: _core.PrivateKey, max_retries: int = 0, **kwargs: Any) ->
 
 
 def test_the_sdk_accepts_our_client_class() -> None:
+    # Newer SDKs build on httpx2 (openai.DefaultHttpxClient subclasses httpx2.Client); older
+    # ones on httpx itself. Ours is a client of the one the installed SDK builds on.
+    from nomyo._openai import sdk_http
+
+    http = sdk_http()
+    assert http.__name__ == openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0]
     client = nomyo.openai_http_client("https://router.invalid")
-    assert isinstance(client, httpx.Client)
-    assert isinstance(client._transport, httpx.BaseTransport)
-    # Newer SDKs build on httpx2 (openai.DefaultHttpxClient subclasses httpx2.Client) and
-    # still accept a plain httpx.Client; older ones build on httpx itself. Either way the
-    # constructor must not refuse ours (it raises TypeError for anything else).
+    assert isinstance(client, http.Client)
+    assert isinstance(client._transport, http.BaseTransport)
     openai.OpenAI(api_key="x", http_client=client).close()
     async_client = nomyo.openai_async_http_client("https://router.invalid")
-    assert isinstance(async_client, httpx.AsyncClient)
+    assert isinstance(async_client, http.AsyncClient)
     asyncio.run(openai.AsyncOpenAI(api_key="x", http_client=async_client).close())
 
 
@@ -179,12 +182,21 @@ def test_models_and_unknown_endpoints(router: RouterThread, client_key: _core.Pr
         client.models.list()
 
 
-def test_stream_is_refused(router: RouterThread, client_key: _core.PrivateKey) -> None:
+def test_stream_is_emulated_with_one_sealed_request(
+    router: RouterThread, client_key: _core.PrivateKey
+) -> None:
+    # Streaming in depth (SDK, LangChain, bytes): tests/test_streaming.py.
     before = router.router.secure_requests
+    with sdk(router.url, client_key) as client:
+        stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == MESSAGES[0]["content"]
+    assert router.router.secure_requests == before + 1
     with sdk(router.url, client_key) as client, pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
-    assert info.value.code == "stream_not_supported"
-    assert router.router.secure_requests == before
+        client.chat.completions.create(
+            model="m", messages=MESSAGES, stream_options={"include_usage": True}
+        )
+    assert info.value.param == "stream_options"
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,6 @@ def test_serve_dev_refuses_non_loopback_without_flag() -> None:
 
 
 def test_relays_refuse_client_settings_in_the_body() -> None:
-    import httpx
 
     with DevRouter(key_bits=2048).run_in_thread() as handle:
         http = nomyo.openai_http_client(handle.url, allow_http=True)
@@ -101,4 +100,6 @@ def test_relays_refuse_client_settings_in_the_body() -> None:
             assert response.status_code == 400, field
             assert response.json()["error"]["param"] == field
         http.close()
-        assert isinstance(http, httpx.Client)
+        from nomyo._openai import sdk_http
+
+        assert isinstance(http, sdk_http().Client)

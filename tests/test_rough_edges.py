@@ -629,11 +629,6 @@ def test_11_user_program_type_checks_under_mypy_strict(tmp_path: Path) -> None:
     assert 'expression has type "Literal' in proc.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="openai >= 3 types http_client as httpx2.Client/AsyncClient; "
-    "nomyo.openai_http_client() is typed (and built) as an httpx.Client (nomyo/_openai.py)",
-)
 def test_11_openai_sdk_with_nomyo_http_client_type_checks(tmp_path: Path) -> None:
     program = tmp_path / "sdk_program.py"
     program.write_text(_TYPED_PROGRAM)

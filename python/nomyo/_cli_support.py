@@ -10,10 +10,14 @@ import os
 import signal
 import ssl
 import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from . import _core
 from ._constants import DEFAULT_BASE_URL
 from ._exceptions import (
     APIConnectionError,
@@ -25,6 +29,10 @@ from ._exceptions import (
     NomyoError,
     SecurityError,
 )
+from ._retry import is_certificate_failure
+
+if TYPE_CHECKING:
+    from .testing import DevCertificates
 
 __all__ = [
     "ENV_API_KEY",
@@ -40,15 +48,17 @@ __all__ = [
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "CLIError",
+    "ShutdownSignals",
     "client_transport",
     "describe_error",
     "display_url",
     "exit_code_for",
     "is_loopback_host",
+    "local_certificates",
     "parse_listen",
     "read_password",
+    "read_stdin_text",
     "resolve_base_url",
-    "wait_for_shutdown",
 ]
 
 EXIT_OK = 0
@@ -80,7 +90,7 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, CLIError):
         return exc.code
     if isinstance(exc, APIConnectionError):
-        return EXIT_SECURITY if _certificate_failure(exc) else EXIT_UNREACHABLE
+        return EXIT_SECURITY if is_certificate_failure(exc) else EXIT_UNREACHABLE
     if isinstance(exc, (SecurityError, EnvelopeError)):
         return EXIT_SECURITY
     if isinstance(exc, KeyFormatError):
@@ -92,23 +102,11 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
-def _certificate_failure(exc: BaseException) -> bool:
-    """True when a TLS certificate check is somewhere in the exception's causes."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def describe_error(exc: BaseException) -> str:
     """One line for stderr. nomyo's messages never hold keys, API keys or plaintext."""
     if isinstance(exc, CLIError):
         return exc.message
-    if isinstance(exc, APIConnectionError) and _certificate_failure(exc):
+    if isinstance(exc, APIConnectionError) and is_certificate_failure(exc):
         return f"the server's TLS certificate was refused (see --ca-file): {exc}"
     if isinstance(exc, APITimeoutError):
         return f"the server did not answer in time: {exc}"
@@ -155,18 +153,64 @@ def is_loopback_host(host: str) -> bool:
 
 
 def client_transport(url: str, ca_file: str | None) -> httpx.AsyncBaseTransport | None:
-    """A direct transport for loopback URLs, so that proxy variables never capture them.
+    """A direct transport for loopback URLs when a proxy is configured, so that proxy
+    variables never capture them.
 
-    Returns None (the default, environment-aware transport) for any other host. httpx
-    ignores ``HTTP(S)_PROXY`` when a transport is given, so its TLS settings go here.
+    Returns None (the client's own choice: the native engine, or httpx where the
+    environment names a proxy) for any other host, and for loopback when no proxy is
+    configured. httpx ignores ``HTTP(S)_PROXY`` when a transport is given, so its TLS
+    settings go here.
     """
+    from ._native import proxy_configured
+
     host = urlsplit(url).hostname
-    if host is None or not is_loopback_host(host):
+    if host is None or not is_loopback_host(host) or not proxy_configured():
         return None
     verify: ssl.SSLContext | bool = True
     if ca_file is not None:
         verify = ssl.create_default_context(cafile=ca_file)
     return httpx.AsyncHTTPTransport(verify=verify, trust_env=True)
+
+
+#: Validity of the certificates ``nomyo serve-dev --tls`` makes; renewed a day before the end.
+DEV_TLS_DAYS = 30
+
+
+def default_dev_tls_dir() -> Path:
+    """``$XDG_CONFIG_HOME/nomyo/dev-tls``, else ``~/.config/nomyo/dev-tls``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "nomyo" / "dev-tls"
+
+
+def local_certificates(directory: str | None) -> DevCertificates:
+    """The local CA and server certificate of ``serve-dev --tls`` in ``directory``.
+
+    Files made earlier are reused while they have more than a day left, so that a client
+    trusting ``ca.pem`` keeps working across restarts; otherwise new ones are made by the
+    native module (aws-lc: P-256 keys, ECDSA signatures), without ``cryptography`` or the
+    ``openssl`` tool. The paths returned are absolute.
+
+    Raises:
+        CLIError: the directory or the files cannot be written (exit code 1).
+    """
+    from .testing import DevCertificates
+
+    target = (Path(directory).expanduser() if directory else default_dev_tls_dir()).absolute()
+    certs = DevCertificates(
+        ca_cert=str(target / "ca.pem"),
+        cert=str(target / "server.pem"),
+        key=str(target / "server-key.pem"),
+    )
+    try:
+        if all(os.path.isfile(p) for p in (certs.ca_cert, certs.cert, certs.key)):
+            age = time.time() - os.stat(certs.cert).st_mtime
+            if 0 <= age < (DEV_TLS_DAYS - 1) * 86400 and _usable(certs):
+                return certs
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _core.write_dev_certificates(certs.ca_cert, certs.cert, certs.key, DEV_TLS_DAYS)
+    except OSError as exc:
+        raise CLIError(f"cannot write the TLS files in {target}: {exc.strerror or exc}") from None
+    return certs
 
 
 def parse_listen(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -191,6 +235,46 @@ def parse_listen(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]
     return host or default_host, int(port_text)
 
 
+def _usable(certs: DevCertificates) -> bool:
+    """The key belongs to the certificate, and the CA file loads (as OpenSSL sees them)."""
+    try:
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(certs.cert, certs.key)
+        ssl.create_default_context(cafile=certs.ca_cert)
+    except (ssl.SSLError, OSError, ValueError):
+        return False
+    return True
+
+
+def read_stdin_text() -> str:
+    """All of stdin, decoded as UTF-8 whatever the locale says (a leading BOM is dropped).
+
+    Raises:
+        CLIError: stdin is not valid UTF-8 (exit code 2).
+    """
+    stdin = sys.stdin
+    if stdin is None:
+        raise CLIError("no stdin to read from", EXIT_USAGE)
+    buffer = getattr(stdin, "buffer", None)
+    try:
+        if buffer is None:
+            return stdin.read()
+        return bytes(buffer.read()).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CLIError("stdin is not valid UTF-8", EXIT_USAGE) from None
+
+
+def _read_stdin_line(stdin: TextIO) -> str:
+    """One line of stdin, decoded as strict UTF-8 (stdin's own decoder may be lenient)."""
+    buffer = getattr(stdin, "buffer", None)
+    try:
+        if buffer is None:
+            return stdin.readline()
+        return bytes(buffer.readline()).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CLIError("stdin is not valid UTF-8", EXIT_USAGE) from None
+
+
 def read_password(*, confirm: bool = False) -> str:
     """Read a password for ``--password-stdin``: one line from stdin, or a hidden prompt.
 
@@ -203,27 +287,46 @@ def read_password(*, confirm: bool = False) -> str:
         if confirm and getpass.getpass("Repeat the password: ") != password:
             raise CLIError("the passwords do not match", EXIT_USAGE)
     else:
-        line = stdin.readline() if stdin is not None else ""
+        line = _read_stdin_line(stdin) if stdin is not None else ""
         password = line.rstrip("\r\n")
     if not password:
         raise CLIError("--password-stdin: no password was given on stdin", EXIT_USAGE)
     return password
 
 
-async def wait_for_shutdown() -> None:
-    """Return on SIGINT or SIGTERM (on platforms without signal handlers: never)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            continue
-        installed.append(sig)
-    try:
-        await stop.wait()
-    finally:
-        for sig in installed:
+class ShutdownSignals:
+    """SIGINT and SIGTERM caught from construction (inside the running loop) until ``close``.
+
+    Create it before a server says it is listening, so that a signal sent as soon as the
+    address is printed is not lost to the default handlers (on platforms without signal
+    handlers nothing is caught and ``wait`` never returns).
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._received: list[signal.Signals] = []
+        self._installed: list[signal.Signals] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                continue
+            self._installed.append(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._received.append(sig)
+        self._stop.set()
+
+    async def wait(self) -> int:
+        """Wait for the first signal; its exit code: 130 (interrupted) after SIGINT (Ctrl-C),
+        0 after SIGTERM (a service manager stopping the server)."""
+        await self._stop.wait()
+        return EXIT_INTERRUPTED if self._received[0] == signal.SIGINT else EXIT_OK
+
+    def close(self) -> None:
+        """Give the signals back to their previous handlers."""
+        for sig in self._installed:
             with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+                self._loop.remove_signal_handler(sig)
+        self._installed.clear()

@@ -27,7 +27,7 @@ from . import _core
 from ._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
 from ._exceptions import ConfigurationError
 
-__all__ = ["NativeTransport", "native_trust"]
+__all__ = ["NativeTransport", "native_trust", "proxy_configured"]
 
 _PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
 _USER_AGENT = f"nomyo-rs/{_core.__version__}"
@@ -38,7 +38,8 @@ Timeouts = tuple[float | None, float | None, float | None, float | None]
 _ORPHANED: list[_core.Transport] = []
 
 
-def _proxy_configured() -> bool:
+def proxy_configured() -> bool:
+    """A proxy is configured in the environment (or the system, where httpx reads it)."""
     if any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES):
         return True
     if sys.platform in ("darwin", "win32"):  # system proxy settings, as httpx reads them
@@ -62,7 +63,7 @@ def native_trust(verify: object, custom_http: bool) -> list[str] | None:
         raise ConfigurationError("certificate verification cannot be turned off")
     if choice == "httpx" or custom_http or isinstance(verify, ssl.SSLContext):
         return None
-    if _proxy_configured():
+    if proxy_configured():
         return None
     if isinstance(verify, (str, os.PathLike)):
         return [os.fspath(verify)]
@@ -145,12 +146,17 @@ class NativeTransport:
     Args:
         trust: CA files or folders (see :func:`native_trust`).
         timeouts: default ``(connect, read, write, pool)`` seconds, ``None`` for no limit.
+        secure_memory: the policy of the secret buffers sealing and opening make (``off``,
+            ``best_effort`` or ``require``).
     """
 
-    def __init__(self, trust: list[str], timeouts: Timeouts) -> None:
+    def __init__(
+        self, trust: list[str], timeouts: Timeouts, *, secure_memory: str = "best_effort"
+    ) -> None:
         self._trust = trust
         self._pid = os.getpid()
-        self._native = _core.Transport(trust)
+        self._secure_memory = secure_memory
+        self._native = _core.Transport(trust, secure_memory=secure_memory)
         self.timeouts = timeouts
 
     @property
@@ -159,7 +165,7 @@ class NativeTransport:
         frees) the parent's, whose locks and slots may be held by threads the child lacks."""
         if os.getpid() != self._pid:
             _ORPHANED.append(self._native)
-            self._native = _core.Transport(self._trust)
+            self._native = _core.Transport(self._trust, secure_memory=self._secure_memory)
             self._pid = os.getpid()
         return self._native
 

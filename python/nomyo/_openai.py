@@ -28,10 +28,15 @@ router error status (``APIError``)             same status, OpenAI error JSON (-
 ``SecurityError`` / ``EnvelopeError``          502, type ``security_error``, never retried
                                                (``x-should-retry: false``) (->
                                                ``InternalServerError``)
-``stream=True``, invalid ``security_tier``     400, ``invalid_request_error`` (->
+a malformed body, invalid ``security_tier``   400, ``invalid_request_error`` (->
                                                ``BadRequestError``)
 ``KeyFormatError`` (the local key)             raised unchanged through the SDK
 =============================================  ===============================================
+
+``stream=True`` is answered with OpenAI's event stream of the opened reply (the router is
+asked without streaming; see ``nomyo._stream``): the SDK's ``Stream`` of chunks, whose last
+chunk carries ``_metadata``. The body checks and error replies are ``nomyo._relay``'s, shared
+with ``nomyo proxy``.
 
 Retries are left to the SDK (``max_retries`` of ``openai.OpenAI``), which re-sends through
 the transport, so every try is encrypted afresh; the inner client does not retry unless
@@ -40,210 +45,178 @@ the transport, so every try is encrypted afresh; the inner client does not retry
 
 from __future__ import annotations
 
-import json
+import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 
 from . import _core
-from ._chat import RELAY_REFUSED_FIELDS, SecureChatCompletion, SyncSecureChatCompletion
-from ._exceptions import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    ConfigurationError,
-    EnvelopeError,
-    NomyoError,
-    SecurityError,
+from ._chat import SecureChatCompletion, SyncSecureChatCompletion
+from ._exceptions import APIConnectionError, APITimeoutError, KeyFormatError, NomyoError
+from ._relay import (
+    EVENT_STREAM,
+    ChatCall,
+    ErrorReply,
+    error_reply,
+    event_stream,
+    failure_reply,
+    parse_chat_body,
+    reply_headers,
 )
 from ._response import ChatCompletion
 from ._transport import default_timeout
+
+if TYPE_CHECKING:
+    # The clients are of the httpx the installed SDK builds on: httpx2 for openai 3.
+    try:
+        import httpx2 as _sdk_httpx
+    except ImportError:  # pragma: no cover - an SDK before openai 3
+        import httpx as _sdk_httpx  # type: ignore[no-redef]
+
+_T = TypeVar("_T")
 
 __all__ = [
     "AsyncOpenAITransport",
     "OpenAITransport",
     "openai_async_http_client",
     "openai_http_client",
+    "sdk_http",
 ]
 
-#: Fields of a request body that would reconfigure the client (redirect it, swap its key).
-REFUSED_FIELDS = RELAY_REFUSED_FIELDS
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    429: "rate_limit_error",
-}
+def sdk_http() -> ModuleType:
+    """The httpx the installed ``openai`` SDK is built on.
 
-
-@dataclass
-class _Call:
-    """A chat-completions request to forward: the arguments of ``create``."""
-
-    model: str
-    messages: list[Any]
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def _json_response(
-    request: httpx.Request,
-    status: int,
-    value: Any,
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    return httpx.Response(
-        status,
-        headers={"content-type": "application/json", **(headers or {})},
-        # Serialised in native memory: no intermediate str copy of a decrypted reply.
-        content=bytes(_core.dumps(value)),
-        request=request,
-    )
-
-
-def _error(
-    request: httpx.Request,
-    status: int,
-    message: str,
-    error_type: str | None = None,
-    *,
-    code: str | None = None,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    """An OpenAI-style error reply: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = error_type or _ERROR_TYPES.get(status, "api_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return _json_response(request, status, body, headers)
+    openai 3 builds on ``httpx2`` (its ``DefaultHttpxClient`` subclasses ``httpx2.Client``);
+    earlier versions, and no SDK at all, on ``httpx``. The clients and transports made here
+    are of that module, so the SDK's types, isinstance checks and exception mapping apply.
+    """
+    try:
+        import openai
+    except ImportError:
+        return httpx
+    default = getattr(openai, "DefaultHttpxClient", None)
+    for base in getattr(default, "__mro__", ()):
+        if base.__module__.split(".")[0] == "httpx2":
+            return importlib.import_module("httpx2")
+    return httpx
 
 
 class _OpenAIRouting:
-    """The non-I/O half of both transports: routing, request checks, reply and error mapping."""
+    """The non-I/O half of both transports: routing, request checks, reply and error mapping.
+
+    ``_http`` is the httpx module whose ``Response`` and exceptions the SDK expects (httpx,
+    or httpx2 for openai >= 3; see :func:`sdk_http`).
+    """
+
+    _http: ModuleType = httpx
 
     def __init__(self, models: Sequence[str] | None, forward_sdk_api_key: bool) -> None:
         self.models = list(models) if models is not None else None
         self.forward_sdk_api_key = forward_sdk_api_key
 
-    def _route(self, request: httpx.Request, api_key: str | None) -> _Call | httpx.Response:
+    def _response(self, status: int, **options: Any) -> httpx.Response:
+        # An httpx2.Response for an httpx2 client: typed as httpx's, whose API it has.
+        return cast("httpx.Response", self._http.Response(status, **options))
+
+    def _error(self, request: Any, reply: ErrorReply) -> httpx.Response:
+        headers = {"content-type": "application/json", **reply.headers}
+        return self._response(reply.status, headers=headers, content=reply.body, request=request)
+
+    def _json_response(self, request: Any, value: Any) -> httpx.Response:
+        return self._response(
+            200,
+            headers={"content-type": "application/json"},
+            # Serialised in native memory: no intermediate str copy of a decrypted reply.
+            content=bytes(_core.dumps(value)),
+            request=request,
+        )
+
+    def _route(self, request: httpx.Request, api_key: str | None) -> ChatCall | httpx.Response:
         """A call to forward, or the ready answer (models, errors)."""
         path = request.url.path.rstrip("/")
         if path.endswith("/chat/completions") or path == "/chat/completions":
             if request.method != "POST":
-                return _error(request, 405, "method not allowed", headers={"allow": "POST"})
+                return self._not_allowed(request, "POST")
             return self._completion_call(request, api_key)
         head, _, last = path.rpartition("/")
         if last == "models" or head.endswith("/models"):
             if request.method != "GET":
-                return _error(request, 405, "method not allowed", headers={"allow": "GET"})
+                return self._not_allowed(request, "GET")
             return self._models(request, None if last == "models" else last)
-        return _error(
+        return self._error(
             request,
-            404,
-            f"{request.method} {path} is not available through the NOMYO encrypting "
-            "transport (only chat completions are)",
-            code="unknown_url",
+            error_reply(
+                404,
+                f"{request.method} {path} is not available through the NOMYO encrypting "
+                "transport (only chat completions are)",
+                code="unknown_url",
+            ),
         )
+
+    def _not_allowed(self, request: httpx.Request, allowed: str) -> httpx.Response:
+        reply = error_reply(405, "method not allowed", headers={"allow": allowed})
+        return self._error(request, reply)
 
     def _models(self, request: httpx.Request, model_id: str | None) -> httpx.Response:
         if self.models is None:
-            return _error(request, 404, "no model list is configured", code="unknown_url")
+            return self._error(
+                request, error_reply(404, "no model list is configured", code="unknown_url")
+            )
         entries = [
             {"id": m, "object": "model", "created": 0, "owned_by": "nomyo"} for m in self.models
         ]
         if model_id is None:
-            return _json_response(request, 200, {"object": "list", "data": entries})
+            return self._json_response(request, {"object": "list", "data": entries})
         for entry in entries:
             if entry["id"] == model_id:
-                return _json_response(request, 200, entry)
-        return _error(
-            request, 404, f"the model {model_id!r} does not exist", code="model_not_found"
+                return self._json_response(request, entry)
+        return self._error(
+            request,
+            error_reply(404, f"The model '{model_id}' does not exist", code="model_not_found"),
         )
 
     def _completion_call(
         self, request: httpx.Request, api_key: str | None
-    ) -> _Call | httpx.Response:
-        try:
-            body = json.loads(request.content)
-        except (ValueError, UnicodeDecodeError):
-            return _error(request, 400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return _error(request, 400, "the request body must be a JSON object")
-        if body.get("stream"):
-            return _error(
-                request,
-                400,
-                "stream=true is not supported: encrypted inference returns one sealed reply",
-                param="stream",
-                code="stream_not_supported",
-            )
-        for name in REFUSED_FIELDS:
-            if name in body:
-                return _error(request, 400, f"'{name}' is not accepted in the body", param=name)
-        model = body.pop("model", None)
-        messages = body.pop("messages", None)
-        if not isinstance(model, str) or not model:
-            return _error(request, 400, "'model' must be a non-empty string", param="model")
-        if not isinstance(messages, list):
-            return _error(request, 400, "'messages' must be a list", param="messages")
-        tier = body.pop("security_tier", None) or request.headers.get("x-security-tier")
-        if tier:
-            body["security_tier"] = tier
+    ) -> ChatCall | httpx.Response:
+        call = parse_chat_body(
+            request.content, security_tier=request.headers.get("x-security-tier")
+        )
+        if isinstance(call, ErrorReply):
+            return self._error(request, call)
         if api_key is None and self.forward_sdk_api_key:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
-                body["api_key"] = token.strip()
+                call.options["api_key"] = token.strip()
         timeout = request.extensions.get("timeout")
         if isinstance(timeout, dict):
-            body["timeout"] = httpx.Timeout(**timeout)
-        return _Call(model, messages, body)
+            call.options["timeout"] = httpx.Timeout(**timeout)
+        return call
 
-    @staticmethod
-    def _reply(request: httpx.Request, reply: ChatCompletion) -> httpx.Response:
-        payload_id = reply.get("_metadata", {}).get("payload_id")
-        headers = {"x-request-id": payload_id} if isinstance(payload_id, str) else {}
-        return _json_response(request, 200, reply, headers)
+    def _reply(
+        self, request: httpx.Request, call: ChatCall, reply: ChatCompletion
+    ) -> httpx.Response:
+        headers = reply_headers(reply)
+        if call.stream:
+            headers["content-type"] = EVENT_STREAM
+            headers["cache-control"] = "no-cache"
+            content = event_stream(reply, include_usage=call.include_usage)
+        else:
+            headers["content-type"] = "application/json"
+            content = bytes(_core.dumps(reply))
+        return self._response(200, headers=headers, content=content, request=request)
 
-    @staticmethod
-    def _failure(request: httpx.Request, exc: NomyoError) -> httpx.Response:
+    def _failure(self, request: httpx.Request, exc: NomyoError) -> httpx.Response:
         """The SDK's view of a nomyo exception (raises for network failures and key errors)."""
         if isinstance(exc, APITimeoutError):
-            raise httpx.ReadTimeout(str(exc), request=request) from exc
+            raise self._http.ReadTimeout(str(exc), request=request) from exc
         if isinstance(exc, APIConnectionError):
-            raise httpx.ConnectError(str(exc), request=request) from exc
-        no_retry = {"x-should-retry": "false"}
-        if isinstance(exc, APIError):
-            headers = {}
-            if exc.payload_id:
-                headers["x-request-id"] = exc.payload_id
-            if exc.retry_after is not None:
-                headers["retry-after"] = f"{exc.retry_after:g}"
-            status = exc.status_code if exc.status_code is not None else 400
-            return _error(request, status, exc.message, headers=headers)
-        if isinstance(exc, SecurityError):
-            return _error(
-                request,
-                502,
-                f"security check failed: {exc}",
-                "security_error",
-                code="security_error",
-                headers=no_retry,
-            )
-        if isinstance(exc, EnvelopeError):
-            return _error(
-                request,
-                502,
-                f"the router's reply was refused: {exc}",
-                "security_error",
-                code="invalid_envelope",
-                headers=no_retry,
-            )
-        if isinstance(exc, ConfigurationError):
-            return _error(request, 400, str(exc), code="configuration_error", headers=no_retry)
-        raise exc
+            raise self._http.ConnectError(str(exc), request=request) from exc
+        if isinstance(exc, KeyFormatError):
+            raise exc
+        return self._error(request, failure_reply(exc))
 
 
 class OpenAITransport(_OpenAIRouting, httpx.BaseTransport):
@@ -266,13 +239,13 @@ class OpenAITransport(_OpenAIRouting, httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()
         call = self._route(request, self.chat.api_key)
-        if isinstance(call, httpx.Response):
+        if not isinstance(call, ChatCall):
             return call
         try:
             reply = self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
-        return self._reply(request, reply)
+        return self._reply(request, call, reply)
 
     def close(self) -> None:
         self.chat.close()
@@ -298,16 +271,39 @@ class AsyncOpenAITransport(_OpenAIRouting, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
         call = self._route(request, self.chat.api_key)
-        if isinstance(call, httpx.Response):
+        if not isinstance(call, ChatCall):
             return call
         try:
             reply = await self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
-        return self._reply(request, reply)
+        return self._reply(request, call, reply)
 
     async def aclose(self) -> None:
         await self.chat.aclose()
+
+
+_FLAVOURED: dict[tuple[type, ModuleType], type] = {}
+
+
+def _flavoured(cls: type[_T], base: str, http: ModuleType) -> type[_T]:
+    """``cls`` as a transport of ``http`` (httpx2 for openai >= 3): same code, its base class,
+    its ``Response`` and exceptions."""
+    if http is httpx:
+        return cls
+    made = _FLAVOURED.get((cls, http))
+    if made is None:
+        namespace = {"_http": http, "__module__": cls.__module__, "__doc__": cls.__doc__}
+        made = type(cls.__name__, (cls, getattr(http, base)), namespace)
+        _FLAVOURED[(cls, http)] = made
+    return made
+
+
+def _timeout(http: ModuleType) -> Any:
+    default = default_timeout()
+    return http.Timeout(
+        connect=default.connect, read=default.read, write=default.write, pool=default.pool
+    )
 
 
 def openai_http_client(
@@ -317,8 +313,11 @@ def openai_http_client(
     models: Sequence[str] | None = None,
     forward_sdk_api_key: bool = False,
     **client_options: Any,
-) -> httpx.Client:
-    """An ``httpx.Client`` for ``openai.OpenAI(http_client=...)`` that encrypts end to end.
+) -> _sdk_httpx.Client:
+    """An httpx ``Client`` for ``openai.OpenAI(http_client=...)`` that encrypts end to end.
+
+    It is a client of the httpx the installed SDK builds on (``httpx2.Client`` for openai 3,
+    ``httpx.Client`` before), so the SDK's type checks and exception mapping apply.
 
     Args:
         base_url: the NOMYO router; default ``$NOMYO_BASE_URL``, else ``https://api.nomyo.ai``.
@@ -334,14 +333,18 @@ def openai_http_client(
         A client whose requests never leave the process unencrypted; close it (or the SDK
         client) to close the connection pool.
     """
-    transport = OpenAITransport(
+    http = sdk_http()
+    transport = _flavoured(OpenAITransport, "BaseTransport", http)(
         base_url,
         api_key,
         models=models,
         forward_sdk_api_key=forward_sdk_api_key,
         **client_options,
     )
-    return httpx.Client(transport=transport, timeout=default_timeout(), trust_env=False)
+    client: _sdk_httpx.Client = http.Client(
+        transport=transport, timeout=_timeout(http), trust_env=False
+    )
+    return client
 
 
 def openai_async_http_client(
@@ -351,14 +354,18 @@ def openai_async_http_client(
     models: Sequence[str] | None = None,
     forward_sdk_api_key: bool = False,
     **client_options: Any,
-) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` for ``openai.AsyncOpenAI(http_client=...)``; see
+) -> _sdk_httpx.AsyncClient:
+    """An httpx ``AsyncClient`` for ``openai.AsyncOpenAI(http_client=...)``; see
     :func:`openai_http_client` (options of :class:`~nomyo.SecureChatCompletion`)."""
-    transport = AsyncOpenAITransport(
+    http = sdk_http()
+    transport = _flavoured(AsyncOpenAITransport, "AsyncBaseTransport", http)(
         base_url,
         api_key,
         models=models,
         forward_sdk_api_key=forward_sdk_api_key,
         **client_options,
     )
-    return httpx.AsyncClient(transport=transport, timeout=default_timeout(), trust_env=False)
+    client: _sdk_httpx.AsyncClient = http.AsyncClient(
+        transport=transport, timeout=_timeout(http), trust_env=False
+    )
+    return client

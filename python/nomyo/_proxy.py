@@ -2,34 +2,41 @@
 
 Local tools send plaintext OpenAI requests to ``POST /v1/chat/completions``; each one is
 encrypted to the NOMYO router through one shared :class:`SecureChatCompletion` and the
-decrypted ``chat.completion`` (with its ``_metadata``) is returned. Errors use OpenAI's shape
-``{"error": {"message", "type", "param", "code"}}``.
+decrypted ``chat.completion`` (with its ``_metadata``) is returned, or, for
+``"stream": true``, the same completion as OpenAI's event stream (``nomyo._stream``). Errors
+use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+
+Access: with an ``auth_token`` every request must carry ``Authorization: Bearer <token>``
+(compared in constant time; never forwarded, never logged). Without one, any local user who
+can reach the port uses the proxy and with it the configured API key. The caller's own bearer
+token is forwarded to the router only when ``forward_api_key`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import hmac
 import logging
 import time
-from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import _core
-from ._chat import RELAY_REFUSED_FIELDS, SecureChatCompletion
-from ._cli_support import is_loopback_host
-from ._exceptions import (
-    APIConnectionError,
-    APIError,
-    ConfigurationError,
-    EnvelopeError,
-    KeyFormatError,
-    NomyoError,
-    SecurityError,
+from ._chat import SecureChatCompletion
+from ._config import is_loopback_host
+from ._exceptions import ConfigurationError, NomyoError
+from ._http_server import Connections, HTTPRequest, HTTPResponse, Limits
+from ._relay import (
+    EVENT_STREAM,
+    ChatCall,
+    ErrorReply,
+    error_reply,
+    event_stream,
+    failure_reply,
+    parse_chat_body,
+    reply_headers,
 )
-from .testing._http import Connections, HTTPRequest, HTTPResponse, Limits
 
-__all__ = ["ChatProxy", "error_response", "exception_response"]
+__all__ = ["ChatProxy"]
 
 logger = logging.getLogger("nomyo.proxy")
 
@@ -37,53 +44,24 @@ COMPLETIONS_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 MODELS_PATHS = frozenset({"/v1/models", "/models"})
 HEALTH_PATH = "/healthz"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
-#: Fields ``create()`` would take as client settings: a caller must not redirect the proxy
-#: (``base_url``) or swap its API key through the request body.
-REFUSED_FIELDS = RELAY_REFUSED_FIELDS
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
+#: Request bodies held at once over all connections (a few maximal requests).
+MAX_BUFFERED_BYTES = 4 * MAX_REQUEST_BYTES
 
 
-def error_response(
-    status: int,
-    message: str,
-    error_type: str | None = None,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-) -> HTTPResponse:
-    """An OpenAI-style error reply."""
-    kind = error_type or _ERROR_TYPES.get(status, "api_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return HTTPResponse(status, json.dumps(body).encode("utf-8"))
+def _error(reply: ErrorReply, *, close: bool = False) -> HTTPResponse:
+    return HTTPResponse(reply.status, reply.body, headers=list(reply.headers.items()), close=close)
 
 
-def exception_response(exc: NomyoError) -> HTTPResponse:
-    """The reply for an exception raised by the client (the router's status when it has one)."""
-    if isinstance(exc, APIError):
-        status = exc.status_code if exc.status_code is not None else 502
-        return error_response(status, exc.message)
-    if isinstance(exc, APIConnectionError):
-        return error_response(502, f"cannot reach the NOMYO router: {exc}", "api_connection_error")
-    if isinstance(exc, (SecurityError, EnvelopeError, KeyFormatError)):
-        return error_response(502, f"security check failed: {exc}", "security_error")
-    if isinstance(exc, ConfigurationError):
-        return error_response(400, str(exc))
-    return error_response(502, str(exc))
-
-
-def _json(status: int, value: Any) -> HTTPResponse:
+def _json(status: int, value: object, headers: dict[str, str] | None = None) -> HTTPResponse:
     # Serialised in native memory: no intermediate str copy of a decrypted reply.
-    return HTTPResponse(status, bytes(_core.dumps(value)))
+    return HTTPResponse(status, bytes(_core.dumps(value)), headers=list((headers or {}).items()))
+
+
+def _overloaded() -> HTTPResponse:
+    return _error(
+        error_reply(503, "the nomyo proxy is overloaded: try again later", code="overloaded"),
+        close=True,
+    )
 
 
 class ChatProxy:
@@ -97,7 +75,11 @@ class ChatProxy:
         allow_remote: accept any ``Host`` header and browser (``Origin``) requests. When
             false, only loopback host names are accepted (against DNS rebinding) and requests
             from web pages are refused (against cross-site use of the API key).
-        use_bearer: without a configured API key, forward the caller's bearer token.
+        auth_token: require ``Authorization: Bearer <auth_token>`` on every request.
+        forward_api_key: without an API key of the client's own, forward the caller's bearer
+            token to the router as its API key (off: a tool's ``OPENAI_API_KEY`` stays
+            local). Cannot be combined with ``auth_token``.
+        limits: connection limits (body size, timeouts, open connections, buffered bytes).
     """
 
     def __init__(
@@ -109,22 +91,36 @@ class ChatProxy:
         model: str,
         security_tier: str | None = None,
         allow_remote: bool = False,
-        use_bearer: bool = True,
+        auth_token: str | None = None,
+        forward_api_key: bool = False,
         limits: Limits | None = None,
     ) -> None:
+        if auth_token is not None and not auth_token:
+            raise ConfigurationError("the proxy's auth token must not be empty")
+        if auth_token is not None and forward_api_key:
+            raise ConfigurationError(
+                "forward_api_key cannot be combined with auth_token: the caller's bearer "
+                "token is the proxy's token"
+            )
         self.chat = chat
         self.host = host
         self.port = port
         self.model = model
         self.security_tier = security_tier
         self.allow_remote = allow_remote
-        self.use_bearer = use_bearer
+        self.forward_api_key = forward_api_key
+        self._auth_token = auth_token.encode("utf-8") if auth_token is not None else None
         self.limits = limits or Limits(
-            max_body=MAX_REQUEST_BYTES, request_timeout=60.0, idle_timeout=60.0
+            max_body=MAX_REQUEST_BYTES,
+            request_timeout=60.0,
+            idle_timeout=60.0,
+            max_buffered_bytes=MAX_BUFFERED_BYTES,
         )
         self.requests = 0
         self._server: asyncio.Server | None = None
-        self._connections = Connections("proxy")
+        self.connections = Connections(
+            "proxy", self.limits, server_name="nomyo-proxy", logger=logger, overloaded=_overloaded
+        )
 
     @property
     def url(self) -> str:
@@ -149,12 +145,12 @@ class ChatProxy:
         server, self._server = self._server, None
         if server is None:
             return
-        await self._connections.close(server)
+        await self.connections.close(server)
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        await self._connections.serve(reader, writer, self.handle, self.limits)
+        await self.connections.serve(reader, writer, self.handle)
 
     async def handle(self, request: HTTPRequest) -> HTTPResponse:
         """Answer one request (never raises)."""
@@ -163,8 +159,8 @@ class ChatProxy:
             response = await self._dispatch(request)
         except Exception:
             logger.exception("proxy request failed")
-            response = error_response(500, "internal error in the nomyo proxy")
-        logger.info(
+            response = _error(error_reply(500, "internal error in the nomyo proxy"))
+        logger.debug(
             "%s %s -> %d (%.0f ms)",
             request.method,
             request.path,
@@ -174,7 +170,7 @@ class ChatProxy:
         return response
 
     async def _dispatch(self, request: HTTPRequest) -> HTTPResponse:
-        refused = self._refuse_foreign(request)
+        refused = self._refuse_foreign(request) or self._refuse_unauthorized(request)
         if refused is not None:
             return refused
         path = request.path.rstrip("/") or "/"
@@ -182,16 +178,26 @@ class ChatProxy:
             if request.method != "POST":
                 return _not_allowed("POST")
             return await self._completions(request)
-        if path in MODELS_PATHS:
+        head, _, model_id = path.rpartition("/")
+        if path in MODELS_PATHS or head in MODELS_PATHS:
             if request.method not in ("GET", "HEAD"):
                 return _not_allowed("GET")
-            entry = {"id": self.model, "object": "model", "created": 0, "owned_by": "nomyo"}
-            return _json(200, {"object": "list", "data": [entry]})
+            return self._models(unquote(model_id) if head in MODELS_PATHS else None)
         if path == HEALTH_PATH:
             if request.method not in ("GET", "HEAD"):
                 return _not_allowed("GET")
             return _json(200, {"status": "ok"})
-        return error_response(404, f"unknown path {request.path!r}", code="unknown_url")
+        return _error(error_reply(404, f"unknown path {request.path!r}", code="unknown_url"))
+
+    def _models(self, model_id: str | None) -> HTTPResponse:
+        entry = {"id": self.model, "object": "model", "created": 0, "owned_by": "nomyo"}
+        if model_id is None:
+            return _json(200, {"object": "list", "data": [entry]})
+        if model_id == self.model:
+            return _json(200, entry)
+        return _error(
+            error_reply(404, f"The model '{model_id}' does not exist", code="model_not_found")
+        )
 
     def _refuse_foreign(self, request: HTTPRequest) -> HTTPResponse | None:
         if self.allow_remote:
@@ -199,62 +205,74 @@ class ChatProxy:
         host = request.header("host")
         name = urlsplit("//" + host).hostname if host else None
         if host is not None and (name is None or not is_loopback_host(name)):
-            return error_response(403, "the proxy only answers loopback host names")
+            return _error(error_reply(403, "the proxy only answers loopback host names"))
         if request.header("origin") is not None:
-            return error_response(403, "requests from web pages are refused by the nomyo proxy")
+            return _error(
+                error_reply(403, "requests from web pages are refused by the nomyo proxy")
+            )
         return None
 
-    async def _completions(self, request: HTTPRequest) -> HTTPResponse:
-        try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            return error_response(400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return error_response(400, "the request body must be a JSON object")
-        if body.get("stream"):
-            return error_response(
-                400,
-                "stream=true is not supported: encrypted inference returns one sealed reply",
-                param="stream",
-                code="stream_not_supported",
+    def _refuse_unauthorized(self, request: HTTPRequest) -> HTTPResponse | None:
+        if self._auth_token is None:
+            return None
+        given = _bearer_token(request)
+        expected = self._auth_token
+        if given is not None and hmac.compare_digest(given.encode("utf-8"), expected):
+            return None
+        return _error(
+            error_reply(
+                401,
+                "this nomyo proxy requires 'Authorization: Bearer <token>' with its token",
+                code="invalid_api_key",
+                headers={"www-authenticate": 'Bearer realm="nomyo-proxy"'},
             )
-        for name in REFUSED_FIELDS:
-            if name in body:
-                return error_response(400, f"'{name}' is not accepted by the proxy", param=name)
-        model = body.pop("model", None) or self.model
-        messages = body.pop("messages", None)
-        if not isinstance(model, str):
-            return error_response(400, "'model' must be a string", param="model")
-        if not isinstance(messages, list) or not messages:
-            return error_response(400, "'messages' must be a non-empty list", param="messages")
-        tier = body.pop("security_tier", None) or request.header("x-security-tier")
-        tier = tier or self.security_tier
-        if tier:
-            body["security_tier"] = tier
-        bearer = self._bearer(request)
-        if bearer is not None:
-            body["api_key"] = bearer
+        )
+
+    async def _completions(self, request: HTTPRequest) -> HTTPResponse:
+        call = parse_chat_body(
+            request.body,
+            default_model=self.model,
+            security_tier=request.header("x-security-tier") or self.security_tier,
+        )
+        if isinstance(call, ErrorReply):
+            return _error(call)
+        api_key = self._forwarded_api_key(request)
+        if api_key is not None:
+            call.options["api_key"] = api_key
         self.requests += 1
         try:
-            reply = await self.chat.create(model, messages, **body)
+            reply = await self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
-            logger.warning("request failed: %s: %s", type(exc).__name__, exc)
-            return exception_response(exc)
-        return _json(200, reply)
+            logger.warning("request failed: %s", type(exc).__name__)
+            return _error(failure_reply(exc))
+        return _answer(call, reply)
 
-    def _bearer(self, request: HTTPRequest) -> str | None:
-        if not self.use_bearer or self.chat.api_key:
+    def _forwarded_api_key(self, request: HTTPRequest) -> str | None:
+        if not self.forward_api_key or self.chat.api_key:
             return None
-        scheme, _, token = (request.header("authorization") or "").partition(" ")
-        token = token.strip()
-        return token if scheme.lower() == "bearer" and token else None
+        return _bearer_token(request)
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "stopped"
         return f"ChatProxy({where} -> {self.chat.client.router_url})"
 
 
+def _answer(call: ChatCall, reply: dict[str, object]) -> HTTPResponse:
+    headers = reply_headers(reply)
+    if not call.stream:
+        return _json(200, reply, headers)
+    body = event_stream(reply, include_usage=call.include_usage)
+    headers["cache-control"] = "no-cache"
+    return HTTPResponse(200, body, EVENT_STREAM, headers=list(headers.items()))
+
+
+def _bearer_token(request: HTTPRequest) -> str | None:
+    scheme, _, token = (request.header("authorization") or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def _not_allowed(allowed: str) -> HTTPResponse:
-    response = error_response(405, "method not allowed")
+    response = _error(error_reply(405, "method not allowed"))
     response.headers.append(("Allow", allowed))
     return response

@@ -1,4 +1,12 @@
-"""HTTP/1.1 server connections on asyncio streams, parsed with h11 (keep-alive, size caps)."""
+"""HTTP/1.1 server connections on asyncio streams, parsed with h11.
+
+The serving code of ``nomyo proxy`` and of the development router (``nomyo.testing`` builds on
+it; nothing here imports the testing package). Every server bounds what a peer can make it
+hold: request head and body sizes, receive and idle timeouts, the number of open connections
+and the bytes of request bodies buffered at once across all of them. Past a bound the server
+sheds load (a 503 reply, or the connection that sat idle longest is closed) and keeps serving
+the requests it admitted.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -13,13 +22,22 @@ from http import HTTPStatus
 
 import h11
 
-__all__ = ["Connections", "HTTPRequest", "HTTPResponse", "Limits", "serve_connection"]
+__all__ = [
+    "Connections",
+    "HTTPRequest",
+    "HTTPResponse",
+    "Limits",
+    "default_max_connections",
+]
 
-logger = logging.getLogger("nomyo.testing")
-
-_SERVER_NAME = b"nomyo-dev-router"
 _READ_SIZE = 65536
 _TRICKLE_PIECES = 20
+#: The first bytes of every body do not count against the shared budget, so that ordinary
+#: small requests are served while large ones wait for room (at most this much per open
+#: connection beyond ``max_buffered_bytes``).
+_FREE_BODY_BYTES = 64 * 1024
+#: A request head still arriving after this many seconds may be closed to make room.
+_SLOW_HEAD_SECONDS = 2.0
 _LINGER_SECONDS = 2.0
 
 
@@ -40,6 +58,40 @@ class Limits:
     request_timeout: float = 30.0
     idle_timeout: float = 60.0
     write_timeout: float = 30.0
+    #: Open connections at most; past it the longest-idle one is closed, or the new one
+    #: gets a 503 when none is idle. None: derived from the descriptor limit.
+    max_connections: int | None = None
+    #: Request body bytes buffered at once over all connections (beyond it -> 503). The
+    #: first 64 KiB of each body do not count, so small requests are always served.
+    max_buffered_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.max_buffered_bytes < 1:
+            raise ValueError("max_buffered_bytes must be at least 1")
+
+    @property
+    def connections(self) -> int:
+        """The connection cap in force."""
+        return self.max_connections or default_max_connections()
+
+
+def default_max_connections() -> int:
+    """A quarter of the soft descriptor limit (at least 16, at most 4096).
+
+    The rest stays for the server's own outbound connections, files and the event loop, so a
+    flood of idle sockets can never use up the descriptors a real request needs.
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - non-POSIX
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, soft // 4))
 
 
 @dataclass
@@ -90,6 +142,18 @@ class HTTPResponse:
         return f"HTTPResponse({self.status}, {len(self.body)} bytes)"
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The ``Date`` header value, formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode("ascii")
@@ -104,6 +168,23 @@ class _Closed(Exception):
     """The peer went away, or the connection must end now."""
 
 
+class _Budget:
+    """Request-body bytes buffered at once over every connection of one server."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
 class _Connection:
     """One server-side HTTP/1.1 connection."""
 
@@ -112,14 +193,25 @@ class _Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         handler: Handler,
-        limits: Limits,
+        server: Connections,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.handler = handler
-        self.limits = limits
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.server = server
+        self.limits = server.limits
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
+        )
         self._unread_input = False
+        #: Waiting for the first byte of a request (may be closed to make room).
+        self.idle = True
+        self.idle_since = 0.0
+        #: Receiving a request head since this loop time (None: not in a head); a head still
+        #: incomplete after ``_SLOW_HEAD_SECONDS`` may be closed to make room too.
+        self.head_since: float | None = None
+        #: Body bytes this connection holds against the server's budget.
+        self.reserved = 0
 
     async def run(self) -> None:
         """Serve requests until the peer closes, an error occurs or keep-alive ends."""
@@ -133,7 +225,11 @@ class _Connection:
                     return
                 if request is None:
                     return
-                response = await self.handler(request)
+                try:
+                    response = await self.handler(request)
+                finally:
+                    request.body = b""
+                    self._release()
                 if response.drop:
                     return
                 await self._send_response(response, head_only=request.method == "HEAD")
@@ -143,7 +239,18 @@ class _Connection:
         except (_Closed, OSError, asyncio.TimeoutError, h11.LocalProtocolError):
             return
         finally:
+            self._release()
             await self._close()
+
+    def _release(self) -> None:
+        if self.reserved:
+            self.server.budget.give_back(self.reserved)
+            self.reserved = 0
+
+    def _mark_idle(self, idle: bool) -> None:
+        self.idle = idle
+        if idle:
+            self.idle_since = asyncio.get_running_loop().time()
 
     async def _read_event(self, deadline: float) -> h11.Event:
         """The next h11 event, reading from the socket until ``deadline`` (loop time)."""
@@ -169,13 +276,19 @@ class _Connection:
             # Wait for the first bytes under the idle timeout, then for the whole request
             # under the request timeout.
             if not started:
+                self._mark_idle(True)
                 data = await asyncio.wait_for(
                     self.reader.read(_READ_SIZE), self.limits.idle_timeout
                 )
                 self.conn.receive_data(data)
                 started = bool(data)
+            self._mark_idle(False)
             deadline = loop.time() + self.limits.request_timeout
-            event = await self._read_event(deadline)
+            self.head_since = loop.time()
+            try:
+                event = await self._read_event(deadline)
+            finally:
+                self.head_since = None
             if isinstance(event, h11.ConnectionClosed):
                 return None
             if not isinstance(event, h11.Request):
@@ -191,15 +304,21 @@ class _Connection:
             while True:
                 part = await self._read_event(deadline)
                 if isinstance(part, h11.Data):
-                    body += part.data
-                    if len(body) > self.limits.max_body:
+                    if len(body) + len(part.data) > self.limits.max_body:
                         return self._too_large()
+                    counted = max(0, len(body) + len(part.data) - _FREE_BODY_BYTES)
+                    counted -= self.reserved
+                    if counted > 0 and not self.server.budget.take(counted):
+                        self.server.shed += 1
+                        return self.server.overloaded_response()
+                    self.reserved += max(counted, 0)
+                    body += part.data
                 elif isinstance(part, h11.EndOfMessage):
                     break
                 else:
                     return None
         except h11.RemoteProtocolError as exc:
-            logger.debug("invalid HTTP request: %s", exc)
+            self.server._logger.debug("invalid HTTP request: %s", exc)
             status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
             return HTTPResponse.error(status, "invalid HTTP request", close=True)
         except asyncio.TimeoutError:
@@ -237,8 +356,8 @@ class _Connection:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             raise _Closed
         headers: list[tuple[str, str]] = [
-            ("Server", _SERVER_NAME.decode()),
-            ("Date", formatdate(usegmt=True)),
+            ("Server", self.server.server_name),
+            ("Date", _http_date()),
         ]
         if response.content_type is not None:
             headers.append(("Content-Type", response.content_type))
@@ -246,19 +365,23 @@ class _Connection:
         headers.extend(response.headers)
         if response.close or self.conn.their_state is not h11.DONE:
             headers.append(("Connection", "close"))
-        await self._write(
-            self.conn.send(
-                h11.Response(
-                    status_code=response.status, headers=headers, reason=_reason(response.status)
-                )
+        head = self.conn.send(
+            h11.Response(
+                status_code=response.status, headers=headers, reason=_reason(response.status)
             )
         )
+        if response.trickle > 0 and not head_only and response.body:
+            await self._write(head)
+            await self._trickle(response.body, response.trickle)
+            await self._write(self.conn.send(h11.EndOfMessage()))
+            return
+        # One write for the whole reply: one send() and, unless the peer is slow to take
+        # it, no wait.
+        parts = [head or b""]
         if not head_only and response.body:
-            if response.trickle > 0:
-                await self._trickle(response.body, response.trickle)
-            else:
-                await self._write(self.conn.send(h11.Data(data=response.body)))
-        await self._write(self.conn.send(h11.EndOfMessage()))
+            parts.append(self.conn.send(h11.Data(data=response.body)) or b"")
+        parts.append(self.conn.send(h11.EndOfMessage()) or b"")
+        await self._write(b"".join(parts))
 
     async def _trickle(self, body: bytes, seconds: float) -> None:
         pieces = min(_TRICKLE_PIECES, len(body))
@@ -274,7 +397,8 @@ class _Connection:
         if self.writer.is_closing():
             raise _Closed
         self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
+        if self.writer.transport.get_write_buffer_size():
+            await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
@@ -298,51 +422,134 @@ class _Connection:
                 return
 
 
-async def serve_connection(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    handler: Handler,
-    limits: Limits,
-) -> None:
-    """Serve HTTP/1.1 requests on one connection with ``handler`` until it ends."""
-    await _Connection(reader, writer, handler, limits).run()
+def _overloaded() -> HTTPResponse:
+    return HTTPResponse.error(503, "the server is overloaded: try again later", close=True)
+
+
+def _with_retry_after(response: HTTPResponse) -> HTTPResponse:
+    if not any(name.lower() == "retry-after" for name, _ in response.headers):
+        response.headers.append(("Retry-After", "1"))
+    response.close = True
+    return response
 
 
 class Connections:
-    """The open connections of one server, so that stopping it closes every one of them."""
+    """The open connections of one server: admission, the body budget, and closing them all.
 
-    def __init__(self, name: str) -> None:
+    Args:
+        name: what the log calls this server (``"proxy"``, ``"dev router"``).
+        limits: the bounds every connection keeps.
+        server_name: the ``Server`` header.
+        logger: where connection failures are logged.
+        overloaded: the reply when load is shed (503; ``close`` is forced).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limits: Limits,
+        *,
+        server_name: str = "nomyo",
+        logger: logging.Logger | None = None,
+        overloaded: Callable[[], HTTPResponse] = _overloaded,
+    ) -> None:
         self._name = name
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.limits = limits
+        self.server_name = server_name
+        self._logger = logger or logging.getLogger("nomyo.server")
+        self._overloaded = overloaded
+        self.budget = _Budget(limits.max_buffered_bytes)
+        self._open: dict[asyncio.Task[None], _Connection] = {}
+        #: Connections closed or refused to make room, and bodies refused for the budget.
+        self.evicted = 0
+        self.refused = 0
+        self.shed = 0
+
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return len(self._open)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Request body bytes held now."""
+        return self.budget.used
+
+    def overloaded_response(self) -> HTTPResponse:
+        return _with_retry_after(self._overloaded())
 
     async def serve(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         handler: Handler,
-        limits: Limits,
     ) -> None:
         """Serve one connection (an ``asyncio.start_server`` callback), tracked until it ends."""
         task = asyncio.current_task()
+        if not self._admit():
+            self.refused += 1
+            await self._refuse(writer)
+            return
+        connection = _Connection(reader, writer, handler, self)
+        connection._mark_idle(True)
         if task is not None:
-            self._tasks.add(task)
+            self._open[task] = connection
         try:
-            await serve_connection(reader, writer, handler, limits)
+            await connection.run()
         except asyncio.CancelledError:
-            # Cancelled by close(): end quietly (asyncio's stream callback on Python < 3.12
-            # would report a cancelled connection task as an error).
+            # Cancelled by close() or to make room: end quietly (asyncio's stream callback
+            # on Python < 3.12 would report a cancelled connection task as an error).
             writer.close()
         except Exception:  # pragma: no cover - a bug; keep serving other connections
-            logger.exception("%s connection failed", self._name)
+            self._logger.exception("%s connection failed", self._name)
             writer.close()
         finally:
             if task is not None:
-                self._tasks.discard(task)
+                self._open.pop(task, None)
+
+    def _admit(self) -> bool:
+        """Room for one more connection, made by closing the longest-idle one if needed."""
+        if len(self._open) < self.limits.connections:
+            return True
+        candidates = [(c.idle_since, t) for t, c in self._open.items() if c.idle and not t.done()]
+        if not candidates:
+            # No idle connection: one that has dribbled its request head for a while (a
+            # client sends a head at once; a slow-loris attack does not).
+            slow = asyncio.get_running_loop().time() - _SLOW_HEAD_SECONDS
+            candidates = [
+                (c.head_since, t)
+                for t, c in self._open.items()
+                if c.head_since is not None and c.head_since < slow and not t.done()
+            ]
+        if not candidates:
+            return False
+        _, oldest = min(candidates, key=lambda item: item[0])
+        connection = self._open.pop(oldest)
+        connection.writer.close()
+        oldest.cancel()
+        self.evicted += 1
+        return True
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Answer 503 without reading the request, then close."""
+        response = self.overloaded_response()
+        head = (
+            f"HTTP/1.1 {response.status} {_reason(response.status).decode()}\r\n"
+            f"Server: {self.server_name}\r\n"
+            f"Content-Type: {response.content_type or 'application/octet-stream'}\r\n"
+            f"Content-Length: {len(response.body)}\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in response.headers)
+            + "Connection: close\r\n\r\n"
+        )
+        with contextlib.suppress(Exception):
+            writer.write(head.encode("latin-1") + response.body)
+            await asyncio.wait_for(writer.drain(), 1.0)
+        writer.close()
 
     async def close(self, server: asyncio.Server) -> None:
         """Stop listening, cancel every open connection and wait (bounded) for the end."""
         server.close()
-        tasks = list(self._tasks)
+        tasks = list(self._open)
         for task in tasks:
             task.cancel()
         if tasks:

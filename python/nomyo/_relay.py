@@ -1,0 +1,230 @@
+"""What both OpenAI-shaped front ends share: ``nomyo proxy`` and the SDK transports.
+
+Both receive an OpenAI ``POST /chat/completions`` body, forward it through a chat client
+and answer as OpenAI would. The body checks (:func:`parse_chat_body`), the error replies
+(:func:`error_reply`, :func:`failure_reply`) and the emulated event stream
+(:func:`event_stream`) live here once, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _core
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    ConfigurationError,
+    EnvelopeError,
+    KeyFormatError,
+    NomyoError,
+    SecurityError,
+)
+from ._stream import completion_chunks
+
+__all__ = [
+    "EVENT_STREAM",
+    "REFUSED_FIELDS",
+    "ChatCall",
+    "ErrorReply",
+    "error_reply",
+    "event_stream",
+    "failure_reply",
+    "parse_chat_body",
+    "reply_headers",
+]
+
+#: Fields of a relayed body that would reconfigure the client: redirect it, swap its API key,
+#: change its timeouts or retries, or add HTTP headers to the router request.
+REFUSED_FIELDS = (
+    "api_key",
+    "base_url",
+    "extra_body",
+    "extra_headers",
+    "extra_query",
+    "timeout",
+    "max_retries",
+)
+#: The content type of a streamed reply.
+EVENT_STREAM = "text/event-stream; charset=utf-8"
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+#: A failure a retry cannot cure: the SDK reads this header and does not retry.
+_NO_RETRY = {"x-should-retry": "false"}
+
+
+@dataclass
+class ErrorReply:
+    """An OpenAI-style error: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    status: int
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return json.dumps({"error": error}).encode("utf-8")
+
+
+def error_reply(
+    status: int,
+    message: str,
+    error_type: str | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> ErrorReply:
+    """An error reply; the type follows the status as in OpenAI's API unless given."""
+    kind = error_type or _ERROR_TYPES.get(status, "api_error")
+    return ErrorReply(status, message, kind, param, code, dict(headers or {}))
+
+
+@dataclass
+class ChatCall:
+    """A checked chat-completions request: the arguments of ``create`` and how to answer."""
+
+    model: str
+    messages: list[Any]
+    options: dict[str, Any]
+    #: Answer with an event stream (the router is asked without streaming).
+    stream: bool = False
+    #: ``stream_options.include_usage``: a last chunk with the usage.
+    include_usage: bool = False
+
+
+def parse_chat_body(
+    body: bytes,
+    *,
+    default_model: str | None = None,
+    security_tier: str | None = None,
+) -> ChatCall | ErrorReply:
+    """Check a request body as OpenAI's API would and turn it into a :class:`ChatCall`.
+
+    Args:
+        body: the raw JSON body.
+        default_model: the model when the body names none (None: ``model`` is required).
+        security_tier: the tier when the body has none (e.g. an ``X-Security-Tier`` header).
+    """
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error_reply(400, "the request body is not valid JSON")
+    if not isinstance(value, dict):
+        return error_reply(400, "the request body must be a JSON object")
+    for name in REFUSED_FIELDS:
+        if name in value:
+            return error_reply(400, f"'{name}' is not accepted in a relayed request", param=name)
+    model = value.pop("model", None) or default_model
+    if not isinstance(model, str) or not model:
+        return error_reply(400, "'model' must be a non-empty string", param="model")
+    messages = value.pop("messages", None)
+    if not isinstance(messages, list) or not messages:
+        return error_reply(400, "'messages' must be a non-empty list", param="messages")
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return error_reply(
+                400,
+                f"messages[{number}] must be an object with a 'role'",
+                param=f"messages.[{number}]",
+            )
+    stream = value.pop("stream", None)
+    if stream not in (None, True, False):
+        return error_reply(400, "'stream' must be a boolean", param="stream")
+    stream_options = value.pop("stream_options", None)
+    if stream_options is not None:
+        if not stream:
+            return error_reply(
+                400,
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        if not isinstance(stream_options, dict):
+            return error_reply(400, "'stream_options' must be an object", param="stream_options")
+    include_usage = bool(stream_options and stream_options.get("include_usage"))
+    tier = value.pop("security_tier", None) or security_tier
+    if tier:
+        value["security_tier"] = tier
+    return ChatCall(model, messages, value, bool(stream), include_usage)
+
+
+def failure_reply(exc: NomyoError) -> ErrorReply:
+    """The reply for an exception of the chat client.
+
+    A router status stays (with ``Retry-After`` and the payload id); an unreachable router is
+    502 ``api_connection_error``; a reply that failed the security checks is 502
+    ``security_error`` and never retried; a configuration error is 400.
+    """
+    if isinstance(exc, APIError):
+        headers: dict[str, str] = {}
+        if exc.payload_id:
+            headers["x-request-id"] = exc.payload_id
+        if exc.retry_after is not None:
+            headers["retry-after"] = f"{exc.retry_after:g}"
+        status = exc.status_code if exc.status_code is not None else 502
+        return error_reply(status, exc.message, headers=headers)
+    if isinstance(exc, APIConnectionError):
+        return error_reply(
+            502, f"cannot reach the NOMYO router: {exc}", "api_connection_error", code="bad_gateway"
+        )
+    if isinstance(exc, SecurityError):
+        return error_reply(
+            502,
+            f"security check failed: {exc}",
+            "security_error",
+            code="security_error",
+            headers=_NO_RETRY,
+        )
+    if isinstance(exc, (EnvelopeError, KeyFormatError)):
+        return error_reply(
+            502,
+            f"the router's reply was refused: {exc}",
+            "security_error",
+            code="invalid_envelope",
+            headers=_NO_RETRY,
+        )
+    if isinstance(exc, ConfigurationError):
+        return error_reply(400, str(exc), code="configuration_error", headers=_NO_RETRY)
+    return error_reply(502, str(exc), headers=_NO_RETRY)
+
+
+def reply_headers(reply: Mapping[str, Any]) -> dict[str, str]:
+    """Headers of a successful reply: the payload id as ``x-request-id`` (the SDK's
+    ``_request_id``)."""
+    metadata = reply.get("_metadata")
+    payload_id = metadata.get("payload_id") if isinstance(metadata, Mapping) else None
+    return {"x-request-id": payload_id} if isinstance(payload_id, str) else {}
+
+
+def event_stream(reply: Mapping[str, Any], *, include_usage: bool = False) -> bytes:
+    """The whole server-sent event stream OpenAI would send for ``reply``.
+
+    ``data: {chunk}`` events separated by blank lines, then ``data: [DONE]``. Each chunk is
+    serialised in native memory (compact JSON, as OpenAI's).
+    """
+    parts: list[bytes] = []
+    for chunk in completion_chunks(reply, include_usage=include_usage):
+        parts.append(b"data: ")
+        parts.append(bytes(_core.dumps(chunk)))
+        parts.append(b"\n\n")
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)

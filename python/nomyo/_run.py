@@ -1,0 +1,95 @@
+"""``nomyo run -- CMD ARGS...``: a child program whose OpenAI SDK talks to a private proxy.
+
+The proxy (started by the CLI on a free loopback port, with a fresh random token) is the
+only OpenAI endpoint the child sees: ``OPENAI_BASE_URL`` and ``OPENAI_API_BASE`` point at it
+and ``OPENAI_API_KEY`` is its token, so no other local user can use it. Signals sent to
+``nomyo run`` reach the child; ``nomyo run`` exits with the child's status (128 + N when a
+signal N ended it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+
+from ._cli_support import CLIError
+
+__all__ = ["CHILD_VARIABLES", "new_token", "run_with_proxy"]
+
+#: What the child's environment gets: the OpenAI SDKs' base URL (new and legacy names) and key.
+CHILD_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_API_KEY")
+#: Signals passed on to the child.
+_FORWARDED = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+    if hasattr(signal, name)
+)
+_EXIT_NOT_EXECUTABLE = 126
+_EXIT_NOT_FOUND = 127
+
+
+def new_token() -> str:
+    """A fresh proxy token (256 random bits)."""
+    return "nomyo-run-" + secrets.token_urlsafe(32)
+
+
+def _terminal_delivers_to_child() -> bool:
+    """True when our process group is a terminal's foreground group.
+
+    Then Ctrl-C (SIGINT) and Ctrl-\\ (SIGQUIT) from that terminal reach the child, which
+    shares the group, directly; passing them on again would deliver them twice.
+    """
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            if stream is not None and os.isatty(stream.fileno()):
+                return os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+    return False
+
+
+async def run_with_proxy(command: Sequence[str], base_url: str, token: str) -> int:
+    """Run ``command`` with the proxy's variables; returns its exit status.
+
+    Raises:
+        CLIError: the command cannot be started (exit code 127 not found, 126 not executable).
+    """
+    env = dict(os.environ)
+    env.update({"OPENAI_BASE_URL": base_url, "OPENAI_API_BASE": base_url, "OPENAI_API_KEY": token})
+    try:
+        child = await asyncio.create_subprocess_exec(*command, env=env)
+    except FileNotFoundError:
+        raise CLIError(f"nomyo run: command not found: {command[0]}", _EXIT_NOT_FOUND) from None
+    except PermissionError:
+        raise CLIError(
+            f"nomyo run: command not executable: {command[0]}", _EXIT_NOT_EXECUTABLE
+        ) from None
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+
+    def forward(sig: signal.Signals) -> None:
+        from_terminal = sig in (signal.SIGINT, signal.SIGQUIT) and _terminal_delivers_to_child()
+        if child.returncode is None and not from_terminal:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+
+    for sig in _FORWARDED:
+        try:
+            loop.add_signal_handler(sig, forward, sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+            continue
+        installed.append(sig)
+    try:
+        code = await child.wait()
+    finally:
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        if child.returncode is None:  # cancelled while the child runs: do not leave it
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+    return code if code >= 0 else 128 - code
