@@ -131,7 +131,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve-dev") / "stderr.log"
     server = Server("serve-dev", "--port", "0", "--key-bits", "2048", log=log)
     yield server
-    assert server.stop(signal.SIGINT) == 0, log.read_text()
+    assert server.stop(signal.SIGINT) == 130, log.read_text()  # Ctrl-C: "130 interrupted"
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def proxy(router: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         log=log,
     )
     yield server
-    assert server.stop(signal.SIGINT) == 0, log.read_text()
+    assert server.stop(signal.SIGINT) == 130, log.read_text()  # Ctrl-C: "130 interrupted"
 
 
 def chat_body(text: str = "hello proxy", **extra: Any) -> dict[str, Any]:
@@ -517,9 +517,16 @@ def test_proxy_answers_openai_requests(proxy: Server) -> None:
 
 def test_proxy_errors_have_openai_shape(proxy: Server) -> None:
     with httpx.Client(base_url=proxy.url, timeout=30) as http:
-        stream = http.post("/v1/chat/completions", json=chat_body(stream=True))
-        assert_openai_error(stream, 400, "invalid_request_error")
-        assert stream.json()["error"]["param"] == "stream"
+        options = http.post(
+            "/v1/chat/completions", json=chat_body(stream_options={"include_usage": True})
+        )
+        assert_openai_error(options, 400, "invalid_request_error")
+        assert options.json()["error"]["param"] == "stream_options"
+        empty = http.post("/v1/chat/completions", json={"model": "m", "messages": []})
+        assert_openai_error(empty, 400)
+        assert empty.json()["error"]["param"] == "messages"
+        assert_openai_error(http.get("/v1/models/other-model"), 404)
+        assert http.get("/v1/models/test-model").json()["id"] == "test-model"
         assert_openai_error(http.post("/v1/chat/completions", content=b"{nope"), 400)
         assert_openai_error(http.post("/v1/chat/completions", json={"model": "m"}), 400)
         redirect = http.post("/v1/chat/completions", json=chat_body(base_url="http://evil"))
@@ -543,15 +550,35 @@ def test_proxy_with_the_openai_package(proxy: Server) -> None:
         )
         assert completion.choices[0].message.content == "hi from openai"
         assert [m.id for m in client.models.list()] == ["test-model"]
-        with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(
-                model="test-model", messages=[{"role": "user", "content": "x"}], stream=True
-            )
+        stream = client.chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "streamed"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "streamed"
     finally:
         client.close()
 
 
-def test_proxy_forwards_the_callers_bearer_token(auth_router: Server, tmp_path: Path) -> None:
+def test_proxy_forwards_the_callers_bearer_token_only_when_asked(
+    auth_router: Server, tmp_path: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    by_default = Server(
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--base-url",
+        auth_router.url,
+        "--allow-http",
+        log=tmp_path / "default.log",
+    )
+    try:
+        # A tool's own key (OPENAI_API_KEY) stays local unless --forward-api-key is given.
+        kept = httpx.post(
+            by_default.url + "/v1/chat/completions", json=chat_body(), headers=auth, timeout=30
+        )
+        assert_openai_error(kept, 401, "authentication_error")
+    finally:
+        assert by_default.stop() == 0
     server = Server(
         "proxy",
         "--listen",
@@ -559,19 +586,56 @@ def test_proxy_forwards_the_callers_bearer_token(auth_router: Server, tmp_path: 
         "--base-url",
         auth_router.url,
         "--allow-http",
+        "--forward-api-key",
         log=tmp_path / "proxy.log",
     )
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             missing = http.post("/v1/chat/completions", json=chat_body())
             assert_openai_error(missing, 401, "authentication_error")
-            auth = {"Authorization": f"Bearer {API_KEY}"}
             good = http.post("/v1/chat/completions", json=chat_body("authed"), headers=auth)
             assert good.status_code == 200, good.text
             assert good.json()["choices"][0]["message"]["content"] == "authed"
     finally:
         assert server.stop() == 0
     assert API_KEY not in (tmp_path / "proxy.log").read_text()
+    help_text = nomyo("proxy", "--help").stdout
+    assert "--forward-api-key" in help_text and "--auth-token" in help_text
+
+
+def test_proxy_auth_token(router: Server, tmp_path: Path) -> None:
+    token = "s3cret-proxy-token"
+    server = Server(
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--base-url",
+        router.url,
+        "--allow-http",
+        "--auth-token",
+        token,
+        "-v",
+        log=tmp_path / "proxy.log",
+    )
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            missing = http.post("/v1/chat/completions", json=chat_body())
+            assert_openai_error(missing, 401, "authentication_error")
+            wrong = http.post(
+                "/v1/chat/completions", json=chat_body(), headers={"Authorization": "Bearer x"}
+            )
+            assert_openai_error(wrong, 401, "authentication_error")
+            assert_openai_error(http.get("/v1/models"), 401)
+            auth = {"Authorization": f"Bearer {token}"}
+            good = http.post("/v1/chat/completions", json=chat_body("with token"), headers=auth)
+            assert good.status_code == 200, good.text
+            assert good.json()["choices"][0]["message"]["content"] == "with token"
+    finally:
+        assert server.stop() == 0
+    assert token not in (tmp_path / "proxy.log").read_text()
+    assert token not in router.log.read_text()
+    empty = nomyo("proxy", "--listen", "127.0.0.1:0", "--auth-token", "")
+    assert empty.returncode == 2
 
 
 def test_proxy_reports_an_unreachable_router_as_502(unused_port: int, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ EXPECTED_ALL = [
     "SecureBuffer",
     "SecureChatCompletion",
     "SecureCompletionClient",
+    "SecureMemoryError",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
@@ -103,6 +104,7 @@ API_ERRORS = {
 }
 NOT_API_ERRORS = [
     "SecurityError",
+    "SecureMemoryError",
     "APIConnectionError",
     "APITimeoutError",
     "EnvelopeError",

@@ -5,6 +5,7 @@ Requests are encrypted end to end (AES-256-GCM + RSA-OAEP-SHA256) in native memo
 locked, excluded from core dumps and zeroed; see ``nomyo._exceptions`` for the error tree.
 """
 
+import logging as _logging
 from typing import TYPE_CHECKING, Any
 
 # Load the reference's module path nomyo.SecureCompletionClient first, so that the class
@@ -20,6 +21,7 @@ from ._exceptions import (
     APIError,
     APITimeoutError,
     AuthenticationError,
+    ClientClosedError,
     ConfigurationError,
     EnvelopeError,
     ForbiddenError,
@@ -27,6 +29,8 @@ from ._exceptions import (
     KeyFormatError,
     NomyoError,
     RateLimitError,
+    RequestTooLargeError,
+    SecureMemoryError,
     SecurityError,
     ServerError,
     ServiceUnavailableError,
@@ -42,7 +46,27 @@ from ._memory import (
 )
 from ._params import NOT_GIVEN, NotGiven
 from ._ratelimit import RateLimiter, RateLimitPolicy
-from ._response import ChatCompletion, ResponseList, ResponseObject
+from ._response import (
+    ChatCompletion,
+    ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
+    Choice,
+    CompletionUsage,
+    FinishReason,
+    Function,
+    ResponseList,
+    ResponseObject,
+)
+from ._stream import (
+    AsyncStream,
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+    ChunkChoice,
+    Stream,
+)
 from ._sync_client import SyncSecureCompletionClient
 
 __all__ = [
@@ -50,11 +74,25 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AsyncStream",
     "AuthenticationError",
     "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "ChatCompletionMessageToolCall",
+    "Choice",
+    "ChoiceDelta",
+    "ChoiceDeltaFunctionCall",
+    "ChoiceDeltaToolCall",
+    "ChoiceDeltaToolCallFunction",
+    "ChunkChoice",
+    "ClientClosedError",
+    "CompletionUsage",
     "ConfigurationError",
     "EnvelopeError",
+    "FinishReason",
     "ForbiddenError",
+    "Function",
     "InvalidRequestError",
     "KeyFormatError",
     "NomyoError",
@@ -64,14 +102,17 @@ __all__ = [
     "RateLimitError",
     "RateLimitPolicy",
     "RateLimiter",
+    "RequestTooLargeError",
     "ResponseList",
     "ResponseObject",
     "SecureBuffer",
     "SecureChatCompletion",
     "SecureCompletionClient",
+    "SecureMemoryError",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
+    "Stream",
     "SyncSecureChatCompletion",
     "SyncSecureCompletionClient",
     "configure_logging",
@@ -106,4 +147,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | _LAZY)
 
 
-configure_logging()  # NOMYO_LOG=debug|info|warning: log the "nomyo" logger to stderr
+# The logging HOWTO for libraries: no output unless the application configures logging.
+_logging.getLogger("nomyo").addHandler(_logging.NullHandler())
+configure_logging()  # NOMYO_LOG=debug|info|warning|error: log the "nomyo" logger to stderr

@@ -10,67 +10,69 @@ I/O on top, as httpx and openai-python do with their client pairs.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from . import _core
-from ._attestation import AttestationMode, PcrPolicy, apply_attestation_policy, check_mode
+from ._attestation import (
+    AttestationMode,
+    PcrPolicy,
+    ReplyBindingMode,
+    apply_attestation_policy,
+    check_mode,
+    check_reply_binding,
+)
 from ._config import resolve_base_url
-from ._constants import KEY_SIZE, MAX_DETAIL_CHARS, MAX_RETRY_AFTER, SECURITY_TIERS
+from ._constants import (
+    COMPLETION_PATH,
+    KEY_SIZE,
+    MAX_DETAIL_CHARS,
+    MAX_REQUEST_BYTES,
+    MAX_RESPONSE_LIMIT,
+    MAX_RETRY_AFTER,
+    PUBLIC_KEY_PATH,
+    REPLY_BINDING_KEY,
+    SECURITY_TIERS,
+)
 from ._exceptions import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    ClientClosedError,
     ConfigurationError,
     EnvelopeError,
     KeyFormatError,
     NomyoError,
+    RequestTooLargeError,
     SecurityError,
     error_for_status,
 )
 from ._keys import Password, load_private_key, save_key_pair
-from ._known_hosts import KnownHosts
+from ._known_hosts import KnownHosts, normalise_fingerprints
+from ._memory import SecureMemoryMode, SecureMemoryOption, secure_memory_mode
+from ._params import NotGiven, is_given
 from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion, to_response
-from ._retry import parse_retry_after, should_retry
+from ._retry import is_permanent_network_failure, parse_retry_after, should_retry
 from ._transport import check_base_url
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["BaseSecureClient", "KeyRotated", "error_details"]
+__all__ = ["BaseSecureClient", "KeyRotated", "error_details", "normalise_fingerprints"]
 
 logger = logging.getLogger("nomyo")
 
 
 class KeyRotated(Exception):
     """The server could not decrypt a request because its key changed (re-fetch, resend)."""
-
-
-def normalise_fingerprints(pins: str | Iterable[str] | None) -> frozenset[str]:
-    """``sha256:<hex>`` fingerprints from one or several pins (colons and case ignored).
-
-    Raises:
-        ConfigurationError: a pin is not a SHA-256 fingerprint.
-    """
-    if pins is None:
-        return frozenset()
-    items = [pins] if isinstance(pins, str) else list(pins)
-    out = set()
-    for pin in items:
-        value = pin.strip().lower()
-        if not value.startswith("sha256:"):
-            value = "sha256:" + value
-        hexpart = value.removeprefix("sha256:").replace(":", "")
-        if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-            raise ConfigurationError(f"not a SHA-256 key fingerprint: {pin!r}")
-        out.add("sha256:" + hexpart)
-    return frozenset(out)
 
 
 def error_details(body: bytes) -> dict[str, Any] | None:
@@ -89,10 +91,52 @@ def error_details(body: bytes) -> dict[str, Any] | None:
     return parsed
 
 
+#: Request headers the envelope protocol sets itself; ``extra_headers`` may not replace them.
+PROTOCOL_HEADERS = frozenset(
+    {"x-payload-id", "x-public-key", "content-type", "content-length", "accept-encoding", "host"}
+)
+
+
+def _query_value(value: object) -> object:
+    """A query value as the openai SDK writes it: booleans as ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return [_query_value(v) for v in value]
+    return value
+
+
+def payload_text_size(value: object, stop_above: int | None = None) -> int:
+    """The number of characters in the strings (keys and values) of a JSON-like payload.
+
+    A lower bound of its JSON size in bytes, computed without serialising (or copying) it;
+    counting stops once it exceeds ``stop_above``.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes, bytearray)):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                if isinstance(key, str):
+                    total += len(key)
+                stack.append(child)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        if stop_above is not None and total > stop_above:
+            break
+    return total
+
+
 def complete_metadata(
     value: Any, payload_id: str, processed_at: Any, algorithm: str
 ) -> dict[str, Any]:
     """Check the decrypted reply's shape and binding, then fill in ``_metadata``.
+
+    A server-supplied ``attestation_verification`` is dropped: only the client's own check
+    (``attestation="verify"``/``"require"``) may put one there.
 
     Raises:
         EnvelopeError: the reply is not a JSON object, or its ``_metadata`` is not one.
@@ -103,6 +147,7 @@ def complete_metadata(
     metadata = value.setdefault("_metadata", {})
     if not isinstance(metadata, dict):
         raise EnvelopeError("decrypted reply has a '_metadata' that is not an object")
+    metadata.pop("attestation_verification", None)
     claimed = metadata.get("payload_id")
     if claimed is not None and claimed != payload_id:
         raise SecurityError("the reply belongs to another request (payload id mismatch)")
@@ -124,7 +169,7 @@ class BaseSecureClient:
         self,
         router_url: str | None,
         allow_http: bool,
-        secure_memory: bool,
+        secure_memory: SecureMemoryOption,
         max_retries: int,
         *,
         server_key_fingerprint: str | Iterable[str] | None,
@@ -133,9 +178,26 @@ class BaseSecureClient:
         expected_pcrs: PcrPolicy | None,
         max_response_size: int,
         rate_limit: bool | RateLimiter | None,
+        trusted_aik: str | Iterable[str] | None = None,
+        reply_binding: ReplyBindingMode = "off",
+        max_request_size: int = MAX_REQUEST_BYTES,
     ) -> None:
         if max_retries < 0:
             raise ConfigurationError("max_retries must be >= 0")
+        if (
+            isinstance(max_request_size, bool)
+            or not isinstance(max_request_size, int)
+            or max_request_size <= 0
+        ):
+            raise ConfigurationError("max_request_size must be a positive int (bytes)")
+        if (
+            isinstance(max_response_size, bool)
+            or not isinstance(max_response_size, int)
+            or not 1 <= max_response_size <= MAX_RESPONSE_LIMIT
+        ):
+            raise ConfigurationError(
+                f"max_response_size must be an int from 1 to {MAX_RESPONSE_LIMIT} bytes (1 GiB)"
+            )
         self.router_url = check_base_url(resolve_base_url(router_url), allow_http)
         self._closed = False
         self.allow_http = allow_http
@@ -145,6 +207,8 @@ class BaseSecureClient:
         self.public_key_pem: str | None = None
         self._quoted_public_key: tuple[str, str] | None = None
         self._secure_memory = secure_memory
+        #: The policy of its secret buffers (see :func:`~nomyo._memory.secure_memory_mode`).
+        self.secure_memory_mode: SecureMemoryMode = secure_memory_mode(secure_memory)
         self._pins = normalise_fingerprints(server_key_fingerprint)
         self._known_hosts = (
             None
@@ -153,8 +217,15 @@ class BaseSecureClient:
         )
         self.attestation = check_mode(attestation)
         self.expected_pcrs = expected_pcrs
+        self.trusted_aiks = normalise_fingerprints(trusted_aik)
+        if self.trusted_aiks and self.attestation == "off":
+            raise ConfigurationError(
+                "trusted_aik needs attestation='require' (or 'verify' to only report it)"
+            )
+        self.reply_binding = check_reply_binding(reply_binding)
         self.rate_limiter = make_rate_limiter(rate_limit)
         self._max_response = max_response_size
+        self.max_request_size = max_request_size
         self._server_key: _core.PublicKey | None = None
         self._server_key_pem: str | None = None
         self.server_key_fetches = 0
@@ -222,10 +293,10 @@ class BaseSecureClient:
         """Refuse to send once the client was closed (the message httpx uses).
 
         Raises:
-            RuntimeError: the client was closed.
+            ClientClosedError: the client was closed (a ``RuntimeError`` too).
         """
         if self._closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
+            raise ClientClosedError("Cannot send a request, as the client has been closed.")
 
     def _require_keys(self) -> _core.PrivateKey:
         if self.private_key is None:
@@ -249,7 +320,9 @@ class BaseSecureClient:
                 remembered for this URL.
         """
         if status != 200:
-            raise error_for_status(status, error_details(body))
+            raise self._not_found_hint(
+                error_for_status(status, error_details(body)), PUBLIC_KEY_PATH
+            )
         try:
             key = _core.PublicKey.from_pem(text)
         except KeyFormatError as exc:
@@ -272,15 +345,79 @@ class BaseSecureClient:
         if not isinstance(payload, dict) or not payload:
             raise ConfigurationError("payload must be a non-empty dict")
 
+    def _bind_request(self, payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """With ``reply_binding="require"``: a copy of ``payload`` carrying a fresh random
+        secret under :data:`REPLY_BINDING_KEY` (sealed with it), and the secret.
+
+        Raises:
+            ConfigurationError: the payload is not a non-empty dict, or already uses the key.
+        """
+        if self.reply_binding == "off":
+            return payload, None
+        self._check_payload(payload)
+        if REPLY_BINDING_KEY in payload:
+            raise ConfigurationError(f"{REPLY_BINDING_KEY!r} is reserved for reply binding")
+        secret = secrets.token_urlsafe(32)
+        return {**payload, REPLY_BINDING_KEY: secret}, secret
+
+    def _check_request_size(self, payload: Mapping[str, Any]) -> None:
+        """Refuse a payload whose text exceeds ``max_request_size`` (nothing is sealed).
+
+        Raises:
+            RequestTooLargeError: the strings of the payload hold more than
+                ``max_request_size`` characters.
+        """
+        limit = self.max_request_size
+        size = payload_text_size(payload, stop_above=limit)
+        if size > limit:
+            raise RequestTooLargeError(
+                f"Request too large: the request's text exceeds max_request_size={limit} bytes "
+                "(refused before encrypting; raise max_request_size or send less)",
+                limit=limit,
+                size=size,
+            )
+
+    def _completion_url(self, extra_query: Mapping[str, object] | None) -> str:
+        """The secure-completion URL, with ``extra_query`` as its query string."""
+        url = self.router_url + COMPLETION_PATH
+        if extra_query:
+            query = {
+                k: _query_value(v) for k, v in extra_query.items() if v is not None and is_given(v)
+            }
+            if query:
+                url += "?" + urlencode(query, doseq=True)
+        return url
+
     def _request_headers(
-        self, payload_id: str, api_key: str | None, security_tier: str | None
+        self,
+        payload_id: str,
+        api_key: str | None,
+        security_tier: str | None,
+        extra_headers: Mapping[str, object] | None = None,
     ) -> dict[str, str]:
         """The headers of one request; checks everything that can be checked before sending.
 
+        ``extra_headers`` are added (or replace ``Authorization``/``X-Security-Tier``), as
+        the openai SDK's are; a None or ``NOT_GIVEN`` value removes the header.
+
         Raises:
-            ConfigurationError: an invalid security tier or payload id.
+            ConfigurationError: an invalid security tier or payload id, or an extra header
+                that the envelope protocol sets itself or whose value is not a string.
             SecurityError: no client key yet.
         """
+        extra: dict[str, str | None] = {}
+        for name, value in (extra_headers or {}).items():
+            if not isinstance(name, str) or name.lower() in PROTOCOL_HEADERS:
+                raise ConfigurationError(
+                    f"extra_headers may not set {name!r}: the encrypted request sets it"
+                )
+            if value is not None and not is_given(value):
+                value = None
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(f"extra header {name!r} must be a string")
+            extra[name.lower()] = value
+        if "x-security-tier" in extra:
+            security_tier = extra.pop("x-security-tier")
         if security_tier is not None and security_tier not in SECURITY_TIERS:
             raise ConfigurationError(
                 f"invalid security_tier {security_tier!r}: must be one of "
@@ -299,6 +436,11 @@ class BaseSecureClient:
             headers["Authorization"] = f"Bearer {api_key}"
         if security_tier:
             headers["X-Security-Tier"] = security_tier
+        for name, value in extra.items():
+            for existing in [k for k in headers if k.lower() == name]:
+                del headers[existing]
+            if value is not None:
+                headers[name] = value
         return headers
 
     @staticmethod
@@ -327,41 +469,87 @@ class BaseSecureClient:
         detail = str(details.get("detail", "")) if details else ""
         return status in (400, 422, 500) and "decrypt" in detail.lower()
 
-    @staticmethod
     def _status_error(
+        self,
         status: int,
         details: dict[str, Any] | None,
         headers: Mapping[str, str],
         payload_id: str,
+        sent_bytes: int | None = None,
     ) -> APIError:
-        return error_for_status(
+        error = error_for_status(
             status, details, payload_id=payload_id, retry_after=parse_retry_after(headers)
         )
+        self._not_found_hint(error, COMPLETION_PATH)
+        if isinstance(error, RequestTooLargeError):
+            limit = self.max_request_size
+            said = f" ({error.detail})" if error.detail else ""
+            sent = f" of {sent_bytes} bytes" if sent_bytes is not None else ""
+            error.message = (
+                f"Request too large: the router refused the encrypted request{sent} with "
+                f"HTTP 413{said}. This client's limit is max_request_size={limit} bytes of "
+                "text, checked before encrypting; encryption adds about a third, so set it "
+                "to at most 3/4 of the router's limit, or send less."
+            )
+            error.args = (error.message,)
+            error.limit, error.size = limit, sent_bytes
+        return error
 
-    def _should_retry(self, exc: NomyoError, attempt: int) -> bool:
+    def _not_found_hint(self, error: APIError, path: str) -> APIError:
+        """A 404 names the URL asked for and what ``base_url`` should be."""
+        if error.status_code == 404:
+            error.message = (
+                f"{error.message} ({self.router_url}{path}): base_url must be the router's "
+                "root URL, e.g. https://api.nomyo.ai"
+            )
+            error.args = (error.message,)
+        return error
+
+    def _retries(self, max_retries: int | NotGiven) -> int:
+        """This request's retry budget: ``max_retries`` when given, else the client's.
+
+        Raises:
+            ConfigurationError: a negative or non-integer ``max_retries``.
+        """
+        if not is_given(max_retries):
+            return self.max_retries
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError("max_retries must be an integer >= 0")
+        return max_retries
+
+    def _should_retry(self, exc: NomyoError, attempt: int, max_retries: int | None = None) -> bool:
         """Whether failed attempt number ``attempt`` (0-based) is worth another try.
 
-        Network failures and 429/500/502/503/504 are retried up to ``max_retries`` times,
-        except when the server asks for a wait longer than ``MAX_RETRY_AFTER`` (e.g. the
-        30-minute cool-down), which raises at once.
+        Network failures that can change (refused or reset connections, timeouts) and
+        429/500/502/503/504 are retried up to ``max_retries`` times (default: the
+        client's), except when the server asks for a wait longer than ``MAX_RETRY_AFTER``
+        (e.g. the 30-minute cool-down), which raises at once. An untrusted certificate, a
+        failed TLS handshake or a host name that does not resolve raise at once.
         """
-        if attempt >= self.max_retries:
+        if attempt >= (self.max_retries if max_retries is None else max_retries):
             return False
         if isinstance(exc, APIConnectionError):
-            return True
+            return not is_permanent_network_failure(exc)
         if not isinstance(exc, APIError) or exc.status_code is None:
             return False
         if not should_retry(exc.status_code):
             return False
         return exc.retry_after is None or exc.retry_after <= MAX_RETRY_AFTER
 
-    def _log_retry(self, payload_id: str, exc: NomyoError, attempt: int, delay: float) -> None:
-        logger.warning(
+    def _log_retry(
+        self,
+        payload_id: str,
+        exc: NomyoError,
+        attempt: int,
+        delay: float,
+        max_retries: int | None = None,
+    ) -> None:
+        logger.info(
             "request %s failed (%s); retry %d/%d in %.2fs",
             payload_id,
             type(exc).__name__,
             attempt,
-            self.max_retries,
+            self.max_retries if max_retries is None else max_retries,
             delay,
         )
 
@@ -411,22 +599,41 @@ class BaseSecureClient:
         if exchange.opened:
             self._log_opened(payload_id, exchange.open_seconds)
 
-    def _finish_native(self, exchange: _core.Exchange, payload_id: str) -> ChatCompletion:
+    def _finish_native(
+        self, exchange: _core.Exchange, payload_id: str, binding: str | None = None
+    ) -> ChatCompletion:
         """Parse a reply the native transport opened, then :meth:`_finish_reply`."""
         value, processed_at, algorithm = exchange.reply()
-        return self._finish_reply(value, payload_id, processed_at, algorithm)
+        return self._finish_reply(value, payload_id, processed_at, algorithm, binding)
 
     def _finish_reply(
-        self, value: Any, payload_id: str, processed_at: Any, algorithm: str
+        self,
+        value: Any,
+        payload_id: str,
+        processed_at: Any,
+        algorithm: str,
+        binding: str | None = None,
     ) -> ChatCompletion:
-        """Complete ``_metadata``, apply the attestation policy, convert to ``ChatCompletion``.
+        """Complete ``_metadata``, check the reply binding, apply the attestation policy,
+        convert to ``ChatCompletion``.
 
         Raises:
             EnvelopeError / SecurityError: see :func:`complete_metadata`; SecurityError also
-                when ``attestation="require"`` fails.
+                when ``reply_binding="require"`` or ``attestation="require"`` fails.
         """
         reply = complete_metadata(value, payload_id, processed_at, algorithm)
+        returned = reply["_metadata"].pop("reply_binding", None)
+        if self.reply_binding == "require":
+            expected = (binding or "").encode("ascii")
+            got = returned.encode("utf-8", "replace") if isinstance(returned, str) else b""
+            # Constant time; an empty expected secret (no binding was sent) never matches.
+            if not hmac.compare_digest(got, expected) or not expected:
+                raise SecurityError("the reply does not carry this request's reply binding")
         apply_attestation_policy(
-            reply["_metadata"], payload_id, self.attestation, self.expected_pcrs
+            reply["_metadata"],
+            payload_id,
+            self.attestation,
+            self.expected_pcrs,
+            self.trusted_aiks,
         )
         return to_response(reply, ChatCompletion)

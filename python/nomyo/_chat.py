@@ -16,16 +16,22 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from . import _core
-from ._attestation import AttestationMode, PcrPolicy
+from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
 from ._base import BaseSecureClient
 from ._client import SecureCompletionClient
-from ._config import resolve_api_key
-from ._constants import DEFAULT_MAX_RETRIES, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
-from ._exceptions import ConfigurationError, InvalidRequestError
+from ._config import normalise_base_url, resolve_api_key
+from ._constants import (
+    DEFAULT_MAX_RETRIES,
+    MAX_REQUEST_BYTES,
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+)
+from ._exceptions import InvalidRequestError
 from ._keys import Password, password_from_env, save_key_pair
+from ._memory import SecureMemoryOption
 from ._params import (
     NOT_GIVEN,
     OPENAI_PARAMETERS,
@@ -35,6 +41,7 @@ from ._params import (
 )
 from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion
+from ._stream import AsyncStream, Stream
 from ._sync_client import SyncSecureCompletionClient
 from ._transport import TimeoutTypes, VerifyTypes
 
@@ -43,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_ARGUMENTS",
-    "RELAY_REFUSED_FIELDS",
     "AsyncChat",
     "AsyncCompletions",
     "BaseSecureChat",
@@ -51,19 +57,52 @@ __all__ = [
     "SyncChat",
     "SyncCompletions",
     "SyncSecureChatCompletion",
+    "checked_messages",
 ]
 
-#: Arguments of ``create`` that configure the client instead of going into the request.
-CLIENT_ARGUMENTS = ("security_tier", "api_key", "base_url", "extra_body", "timeout")
-#: What a relayed request body (proxy, SDK transport) may not carry: client settings that would
-#: redirect the relay, swap its API key, or change its timeouts. The tier is handled apart.
-RELAY_REFUSED_FIELDS = tuple(a for a in CLIENT_ARGUMENTS if a != "security_tier")
-#: Official-SDK arguments that would change the HTTP request to the router, which nomyo
-#: builds itself; refused rather than silently put into the encrypted body.
-UNSUPPORTED_ARGUMENTS = ("extra_headers", "extra_query")
+#: Arguments of ``create`` that configure the request instead of going into its body: nomyo's
+#: own, and the official SDK's per-call options (honoured as the SDK does).
+CLIENT_ARGUMENTS = (
+    "security_tier",
+    "api_key",
+    "base_url",
+    "extra_body",
+    "timeout",
+    "max_retries",
+    "extra_headers",
+    "extra_query",
+)
 
 ClientT = TypeVar("ClientT", bound=BaseSecureClient)
 Messages = Iterable[Mapping[str, Any]]
+
+
+def checked_messages(messages: object) -> list[Any]:
+    """``messages`` as a list of message objects, checked before anything is encrypted.
+
+    Raises:
+        TypeError: ``messages`` is a string, a mapping or not iterable, or holds an item
+            that is not a mapping (a message such as ``{"role": "user", "content": "hi"}``).
+    """
+    shape = "a list of messages such as [{'role': 'user', 'content': 'hello'}]"
+    if isinstance(messages, (str, bytes, bytearray, Mapping)):
+        raise TypeError(f"messages must be {shape}, not a {type(messages).__name__}")
+    if isinstance(messages, list):
+        items: list[Any] = messages
+    else:
+        try:
+            items = list(cast("Iterable[Any]", messages))
+        except TypeError:
+            raise TypeError(f"messages must be {shape}, not a {type(messages).__name__}") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"messages[{index}] must be a message mapping such as "
+                f"{{'role': 'user', 'content': 'hello'}}, not a {type(item).__name__}"
+            )
+    if any(not isinstance(item, dict) for item in items):
+        items = [item if isinstance(item, dict) else dict(item) for item in items]
+    return items
 
 
 class BaseSecureChat(Generic[ClientT]):
@@ -129,9 +168,9 @@ class BaseSecureChat(Generic[ClientT]):
             RuntimeError: this client was closed (no new per-call client is made).
         """
         self.client._check_open()
-        if base_url is None or base_url.rstrip("/") == self.client.router_url:
+        if base_url is None or normalise_base_url(base_url) == self.client.router_url:
             return self.client
-        url = base_url.rstrip("/")
+        url = normalise_base_url(base_url)
         with self._clients_lock:
             other = self._other_clients.get(url)
             if other is None:
@@ -155,22 +194,16 @@ class BaseSecureChat(Generic[ClientT]):
 
         Raises:
             InvalidRequestError: ``stream=True`` (encrypted inference does not stream).
-            ConfigurationError: an official-SDK argument nomyo cannot honour.
+            TypeError: ``messages`` is not a list of message mappings.
         """
         if parameters.get("stream") or kwargs.get("stream"):
             raise InvalidRequestError(
                 "stream=True is not supported: encrypted inference returns one sealed reply",
                 status_code=None,
             )
-        for name in UNSUPPORTED_ARGUMENTS:
-            if name in kwargs:
-                raise ConfigurationError(
-                    f"{name} is not supported: the request to the router is built by nomyo "
-                    "(put extra request fields in extra_body)"
-                )
-        if not isinstance(messages, list):
-            messages = list(messages)
-        payload: dict[str, Any] = {"model": model, "messages": messages}
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            raise TypeError("extra_body must be a mapping of extra request fields")
+        payload: dict[str, Any] = {"model": model, "messages": checked_messages(messages)}
         payload.update(parameters)
         payload.update(kwargs)
         if extra_body:
@@ -196,7 +229,10 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
         allow_http: allow plain HTTP (local development only).
         api_key: bearer API key sent with every request (never inside the payload);
             default ``$NOMYO_API_KEY``.
-        secure_memory: accepted for compatibility; secrets always stay in native memory.
+        secure_memory: True (default): secrets in locked native memory where the OS allows
+            (best effort); ``"require"``: fail with ``SecureMemoryError`` before sending
+            when they cannot be locked; False: not locked (still zeroed). See
+            :class:`~nomyo.SecureCompletionClient`.
         key_dir: load the key pair from this directory, or generate and save one there.
             None: a fresh in-memory key pair for this client.
         max_retries: retries on 429/5xx and network errors.
@@ -204,8 +240,12 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
             default: the ``NOMYO_KEY_PASSWORD`` environment variable, if set.
         rate_limit: True keeps every request of this client to the router's public limits
             (2/s, bursts of 4 once per 10 s); a :class:`~nomyo.RateLimiter` can be shared.
+        max_request_size: the most text one request may hold, in bytes (default 32 MiB); a
+            larger request raises :class:`~nomyo.RequestTooLargeError` before it is
+            encrypted. Keep it at most 3/4 of the router's body limit (sealing adds 1/3).
         timeout, verify, server_key_fingerprint, known_hosts, attestation, expected_pcrs,
-            transport, http_client: see :class:`~nomyo.SecureCompletionClient`.
+            trusted_aik, reply_binding, transport, http_client: see
+            :class:`~nomyo.SecureCompletionClient`.
 
     Attributes:
         chat: ``client.chat.completions.create(...)``, the official SDK's call shape.
@@ -216,7 +256,7 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
         base_url: str | None = None,
         allow_http: bool = False,
         api_key: str | None = None,
-        secure_memory: bool = True,
+        secure_memory: SecureMemoryOption = True,
         key_dir: str | os.PathLike[str] | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         *,
@@ -230,11 +270,17 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: httpx.AsyncClient | None = None,
         rate_limit: bool | RateLimiter | None = None,
+        trusted_aik: str | Iterable[str] | None = None,
+        reply_binding: ReplyBindingMode = "off",
+        max_request_size: int = MAX_REQUEST_BYTES,
     ) -> None:
         options: dict[str, Any] = {
+            "max_request_size": max_request_size,
             "known_hosts": known_hosts,
             "attestation": attestation,
             "expected_pcrs": expected_pcrs,
+            "trusted_aik": trusted_aik,
+            "reply_binding": reply_binding,
             "allow_http": allow_http,
             "secure_memory": secure_memory,
             "max_retries": max_retries,
@@ -296,22 +342,31 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
         base_url: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str | None] | None = None,
+        extra_query: Mapping[str, object] | None = None,
         **kwargs: Any,
     ) -> ChatCompletion:
         """Create an encrypted chat completion.
 
         The OpenAI parameters go into the encrypted request only when given (``NOT_GIVEN``
         leaves them out; None is sent as null); any other keyword goes in untouched, then
-        ``extra_body``. ``security_tier``, ``api_key``, ``base_url`` and ``timeout`` are
-        used by the client instead.
+        ``extra_body``. These configure this one request instead, as in the official SDK,
+        and never go into its body: ``timeout``, ``max_retries``, ``extra_headers`` (HTTP
+        headers to the router; ``Authorization``/``X-Security-Tier`` may be replaced, None
+        removes one), ``extra_query`` (the URL's query), and nomyo's ``security_tier``,
+        ``api_key`` and ``base_url``.
 
         Returns:
             The decrypted ``chat.completion`` (a ``dict`` with attribute access), with
             ``_metadata`` completed.
 
         Raises:
+            TypeError: ``messages`` is not a list of message mappings (nothing is sent).
             InvalidRequestError: ``stream=True`` (encrypted inference does not stream).
-            ConfigurationError: an invalid security tier, or ``extra_headers``/``extra_query``.
+            RequestTooLargeError: the request's text exceeds ``max_request_size`` (nothing
+                is sent), or the router answered 413.
+            ConfigurationError: an invalid security tier, ``max_retries`` or extra header.
             SecurityError, EnvelopeError, APIError, APIConnectionError: see
                 :meth:`SecureCompletionClient.send_secure_request`.
         """
@@ -326,6 +381,9 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
             self._api_key_for(api_key),
             security_tier,
             timeout=timeout,
+            max_retries=max_retries,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
         )
 
     async def acreate(self, model: str, messages: Messages, **kwargs: Any) -> ChatCompletion:
@@ -365,7 +423,7 @@ class SyncSecureChatCompletion(BaseSecureChat[SyncSecureCompletionClient]):
         base_url: str | None = None,
         allow_http: bool = False,
         api_key: str | None = None,
-        secure_memory: bool = True,
+        secure_memory: SecureMemoryOption = True,
         key_dir: str | os.PathLike[str] | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         *,
@@ -379,11 +437,17 @@ class SyncSecureChatCompletion(BaseSecureChat[SyncSecureCompletionClient]):
         transport: httpx.BaseTransport | None = None,
         http_client: httpx.Client | None = None,
         rate_limit: bool | RateLimiter | None = None,
+        trusted_aik: str | Iterable[str] | None = None,
+        reply_binding: ReplyBindingMode = "off",
+        max_request_size: int = MAX_REQUEST_BYTES,
     ) -> None:
         options: dict[str, Any] = {
+            "max_request_size": max_request_size,
             "known_hosts": known_hosts,
             "attestation": attestation,
             "expected_pcrs": expected_pcrs,
+            "trusted_aik": trusted_aik,
+            "reply_binding": reply_binding,
             "allow_http": allow_http,
             "secure_memory": secure_memory,
             "max_retries": max_retries,
@@ -442,6 +506,9 @@ class SyncSecureChatCompletion(BaseSecureChat[SyncSecureCompletionClient]):
         base_url: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str | None] | None = None,
+        extra_query: Mapping[str, object] | None = None,
         **kwargs: Any,
     ) -> ChatCompletion:
         """Create an encrypted chat completion (blocking); see ``SecureChatCompletion.create``."""
@@ -456,6 +523,9 @@ class SyncSecureChatCompletion(BaseSecureChat[SyncSecureCompletionClient]):
             self._api_key_for(api_key),
             security_tier,
             timeout=timeout,
+            max_retries=max_retries,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
         )
 
     def close(self) -> None:
@@ -475,12 +545,64 @@ class SyncSecureChatCompletion(BaseSecureChat[SyncSecureCompletionClient]):
         self.close()
 
 
+def _stream_arguments(
+    stream: object, stream_options: Mapping[str, Any] | None
+) -> tuple[bool, bool]:
+    """``(stream, include_usage)`` of ``chat.completions.create``, checked as OpenAI does."""
+    if stream_options is not None:
+        if not stream:
+            raise InvalidRequestError(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+            )
+        if not isinstance(stream_options, Mapping):
+            raise TypeError("stream_options must be a mapping such as {'include_usage': True}")
+    if stream not in (None, True, False) and not isinstance(stream, NotGiven):
+        raise TypeError("stream must be a bool")
+    return bool(stream is True), bool(stream_options and stream_options.get("include_usage"))
+
+
 class AsyncCompletions:
-    """``client.chat.completions`` of :class:`SecureChatCompletion`."""
+    """``client.chat.completions`` of :class:`SecureChatCompletion`.
+
+    ``create(...)`` takes what :meth:`SecureChatCompletion.create` takes; with
+    ``stream=True`` it returns an :class:`~nomyo.AsyncStream` of chunks (emulated: the router
+    answers once; the stream gives that reply back as OpenAI's chunks, see ``nomyo._stream``).
+    """
 
     def __init__(self, owner: SecureChatCompletion) -> None:
-        #: ``await client.chat.completions.create(model=..., messages=..., ...)``
-        self.create = owner.create
+        self._owner = owner
+
+    @overload
+    async def create(
+        self,
+        *args: Any,
+        stream: Literal[True],
+        stream_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncStream: ...
+
+    @overload
+    async def create(
+        self,
+        *args: Any,
+        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
+        stream_options: None = None,
+        **kwargs: Any,
+    ) -> ChatCompletion: ...
+
+    async def create(
+        self,
+        *args: Any,
+        stream: bool | NotGiven | None = NOT_GIVEN,
+        stream_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ChatCompletion | AsyncStream:
+        """``await client.chat.completions.create(model=..., messages=..., ...)``"""
+        streaming, include_usage = _stream_arguments(stream, stream_options)
+        completion = await self._owner.create(*args, **kwargs)
+        if not streaming:
+            return completion
+        return AsyncStream(completion, include_usage=include_usage)
 
 
 class AsyncChat:
@@ -491,11 +613,47 @@ class AsyncChat:
 
 
 class SyncCompletions:
-    """``client.chat.completions`` of :class:`SyncSecureChatCompletion`."""
+    """``client.chat.completions`` of :class:`SyncSecureChatCompletion`.
+
+    ``create(...)`` takes what :meth:`SyncSecureChatCompletion.create` takes; with
+    ``stream=True`` it returns a :class:`~nomyo.Stream` of chunks (emulated, as in
+    :class:`AsyncCompletions`).
+    """
 
     def __init__(self, owner: SyncSecureChatCompletion) -> None:
-        #: ``client.chat.completions.create(model=..., messages=..., ...)``
-        self.create = owner.create
+        self._owner = owner
+
+    @overload
+    def create(
+        self,
+        *args: Any,
+        stream: Literal[True],
+        stream_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Stream: ...
+
+    @overload
+    def create(
+        self,
+        *args: Any,
+        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
+        stream_options: None = None,
+        **kwargs: Any,
+    ) -> ChatCompletion: ...
+
+    def create(
+        self,
+        *args: Any,
+        stream: bool | NotGiven | None = NOT_GIVEN,
+        stream_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ChatCompletion | Stream:
+        """``client.chat.completions.create(model=..., messages=..., ...)``"""
+        streaming, include_usage = _stream_arguments(stream, stream_options)
+        completion = self._owner.create(*args, **kwargs)
+        if not streaming:
+            return completion
+        return Stream(completion, include_usage=include_usage)
 
 
 class SyncChat:

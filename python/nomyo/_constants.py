@@ -31,6 +31,16 @@ POOL_TIMEOUT: Final = 60.0
 
 #: Largest reply body read from the server, in bytes.
 MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+#: The largest ``max_response_size`` a client accepts (the native transport's bound too).
+MAX_RESPONSE_LIMIT: Final = 1 << 30
+#: Reserved request key of the reply-binding extension (docs/security.md): a random secret
+#: sealed inside the request, which a supporting router removes before inference and returns
+#: as ``_metadata.reply_binding`` inside the sealed reply.
+REPLY_BINDING_KEY: Final = "_nomyo_reply_binding"
+#: Default ``max_request_size``: the most text (characters in the request's strings, a lower
+#: bound of its JSON bytes) a request may hold; larger ones are refused before encrypting.
+#: Sealed, 32 MiB of text is about 43 MiB on the wire (base64 adds a third).
+MAX_REQUEST_BYTES: Final = 32 * 1024 * 1024
 #: Largest error body read from the server, in bytes.
 MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 #: Largest server public key reply read, in bytes (a PEM key is a few KiB).

@@ -31,9 +31,11 @@ __all__ = [
     "open_json",
     "seal_bytes",
     "seal_json",
+    "secure_memory_needed",
     "unlock_bytearray",
     "verify_attestation",
     "wipe_bytearray",
+    "write_dev_certificates",
     "write_file",
 ]
 
@@ -144,20 +146,34 @@ class SecretBuffer:
     def close(self) -> None:
         """Zero, unlock and release the memory now; the buffer is empty afterwards."""
 
-def seal_json(obj: Any, recipient: PublicKey, processed_at: int | float | None = None) -> bytes:
+def seal_json(
+    obj: Any,
+    recipient: PublicKey,
+    processed_at: int | float | None = None,
+    *,
+    secure_memory: str = "best_effort",
+) -> bytes:
     """Serialize ``obj`` to JSON inside native memory and seal it to ``recipient``.
 
     Returns the envelope as UTF-8 JSON bytes. ``processed_at`` (server side) is added to the
     envelope when given. Raises TypeError/ValueError for objects JSON cannot represent.
+    ``secure_memory`` (``off``, ``best_effort``, ``require``) is the policy of the secret
+    buffers; under ``require`` a buffer that cannot be locked raises SecureMemoryError
+    before anything is written to it.
     """
 
 def open_json(
-    envelope: bytes, key: PrivateKey, max_size: int | None = None
+    envelope: bytes,
+    key: PrivateKey,
+    max_size: int | None = None,
+    *,
+    secure_memory: str = "best_effort",
 ) -> tuple[Any, int | float | None, str]:
     """Open an envelope sealed to ``key`` and parse its plaintext JSON into Python objects.
 
     Returns ``(value, processed_at, algorithm)``. Raises EnvelopeError for structural
-    problems and SecurityError (opaque) for any unwrap or authentication failure.
+    problems and SecurityError (opaque) for any unwrap or authentication failure;
+    SecureMemoryError under ``secure_memory="require"`` (see ``seal_json``).
     """
 
 def seal_bytes(data: bytes | bytearray | memoryview, recipient: PublicKey) -> bytes:
@@ -166,15 +182,21 @@ def seal_bytes(data: bytes | bytearray | memoryview, recipient: PublicKey) -> by
 def open_bytes(envelope: bytes, key: PrivateKey, max_size: int | None = None) -> SecretBuffer:
     """Open an envelope into a SecretBuffer holding the plaintext."""
 
-def dumps(obj: Any) -> SecretBuffer:
-    """Serialize ``obj`` to compact JSON into a SecretBuffer (what ``seal_json`` encrypts)."""
+def dumps(obj: Any, *, secure_memory: str = "best_effort") -> SecretBuffer:
+    """Serialize ``obj`` to compact JSON into a SecretBuffer (what ``seal_json`` encrypts),
+    under the ``secure_memory`` policy (see ``seal_json``)."""
 
 def crypto_info() -> dict[str, Any]:
     """The crypto library ("aws-lc"), its random generator's seed ("os"; "cpu-jitter" in a
     build without the project's cargo settings) and how many RSA key generations race."""
 
 def memory_protection_info() -> dict[str, Any]:
-    """What this platform actually grants: locking, dump exclusion, zeroing, page size."""
+    """What this process has achieved for secret memory: a probe page now (locking, dump
+    exclusion, wipe-on-fork), the memlock limits and capability, and counters since the
+    start (see ``nomyo.get_memory_protection_info``)."""
+
+def secure_memory_needed(size: int) -> int:
+    """Locked bytes a request of ``size`` JSON bytes (mostly one message) needs at its peak."""
 
 def disable_core_dumps() -> bool:
     """Set RLIMIT_CORE to 0 and PR_SET_DUMPABLE to 0 (Linux). Returns True on success."""
@@ -192,14 +214,17 @@ def verify_attestation(
     attestation: dict[str, Any] | None,
     payload_id: str,
     expected_pcrs: dict[str, dict[int, str]] | None = None,
+    trusted_aiks: list[str] | None = None,
 ) -> dict[str, Any]:
     """Verify a ``_metadata.tpm_attestation`` block for ``payload_id`` (PROTOCOL.md §5).
 
     Returns a dict saying what was proven: ``available``, ``valid``, ``reason``, ``detail``,
     ``signature_valid``, ``bound_to_request``, ``pcr_digest_valid``, ``pcr_values``,
-    ``pcr_policy_matched``, ``aik_type``, ``signature_scheme``, and, honestly, what was not:
-    ``aik_trusted`` and ``genuine_tpm_proven`` are always False (the AIK comes from the
-    server), with a ``caveat``.
+    ``pcr_policy_matched``, ``aik_type``, ``aik_fingerprint`` (``sha256:<hex>`` of the AIK's
+    SubjectPublicKeyInfo DER), ``signature_scheme``, and, honestly, what was not:
+    ``aik_trusted`` and ``genuine_tpm_proven`` are False (the AIK comes from the server),
+    with a ``caveat``, unless ``trusted_aiks`` pins the AIK: then a quote by any other key
+    fails with reason ``aik_untrusted``, and a valid one has both True.
     """
 
 def write_file(
@@ -287,7 +312,11 @@ class Transport:
         max_connections: int = 100,
         max_idle: int = 32,
         keepalive: float = 5.0,
+        secure_memory: str = "best_effort",
     ) -> Transport: ...
+    @property
+    def secure_memory(self) -> str:
+        """The policy of the secret buffers this transport's requests make."""
     def start(
         self,
         done: Completions | Callable[[bool, Any], object],
@@ -326,3 +355,18 @@ class Transport:
         """Close idle keep-alive connections."""
     @property
     def idle_connections(self) -> int: ...
+
+def write_dev_certificates(
+    ca_path: str | os.PathLike[str],
+    cert_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    days: int = 30,
+) -> None:
+    """Make a throwaway CA and a server certificate for localhost, 127.0.0.1 and ::1.
+
+    P-256 keys and ECDSA-SHA256 signatures from aws-lc; valid from an hour ago for ``days``
+    days (1-3650). Writes ``ca_path`` and ``cert_path`` (0644) and the server's PKCS#8 key
+    ``key_path`` (0600), each atomically, replacing existing files. The CA's key is never
+    written. Raises ValueError for ``days`` out of range, OSError when a file cannot be
+    written.
+    """

@@ -10,22 +10,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._attestation import AttestationMode, PcrPolicy
+from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
 from ._base import BaseSecureClient, KeyRotated, error_details
 from ._constants import (
     COMPLETION_PATH,
     DEFAULT_MAX_RETRIES,
     MAX_ERROR_BODY_BYTES,
     MAX_KEY_BYTES,
+    MAX_REQUEST_BYTES,
     MAX_RESPONSE_BYTES,
     PUBLIC_KEY_PATH,
 )
 from ._exceptions import APIConnectionError, APIError, EnvelopeError, SecurityError
+from ._memory import SecureMemoryOption
 from ._native import NativeTransport, native_trust
 from ._params import NOT_GIVEN, NotGiven
 from ._ratelimit import RateLimiter
@@ -36,6 +38,7 @@ from ._transport import (
     TimeoutTypes,
     VerifyTypes,
     body_deadline,
+    check_caller_http,
     make_sync_client,
     native_timeouts,
     read_limited_sync,
@@ -61,7 +64,7 @@ class SyncSecureCompletionClient(BaseSecureClient):
         self,
         router_url: str | None = None,
         allow_http: bool = False,
-        secure_memory: bool = True,
+        secure_memory: SecureMemoryOption = True,
         max_retries: int = DEFAULT_MAX_RETRIES,
         *,
         timeout: TimeoutTypes = None,
@@ -73,7 +76,10 @@ class SyncSecureCompletionClient(BaseSecureClient):
         transport: httpx.BaseTransport | None = None,
         http_client: httpx.Client | None = None,
         max_response_size: int = MAX_RESPONSE_BYTES,
+        max_request_size: int = MAX_REQUEST_BYTES,
         rate_limit: bool | RateLimiter | None = None,
+        trusted_aik: str | Iterable[str] | None = None,
+        reply_binding: ReplyBindingMode = "off",
     ) -> None:
         super().__init__(
             router_url,
@@ -86,9 +92,19 @@ class SyncSecureCompletionClient(BaseSecureClient):
             expected_pcrs=expected_pcrs,
             max_response_size=max_response_size,
             rate_limit=rate_limit,
+            trusted_aik=trusted_aik,
+            reply_binding=reply_binding,
+            max_request_size=max_request_size,
         )
+        check_caller_http(transport, http_client)
         trust = native_trust(verify, transport is not None or http_client is not None)
-        self._native = None if trust is None else NativeTransport(trust, timeout_seconds(timeout))
+        self._native = (
+            None
+            if trust is None
+            else NativeTransport(
+                trust, timeout_seconds(timeout), secure_memory=self.secure_memory_mode
+            )
+        )
         self._owns_http = http_client is None
         self._http: httpx.Client | None = None
         if self._native is None:
@@ -155,23 +171,34 @@ class SyncSecureCompletionClient(BaseSecureClient):
         """The envelope and the server key it was sealed to (for rotation detection)."""
         self._check_payload(payload)
         server_key = self._server_public_key()
-        return _core.seal_json(payload, server_key), server_key
+        return (
+            _core.seal_json(payload, server_key, secure_memory=self.secure_memory_mode),
+            server_key,
+        )
 
-    def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> ChatCompletion:
+    def decrypt_response(
+        self, encrypted_response: bytes, payload_id: str, *, reply_binding: str | None = None
+    ) -> ChatCompletion:
         """Open a reply sealed to our key and complete its ``_metadata``.
+
+        Args:
+            reply_binding: the secret sealed into the request (``reply_binding="require"``).
 
         Raises:
             EnvelopeError: structural problems (not JSON, missing field, bad base64, ...).
-            SecurityError: decryption or authentication failed, or the reply names another
-                request's payload id.
+            SecurityError: decryption or authentication failed, the reply names another
+                request's payload id, or lacks the request's reply binding.
         """
         key = self._require_keys()
         if not isinstance(encrypted_response, (bytes, bytearray, memoryview)):
             raise EnvelopeError("encrypted response must be bytes")
         value, processed_at, algorithm = _core.open_json(
-            bytes(encrypted_response), key, self._max_response
+            bytes(encrypted_response),
+            key,
+            self._max_response,
+            secure_memory=self.secure_memory_mode,
         )
-        return self._finish_reply(value, payload_id, processed_at, algorithm)
+        return self._finish_reply(value, payload_id, processed_at, algorithm, reply_binding)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -183,34 +210,48 @@ class SyncSecureCompletionClient(BaseSecureClient):
         security_tier: str | None = None,
         *,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str | None] | None = None,
+        extra_query: Mapping[str, object] | None = None,
     ) -> ChatCompletion:
         """Encrypt, send (with retries), and decrypt one chat completion (blocking).
 
         Raises:
-            ConfigurationError: an invalid security tier (nothing is sent).
+            ConfigurationError: an invalid security tier or option (nothing is sent).
+            RequestTooLargeError: the payload exceeds ``max_request_size`` (nothing is
+                sent), or the router answered 413.
             APIError subclasses: the server's error status, after retries where retryable.
             APIConnectionError: network failure after retries.
             SecurityError / EnvelopeError: the reply cannot be trusted or read.
         """
-        headers = self._request_headers(payload_id, api_key, security_tier)
+        retries = self._retries(max_retries)
+        self._check_request_size(payload)
+        headers = self._request_headers(payload_id, api_key, security_tier, extra_headers)
+        url = self._completion_url(extra_query)
+        payload, binding = self._bind_request(payload)
         self._check_open()
         refetched = False
         attempt = 0
         while True:
             try:
-                return self._attempt(payload, payload_id, headers, attempt, timeout)
+                return self._attempt(payload, payload_id, headers, attempt, timeout, binding, url)
             except KeyRotated:
                 if refetched:
                     raise SecurityError(
-                        "the server could not decrypt the request after a key re-fetch"
+                        "the server could not decrypt the request after a key re-fetch",
+                        payload_id=payload_id,
                     ) from None
                 refetched = True
+            except (SecurityError, EnvelopeError) as exc:
+                if exc.payload_id is None:
+                    exc.payload_id = payload_id
+                raise
             except (APIConnectionError, APIError) as exc:
-                if not self._should_retry(exc, attempt):
+                if not self._should_retry(exc, attempt, retries):
                     raise
                 delay = retry_delay(attempt, getattr(exc, "retry_after", None))
                 attempt += 1
-                self._log_retry(payload_id, exc, attempt, delay)
+                self._log_retry(payload_id, exc, attempt, delay, retries)
                 time.sleep(delay)
 
     def _attempt(
@@ -220,9 +261,13 @@ class SyncSecureCompletionClient(BaseSecureClient):
         headers: dict[str, str],
         attempt: int,
         timeout: TimeoutTypes | NotGiven,
+        binding: str | None = None,
+        url: str | None = None,
     ) -> ChatCompletion:
         if self._native is not None:
-            return self._attempt_native(payload, payload_id, headers, attempt, timeout)
+            return self._attempt_native(
+                payload, payload_id, headers, attempt, timeout, binding, url
+            )
         assert self._http is not None
         import httpx  # the httpx transport only (see _native)
 
@@ -231,7 +276,7 @@ class SyncSecureCompletionClient(BaseSecureClient):
         sealed = time.perf_counter()
         waited = self.rate_limiter.wait() if self.rate_limiter is not None else 0.0
         sending = time.perf_counter()
-        url = self.router_url + COMPLETION_PATH
+        url = url or self.router_url + COMPLETION_PATH
         try:
             with self._http.stream(
                 "POST",
@@ -262,13 +307,13 @@ class SyncSecureCompletionClient(BaseSecureClient):
         )
         if status == 200:
             opening = time.perf_counter()
-            reply = self.decrypt_response(data, payload_id)
+            reply = self.decrypt_response(data, payload_id, reply_binding=binding)
             self._log_opened(payload_id, time.perf_counter() - opening)
             return reply
         details = error_details(data)
         if self._is_decrypt_failure(status, details) and self._server_key_changed(used_key):
             raise KeyRotated
-        raise self._status_error(status, details, response.headers, payload_id)
+        raise self._status_error(status, details, response.headers, payload_id, len(body))
 
     def _attempt_native(
         self,
@@ -277,6 +322,8 @@ class SyncSecureCompletionClient(BaseSecureClient):
         headers: dict[str, str],
         attempt: int,
         timeout: TimeoutTypes | NotGiven,
+        binding: str | None = None,
+        url: str | None = None,
     ) -> ChatCompletion:
         """One attempt on the native transport (the GIL is released while it runs)."""
         assert self._native is not None
@@ -285,7 +332,7 @@ class SyncSecureCompletionClient(BaseSecureClient):
         waited = self.rate_limiter.wait() if self.rate_limiter is not None else 0.0
         try:
             exchange = self._native.post_sealed_sync(
-                self.router_url + COMPLETION_PATH,
+                url or self.router_url + COMPLETION_PATH,
                 headers,
                 payload,
                 used_key,
@@ -297,13 +344,15 @@ class SyncSecureCompletionClient(BaseSecureClient):
             raise self._transport_error(exc, payload_id) from exc
         self._log_native(payload_id, attempt, exchange, waited)
         if exchange.opened:
-            return self._finish_native(exchange, payload_id)
+            return self._finish_native(exchange, payload_id, binding)
         details = error_details(exchange.body())
         if self._is_decrypt_failure(exchange.status, details) and self._server_key_changed(
             used_key
         ):
             raise KeyRotated
-        raise self._status_error(exchange.status, details, exchange.headers(), payload_id)
+        raise self._status_error(
+            exchange.status, details, exchange.headers(), payload_id, exchange.sent_bytes
+        )
 
     def _server_key_changed(self, used: _core.PublicKey | None) -> bool:
         """After a 'cannot decrypt' reply, re-fetch the key once and report if it changed."""

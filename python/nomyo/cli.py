@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import shlex
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _core
 from ._chat import SecureChatCompletion
@@ -30,33 +32,49 @@ from ._cli_support import (
     EXIT_OK,
     EXIT_USAGE,
     CLIError,
+    ShutdownSignals,
     client_transport,
     describe_error,
     display_url,
     exit_code_for,
     is_loopback_host,
+    local_certificates,
     parse_listen,
     read_password,
+    read_stdin_text,
     resolve_base_url,
-    wait_for_shutdown,
 )
 from ._client import SecureCompletionClient
 from ._constants import KEY_SIZE, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, SECURITY_TIERS
+from ._doctor import add_parser as add_doctor_parser
 from ._exceptions import NomyoError
 from ._keys import generate_key, load_private_key, password_from_env, save_key_pair
-from ._known_hosts import KnownHosts
+from ._known_hosts import KnownHosts, normalise_fingerprint
+
+if TYPE_CHECKING:
+    from ._proxy import ChatProxy
 
 __all__ = ["DEFAULT_MODEL", "build_parser", "main"]
+
+ENV_PROXY_TOKEN = "NOMYO_PROXY_TOKEN"
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 KEY_SIZES = (2048, 3072, 4096)
 _EPILOG = f"""\
 environment: NOMYO_BASE_URL, NOMYO_API_KEY, NOMYO_MODEL (defaults for --base-url, --api-key,
---model), {ENV_KEY_PASSWORD} (password of the key in --key-dir), HTTPS_PROXY/NO_PROXY,
-SSL_CERT_FILE.
+--model), {ENV_KEY_PASSWORD} (password of the key in --key-dir), NOMYO_PROXY_TOKEN
+(the proxy's --auth-token), HTTPS_PROXY/NO_PROXY, SSL_CERT_FILE.
 exit codes: 0 ok, 1 failure, 2 usage, 3 server unreachable, 4 plain HTTP or TLS certificate
 refused or security check failed, 5 bad key or wrong password, 6 server answered 4xx/5xx,
 130 interrupted."""
+_SERVE_DEV_EPILOG = """\
+Try it locally: `nomyo serve-dev --tls` makes a local CA and a certificate for localhost,
+127.0.0.1 and ::1 (kept in ~/.config/nomyo/dev-tls and reused while valid), serves HTTPS and
+prints the two lines that point clients in another shell at it:
+  export NOMYO_BASE_URL=https://127.0.0.1:12434
+  export SSL_CERT_FILE=.../dev-tls/ca.pem
+exit codes: 0 stopped by SIGTERM, 1 failure (for example the port is in use), 2 usage,
+130 stopped by Ctrl-C (SIGINT)."""
 
 _log_handler: logging.Handler | None = None
 
@@ -95,7 +113,7 @@ def _read_prompt(given: str | None) -> str:
             raise CLIError("no prompt given and no stdin to read it from", EXIT_USAGE)
         if sys.stdin.isatty():
             _err("nomyo: type the prompt, end with Ctrl-D")
-        prompt = sys.stdin.read()
+        prompt = read_stdin_text()
     if not prompt.strip():
         raise CLIError("the prompt is empty", EXIT_USAGE)
     return prompt.strip()
@@ -149,11 +167,17 @@ async def _chat_once(
         key_password=password_from_env(ENV_KEY_PASSWORD),
         verify=args.ca_file or True,
         transport=client_transport(url, args.ca_file),
+        **_trust_kwargs(args),
+        **_memory_kwargs(args),
     )
     async with chat:
         options: dict[str, Any] = {}
         if args.security_tier:
             options["security_tier"] = args.security_tier
+        if args.temperature is not None:
+            options["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            options["max_tokens"] = args.max_tokens
         response = await chat.create(_model(args.model), messages, **options)
         key = chat.client.server_public_key
     metadata = response.get("_metadata")
@@ -198,8 +222,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return asyncio.run(_run_proxy(args, host, port))
 
 
-async def _run_proxy(args: argparse.Namespace, host: str, port: int) -> int:
-    from ._proxy import ChatProxy
+@contextlib.asynccontextmanager
+async def _serving_proxy(
+    args: argparse.Namespace, host: str, port: int, *, auth_token: str | None
+) -> AsyncIterator[ChatProxy]:
+    """The client and the running proxy of ``nomyo proxy`` and ``nomyo run``."""
+    from ._http_server import Limits
+    from ._proxy import MAX_BUFFERED_BYTES, MAX_REQUEST_BYTES, ChatProxy
 
     url = resolve_base_url(args.base_url)
     chat = SecureChatCompletion(
@@ -208,6 +237,17 @@ async def _run_proxy(args: argparse.Namespace, host: str, port: int) -> int:
         api_key=_api_key(args.api_key),
         verify=args.ca_file or True,
         transport=client_transport(url, args.ca_file),
+        **_trust_kwargs(args),
+        **_memory_kwargs(args),
+    )
+    limits = Limits(
+        max_body=MAX_REQUEST_BYTES,
+        request_timeout=60.0,
+        idle_timeout=60.0,
+        max_connections=args.max_connections,
+        max_buffered_bytes=(
+            args.max_buffered_mib * 1024 * 1024 if args.max_buffered_mib else MAX_BUFFERED_BYTES
+        ),
     )
     async with chat:
         await asyncio.to_thread(chat.client.generate_keys)
@@ -218,33 +258,91 @@ async def _run_proxy(args: argparse.Namespace, host: str, port: int) -> int:
                 "cannot fetch the router's key yet (%s); retrying on the first request",
                 describe_error(exc),
             )
-        proxy = ChatProxy(
-            chat,
-            host,
-            port,
-            model=_model(args.model),
-            security_tier=args.security_tier,
-            allow_remote=args.allow_remote,
-        )
+        try:
+            proxy = ChatProxy(
+                chat,
+                host,
+                port,
+                model=_model(args.model),
+                security_tier=args.security_tier,
+                allow_remote=getattr(args, "allow_remote", False),
+                auth_token=auth_token,
+                forward_api_key=args.forward_api_key,
+                limits=limits,
+            )
+        except NomyoError as exc:
+            raise CLIError(str(exc), EXIT_USAGE) from None
         try:
             await proxy.start()
         except OSError as exc:
             raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         try:
-            key = chat.client.server_public_key
-            _out(f"nomyo proxy: listening on {proxy.url} (OpenAI base URL {proxy.url}/v1)")
-            _out(
-                f"nomyo proxy: forwarding end-to-end encrypted to "
-                f"{display_url(chat.client.router_url)} (server key "
-                f"{key.fingerprint() if key is not None else 'not fetched yet'})"
-            )
-            if not is_loopback_host(host):
-                _err("nomyo proxy: WARNING: listening beyond loopback; requests arrive in clear")
-            await wait_for_shutdown()
+            yield proxy
         finally:
             await proxy.stop()
+
+
+def _proxy_token(args: argparse.Namespace) -> str | None:
+    """``--auth-token``, else ``$NOMYO_PROXY_TOKEN``, else None (no token required)."""
+    token: str | None = args.auth_token
+    if token is None:
+        token = os.environ.get(ENV_PROXY_TOKEN) or None
+    if token is not None and not token.strip():
+        raise CLIError("--auth-token must not be empty", EXIT_USAGE)
+    if token is not None and args.forward_api_key:
+        raise CLIError(
+            "--forward-api-key cannot be combined with --auth-token: the caller's bearer "
+            "token is then the proxy's token",
+            EXIT_USAGE,
+        )
+    return token
+
+
+async def _run_proxy(args: argparse.Namespace, host: str, port: int) -> int:
+    token = _proxy_token(args)
+    signals = ShutdownSignals()  # caught before "listening" is printed: none is lost
+    async with _serving_proxy(args, host, port, auth_token=token) as proxy:
+        key = proxy.chat.client.server_public_key
+        _out(f"nomyo proxy: listening on {proxy.url} (OpenAI base URL {proxy.url}/v1)")
+        _out(
+            f"nomyo proxy: forwarding end-to-end encrypted to "
+            f"{display_url(proxy.chat.client.router_url)} (server key "
+            f"{key.fingerprint() if key is not None else 'not fetched yet'})"
+        )
+        if token is None:
+            _err(
+                "nomyo proxy: no --auth-token: every local user who can reach this port can "
+                "use it (and its API key)"
+            )
+        if not is_loopback_host(host):
+            _err("nomyo proxy: WARNING: listening beyond loopback; requests arrive in clear")
+        code = await signals.wait()
+    signals.close()  # (asyncio.run's loop.close() also removes the handlers on errors)
     _err("nomyo proxy: stopped")
-    return EXIT_OK
+    return code
+
+
+# -- run ----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``nomyo run -- CMD ARGS...``: CMD with OpenAI variables pointing at a private proxy."""
+    command = list(args.child)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CLIError("nomyo run: give the command to run after '--'", EXIT_USAGE)
+    _check_file(args.ca_file, "CA file")
+    return asyncio.run(_run_child(args, command))
+
+
+async def _run_child(args: argparse.Namespace, command: list[str]) -> int:
+    from ._run import new_token, run_with_proxy
+
+    token = new_token()
+    async with _serving_proxy(args, "127.0.0.1", 0, auth_token=token) as proxy:
+        _err(f"nomyo run: proxy on {proxy.url}/v1 -> {display_url(proxy.chat.client.router_url)}")
+        return await run_with_proxy(command, proxy.url + "/v1", token)
 
 
 # -- serve-dev ----------------------------------------------------------------------------
@@ -254,6 +352,8 @@ def cmd_serve_dev(args: argparse.Namespace) -> int:
     """``nomyo serve-dev``: the development router as a long-running server."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CLIError("--tls-cert and --tls-key must be given together", EXIT_USAGE)
+    if args.tls is not None and args.tls_cert is not None:
+        raise CLIError("--tls cannot be combined with --tls-cert/--tls-key", EXIT_USAGE)
     _check_file(args.tls_cert, "TLS certificate")
     _check_file(args.tls_key, "TLS key")
     if not 0 <= args.port <= 65535:
@@ -264,10 +364,24 @@ def cmd_serve_dev(args: argparse.Namespace) -> int:
             "what it receives; pass --allow-remote (and --api-key) if you mean it",
             EXIT_USAGE,
         )
-    return asyncio.run(_serve_dev(args))
+    ca_file: str | None = None
+    if args.tls is not None:
+        certs = local_certificates(args.tls or None)
+        args.tls_cert, args.tls_key, ca_file = certs.cert, certs.key, certs.ca_cert
+    return asyncio.run(_serve_dev(args, ca_file))
 
 
-async def _serve_dev(args: argparse.Namespace) -> int:
+async def _serve_dev(args: argparse.Namespace, ca_file: str | None = None) -> int:
+    signals = ShutdownSignals()  # caught before "listening" is printed: none is lost
+    try:
+        return await _serve_dev_until_stopped(args, ca_file, signals)
+    finally:
+        signals.close()
+
+
+async def _serve_dev_until_stopped(
+    args: argparse.Namespace, ca_file: str | None, signals: ShutdownSignals
+) -> int:
     from .testing import DevRouter
 
     router = await asyncio.to_thread(
@@ -294,11 +408,20 @@ async def _serve_dev(args: argparse.Namespace) -> int:
         _out(f"nomyo serve-dev: backend {backend}, {auth}; Ctrl-C stops")
         if not is_loopback_host(args.host) and args.tls_cert is None:
             _err("nomyo serve-dev: WARNING: plain HTTP beyond loopback; for development only")
-        await wait_for_shutdown()
+        if ca_file is not None:
+            if not is_loopback_host(args.host):
+                _err(
+                    "nomyo serve-dev: WARNING: the --tls certificate names only localhost, "
+                    "127.0.0.1 and ::1"
+                )
+            _out("nomyo serve-dev: point clients in another shell at it with:")
+            _out(f"export NOMYO_BASE_URL={shlex.quote(router.url)}")
+            _out(f"export SSL_CERT_FILE={shlex.quote(ca_file)}")
+        code = await signals.wait()
     finally:
         await router.stop()
     _err("nomyo serve-dev: stopped")
-    return EXIT_OK
+    return code
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -380,8 +503,9 @@ def cmd_keys_trust(args: argparse.Namespace) -> int:
         fingerprint = asyncio.run(
             _fetch_server_key(url, args.allow_http, args.ca_file)
         ).fingerprint()
+    fingerprint = normalise_fingerprint(fingerprint)  # "" or any other text: exit 2
     hosts = KnownHosts(args.known_hosts)
-    hosts.trust(url.rstrip("/"), fingerprint.strip().lower())
+    hosts.trust(url.rstrip("/"), fingerprint)
     _out(f"trusted {fingerprint} for {url} in {hosts.path}")
     return EXIT_OK
 
@@ -427,6 +551,108 @@ def _add_server_args(parser: argparse.ArgumentParser, *, api_key: bool = True) -
     parser.add_argument("--ca-file", metavar="PEM", help="trust this CA bundle for HTTPS")
 
 
+def _add_trust_args(parser: argparse.ArgumentParser) -> None:
+    """What the router must prove (``chat``, ``proxy``, ``run``); see :func:`_trust_kwargs`."""
+    group = parser.add_argument_group(
+        "trust", "what the router must prove before a reply is accepted (docs/security.md)"
+    )
+    group.add_argument(
+        "--pin",
+        "--server-key-fingerprint",
+        dest="pins",
+        action="append",
+        metavar="SHA256",
+        help="accept only this server key (sha256:<hex>, from 'nomyo keys server-fingerprint'"
+        "); repeat to accept several",
+    )
+    group.add_argument(
+        "--tofu",
+        action="store_true",
+        help="trust on first use: remember the server key in the known-hosts file and refuse "
+        "a changed one (the file of 'nomyo keys trust')",
+    )
+    group.add_argument(
+        "--known-hosts",
+        metavar="PATH",
+        help="the known-hosts file (implies --tofu; default $NOMYO_KNOWN_HOSTS, else "
+        "~/.config/nomyo/known_hosts)",
+    )
+    group.add_argument(
+        "--attestation",
+        choices=("off", "verify", "require"),
+        help="check the router's TPM quote: verify reports it, require refuses a reply "
+        "without a valid one (default off; require with --trusted-aik)",
+    )
+    group.add_argument(
+        "--trusted-aik",
+        dest="trusted_aiks",
+        action="append",
+        metavar="SHA256",
+        help="accept quotes only from this attestation key (sha256:<hex> of its "
+        "SubjectPublicKeyInfo); repeatable; implies --attestation require",
+    )
+    group.add_argument(
+        "--reply-binding",
+        choices=("off", "require"),
+        default="off",
+        help="seal a random secret into each request and refuse a reply that does not "
+        "return it (the router must support this extension; default off)",
+    )
+
+
+def _trust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The client keyword arguments of :func:`_add_trust_args`' options."""
+    known_hosts: str | bool | None = args.known_hosts or (True if args.tofu else None)
+    trusted = args.trusted_aiks or None
+    return {
+        "server_key_fingerprint": args.pins or None,
+        "known_hosts": known_hosts,
+        "attestation": args.attestation or ("require" if trusted else "off"),
+        "trusted_aik": trusted,
+        "reply_binding": args.reply_binding,
+    }
+
+
+def _add_memory_arg(parser: argparse.ArgumentParser) -> None:
+    """``--secure-memory`` (``chat``, ``proxy``, ``run``); see :func:`_memory_kwargs`."""
+    parser.add_argument(
+        "--secure-memory",
+        choices=("require", "best-effort", "off"),
+        help="require: refuse (before sending) a request whose plaintext and keys cannot be "
+        "held in locked, dump-excluded memory; best-effort (default): lock when the OS "
+        "allows; off: do not lock. $NOMYO_SECURE_MEMORY=require forces require; "
+        "`nomyo doctor` shows what this machine allows",
+    )
+
+
+def _memory_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The client keyword argument of ``--secure-memory`` (none when not given)."""
+    choice = getattr(args, "secure_memory", None)
+    if choice is None:
+        return {}
+    return {"secure_memory": {"require": "require", "best-effort": True, "off": False}[choice]}
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0-2")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
 def _add_chat(sub: Any, common: argparse.ArgumentParser) -> None:
     chat = sub.add_parser(
         "chat",
@@ -439,9 +665,15 @@ def _add_chat(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     chat.add_argument("prompt", nargs="?", help="the user message (default: stdin)")
     _add_server_args(chat)
+    _add_trust_args(chat)
+    _add_memory_arg(chat)
     chat.add_argument("--model", help=f"model name ($NOMYO_MODEL, default {DEFAULT_MODEL})")
     chat.add_argument("--system", metavar="TEXT", help="a system message")
-    chat.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    chat.add_argument(
+        "--json",
+        action="store_true",
+        help='print the whole response as JSON; on failure {"error": {...}} on stdout',
+    )
     chat.add_argument(
         "--local",
         action="store_true",
@@ -454,7 +686,47 @@ def _add_chat(sub: Any, common: argparse.ArgumentParser) -> None:
         help=f"use (or create) the key pair in DIR; password from ${ENV_KEY_PASSWORD}",
     )
     chat.add_argument("--max-retries", type=int, default=2, metavar="N", help="default 2")
+    chat.add_argument(
+        "--temperature", type=_temperature, metavar="T", help="sampling temperature (0-2)"
+    )
+    chat.add_argument(
+        "--max-tokens", type=_positive_int, metavar="N", help="at most N tokens in the reply"
+    )
     chat.set_defaults(handler=cmd_chat)
+
+
+def _add_forwarding_args(parser: argparse.ArgumentParser, *, callers: bool) -> None:
+    """What ``nomyo proxy`` and ``nomyo run`` share: the router, trust, the model, limits.
+
+    ``callers``: the proxy serves callers of its own (``--forward-api-key``).
+    """
+    _add_server_args(parser)
+    _add_trust_args(parser)
+    _add_memory_arg(parser)
+    parser.add_argument(
+        "--model", help=f"model listed and used by default (default {DEFAULT_MODEL})"
+    )
+    if callers:
+        parser.add_argument(
+            "--forward-api-key",
+            action="store_true",
+            help="without --api-key/$NOMYO_API_KEY, send the caller's 'Authorization: Bearer' "
+            "token to the router as its API key (off: a tool's OPENAI_API_KEY stays local)",
+        )
+    else:
+        parser.set_defaults(forward_api_key=False)
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="open connections at most (default: a quarter of the open-file limit)",
+    )
+    parser.add_argument(
+        "--max-buffered-mib",
+        type=_positive_int,
+        metavar="MIB",
+        help="request bodies held at once over all connections, MiB (default 64)",
+    )
 
 
 def _add_proxy(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -462,23 +734,45 @@ def _add_proxy(sub: Any, common: argparse.ArgumentParser) -> None:
         "proxy",
         parents=[common],
         help="a local OpenAI-compatible endpoint that forwards end-to-end encrypted",
-        description="Serve POST /v1/chat/completions, GET /v1/models and GET /healthz on a "
-        "local address; every completion is encrypted to the NOMYO router. Without an API "
-        "key, the caller's 'Authorization: Bearer' token is forwarded.",
+        description="Serve POST /v1/chat/completions (streaming too), GET /v1/models and "
+        "GET /healthz on a local address; every completion is encrypted to the NOMYO router. "
+        "Without --auth-token (or $NOMYO_PROXY_TOKEN) any local user who can reach the port "
+        "uses the proxy, and with it your API key: set a token on a shared host.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     proxy.add_argument(
         "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="default %(default)s"
     )
-    _add_server_args(proxy)
     proxy.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --listen address"
     )
     proxy.add_argument(
-        "--model", help=f"model listed and used by default (default {DEFAULT_MODEL})"
+        "--auth-token",
+        metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' from callers (default $NOMYO_PROXY_TOKEN); "
+        "never forwarded to the router",
     )
+    _add_forwarding_args(proxy, callers=True)
     proxy.set_defaults(handler=cmd_proxy)
+
+
+def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a program built on the OpenAI SDK through a private encrypting proxy",
+        usage="nomyo run [options] -- CMD [ARGS...]",
+        description="Start the proxy on a free loopback port with a fresh random token, run "
+        "CMD with OPENAI_BASE_URL, OPENAI_API_BASE and OPENAI_API_KEY pointing at it, forward "
+        "signals to it, and exit with its status. The program's requests are encrypted end to "
+        "end without a code change.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_forwarding_args(run, callers=False)
+    run.set_defaults(handler=cmd_run, auth_token=None)
+    run.add_argument("child", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
 def _add_serve_dev(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -488,7 +782,7 @@ def _add_serve_dev(sub: Any, common: argparse.ArgumentParser) -> None:
         help="run the development router (echo backend) until Ctrl-C",
         description="The development NOMYO router: speaks the secure-completion protocol with "
         "a deterministic echo backend, or forwards to an OpenAI-compatible --upstream.",
-        epilog=_EPILOG,
+        epilog=_SERVE_DEV_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="default %(default)s")
@@ -497,9 +791,23 @@ def _add_serve_dev(sub: Any, common: argparse.ArgumentParser) -> None:
         "--api-key", action="append", metavar="KEY", help="accepted API key (repeatable)"
     )
     serve.add_argument("--upstream", metavar="URL", help="OpenAI-compatible base URL (…/v1)")
+    serve.add_argument(
+        "--tls",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="serve HTTPS with a local CA and server certificate made in DIR (default "
+        "~/.config/nomyo/dev-tls; reused while valid) and print the client's export lines",
+    )
     serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain: serve HTTPS")
     serve.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    serve.add_argument("--key-bits", type=int, choices=KEY_SIZES, default=KEY_SIZE)
+    serve.add_argument(
+        "--key-bits",
+        type=int,
+        choices=KEY_SIZES,
+        default=KEY_SIZE,
+        help="size of the router's RSA key (default %(default)s)",
+    )
     serve.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address"
     )
@@ -510,19 +818,50 @@ def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser(
         "keys",
         help="client key pairs and the server key fingerprint",
-        description="Manage client key directories (private_key.pem, public_key.pem).",
+        description="Manage client key directories (private_key.pem, public_key.pem), print "
+        "a router's key fingerprint for pinning, and accept a router's key in the known-hosts "
+        "file.",
     )
     ksub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     generate = ksub.add_parser(
-        "generate", parents=[common], help="create a key pair in a directory"
+        "generate",
+        parents=[common],
+        help="create a key pair in a directory",
+        description="Generate an RSA key pair and save it as DIR/private_key.pem (mode 0600, "
+        "created atomically) and DIR/public_key.pem; use it with `nomyo chat --key-dir DIR` "
+        "or key_dir= in Python.",
     )
-    generate.add_argument("--dir", required=True, metavar="DIR")
-    generate.add_argument("--password-stdin", action="store_true", help="password from stdin")
-    generate.add_argument("--force", action="store_true", help="replace an existing key pair")
-    generate.add_argument("--bits", type=int, choices=KEY_SIZES, default=KEY_SIZE)
+    generate.add_argument(
+        "--dir",
+        required=True,
+        metavar="DIR",
+        help="directory to write private_key.pem and public_key.pem to (created if missing)",
+    )
+    generate.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="encrypt the private key with a password read from stdin (asked twice at a "
+        "terminal); without it the key is saved unencrypted",
+    )
+    generate.add_argument(
+        "--force", action="store_true", help="replace an existing key pair in DIR"
+    )
+    generate.add_argument(
+        "--bits",
+        type=int,
+        choices=KEY_SIZES,
+        default=KEY_SIZE,
+        help="RSA key size in bits (default %(default)s)",
+    )
     generate.set_defaults(handler=cmd_keys_generate)
-    show = ksub.add_parser("show", parents=[common], help="describe a key directory")
-    show.add_argument("--dir", required=True, metavar="DIR")
+    show = ksub.add_parser(
+        "show",
+        parents=[common],
+        help="describe a key directory",
+        description="Print the fingerprint, size, password protection and file modes of the "
+        "key pair in DIR, and check that the two files belong together.",
+    )
+    show.add_argument("--dir", required=True, metavar="DIR", help="the key directory to describe")
     show.add_argument(
         "--password-stdin", action="store_true", help="check the password read from stdin"
     )
@@ -531,6 +870,8 @@ def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
         "server-fingerprint",
         parents=[common],
         help="print sha256:<hex> of the router's public key (SPKI DER)",
+        description="Fetch the router's public key and print its fingerprint, sha256:<hex> "
+        "over the SPKI DER; compare it out of band, then pin it (server_key_fingerprint=).",
     )
     _add_server_args(fingerprint, api_key=False)
     fingerprint.set_defaults(handler=cmd_keys_server_fingerprint)
@@ -538,6 +879,9 @@ def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
         "trust",
         parents=[common],
         help="accept a router's key in the known-hosts file (trust on first use)",
+        description="Record the router's key fingerprint (fetched, or given with "
+        "--fingerprint) as trusted for its URL in the known-hosts file; this is how a "
+        "changed key is accepted after checking it.",
     )
     _add_server_args(trust, api_key=False)
     trust.add_argument("--fingerprint", help="sha256:<hex> to accept (default: fetch it)")
@@ -545,9 +889,21 @@ def _add_keys(sub: Any, common: argparse.ArgumentParser) -> None:
     trust.set_defaults(handler=cmd_keys_trust)
 
 
+class _UsageError(Exception):
+    """A command line argparse refused (its message is argparse's ``PROG: error: ...``)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised (to be reported once, also as ``--json``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nomyo``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nomyo",
         description="End-to-end encrypted chat completions with NOMYO routers.",
         epilog=_EPILOG,
@@ -558,8 +914,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_chat(sub, common)
     _add_proxy(sub, common)
+    _add_run(sub, common)
     _add_serve_dev(sub, common)
     _add_keys(sub, common)
+    add_doctor_parser(sub, common)
     return parser
 
 
@@ -592,22 +950,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:
+    except _UsageError as exc:
+        words = sys.argv[1:] if argv is None else list(argv)
+        usage = argparse.Namespace(
+            json="--json" in words[: words.index("--")] if "--" in words else "--json" in words
+        )
+        return _failed(usage, str(exc), exc, EXIT_USAGE, prefix="")
+    except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _configure_logging(args.verbose, args.handler in (cmd_proxy, cmd_serve_dev))
+    if args.handler is cmd_run:
+        logging.getLogger("nomyo").setLevel(logging.WARNING if not args.verbose else logging.INFO)
     try:
         code: int = args.handler(args)
-    except KeyboardInterrupt:
-        _err("nomyo: interrupted")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _failed(args, "interrupted", exc, EXIT_INTERRUPTED)
     except (CLIError, NomyoError) as exc:
-        _err(f"nomyo: error: {describe_error(exc)}")
-        return exit_code_for(exc)
+        return _failed(args, f"error: {describe_error(exc)}", exc, exit_code_for(exc))
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILURE
     except OSError as exc:
-        _err(f"nomyo: error: {exc}")
-        return EXIT_FAILURE
+        return _failed(args, f"error: {exc}", exc, EXIT_FAILURE)
+    return code
+
+
+def _failed(
+    args: argparse.Namespace, line: str, exc: BaseException, code: int, *, prefix: str = "nomyo: "
+) -> int:
+    """Report a failure on stderr and, with ``--json``, as a JSON error object on stdout."""
+    _err(f"{prefix}{line}")
+    if getattr(args, "json", False):
+        error: dict[str, Any] = {
+            "message": line.removeprefix("error: "),
+            "type": "UsageError" if isinstance(exc, _UsageError) else type(exc).__name__,
+            "exit_code": code,
+        }
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            error["status_code"] = status
+        with contextlib.suppress(BrokenPipeError):
+            _out(json.dumps({"error": error}, ensure_ascii=False))
     return code

@@ -1,7 +1,8 @@
 """Throwaway TLS certificates for the development router (a private CA and a server cert).
 
 Uses the ``cryptography`` package when it is installed (it is not a dependency of nomyo),
-otherwise the ``openssl`` command line tool.
+otherwise the native module (``nomyo._core.write_dev_certificates``, the code behind
+``nomyo serve-dev --tls``).
 """
 
 from __future__ import annotations
@@ -9,9 +10,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ def make_test_certificates(directory: str | os.PathLike[str], *, days: int = 7) 
         The paths of the files.
 
     Raises:
-        RuntimeError: neither ``cryptography`` nor the ``openssl`` tool is available.
+        OSError: a file cannot be written.
     """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
@@ -62,12 +60,9 @@ def make_test_certificates(directory: str | os.PathLike[str], *, days: int = 7) 
     try:
         import cryptography  # noqa: F401
     except ImportError:
-        if shutil.which("openssl") is None:
-            raise RuntimeError(
-                "make_test_certificates() needs the 'cryptography' package "
-                "(pip install cryptography) or the 'openssl' command"
-            ) from None
-        _with_openssl(paths, days)
+        from .. import _core
+
+        _core.write_dev_certificates(paths.ca_cert, paths.cert, paths.key, days)
     else:
         _with_cryptography(paths, days)
     return paths
@@ -145,39 +140,3 @@ def _key_usage(x509: Any, *, cert_sign: bool) -> Any:
         encipher_only=False,
         decipher_only=False,
     )
-
-
-_SERVER_EXTENSIONS = """\
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-subjectAltName = {san}
-"""
-
-
-def _with_openssl(paths: DevCertificates, days: int) -> None:
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    san = ",".join([f"DNS:{h}" for h in _HOSTS] + [f"IP:{ip}" for ip in _IPS])
-    with tempfile.TemporaryDirectory() as work:
-        ca_key = os.path.join(work, "ca-key.pem")
-        csr = os.path.join(work, "server.csr")
-        ext = os.path.join(work, "server.ext")
-        Path(ext).write_text(_SERVER_EXTENSIONS.format(san=san), encoding="ascii")
-        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
-        run(
-            "req", "-x509", *ec, "-keyout", ca_key, "-out", paths.ca_cert,
-            "-days", str(days), "-subj", "/CN=nomyo dev router CA",
-            "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        )  # fmt: skip
-        run("req", "-new", *ec, "-keyout", paths.key, "-out", csr, "-subj", "/CN=localhost")
-        run(
-            "x509", "-req", "-in", csr, "-CA", paths.ca_cert, "-CAkey", ca_key,
-            "-CAcreateserial", "-out", paths.cert, "-days", str(days), "-sha256",
-            "-extfile", ext,
-        )  # fmt: skip
-    os.chmod(paths.key, 0o600)

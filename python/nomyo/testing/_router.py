@@ -22,11 +22,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from nomyo import _core
+from nomyo._constants import REPLY_BINDING_KEY
 from nomyo._exceptions import EnvelopeError, KeyFormatError, SecurityError
+from nomyo._http_server import Connections, HTTPRequest, HTTPResponse, Limits
 
-from ._backend import Backend, BackendError, EchoBackend, UpstreamBackend
+from ._backend import Backend, BackendError, EchoBackend, UpstreamBackend, check_chat_request
 from ._faults import Fault, FaultQueue
-from ._http import Connections, HTTPRequest, HTTPResponse, Limits
 
 __all__ = ["AttestationProvider", "DevRouter", "RecordedRequest", "RouterThread"]
 
@@ -37,6 +38,7 @@ SECURE_PATH = "/v1/chat/secure_completion"
 TIERS = ("standard", "high", "maximum")
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _MAX_PAYLOAD_ID = 128
+_MAX_REPLY_BINDING = 256
 _SECRET_HEADERS = frozenset({"authorization", "x-public-key", "cookie", "proxy-authorization"})
 
 _R = TypeVar("_R", bound="DevRouter")
@@ -47,12 +49,19 @@ AttestationProvider = Callable[[str], dict[str, Any]]
 
 
 class _Reject(Exception):
-    """An error reply for the request being handled."""
+    """An error reply for the request being handled (``body``: a JSON error object to send
+    instead of ``{"detail": ...}``)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.body = body
+
+    def response(self) -> HTTPResponse:
+        if self.body is None:
+            return HTTPResponse.error(self.status, self.detail)
+        return HTTPResponse(self.status, json.dumps(self.body).encode(), "application/json")
 
 
 @dataclass
@@ -67,6 +76,7 @@ class RecordedRequest:
         security_tier: the ``X-Security-Tier`` header, if any.
         fault: the fault applied to this request, if any.
         envelope_sha256: SHA-256 (hex) of the request body as received (ciphertext).
+        query: the request URL's query string (without ``?``; empty when none).
     """
 
     payload_id: str | None
@@ -76,6 +86,7 @@ class RecordedRequest:
     security_tier: str | None = None
     fault: Fault | None = None
     envelope_sha256: str | None = None
+    query: str = ""
 
     def __repr__(self) -> str:
         shown = sorted(k for k in self.headers if k not in _SECRET_HEADERS)
@@ -111,6 +122,10 @@ class DevRouter:
             forward requests to; the deterministic echo backend is used when None.
         attestation_provider: returns the TPM attestation block for a payload id; without it
             the router reports no TPM and refuses the ``maximum`` tier with 503.
+        reply_binding: support the reply-binding extension (docs/security.md): remove
+            ``_nomyo_reply_binding`` from the decrypted request before inference and return
+            it as ``_metadata.reply_binding`` in the sealed reply. False acts like a router
+            without the extension (the key is left in the request).
         max_body: largest accepted request body (larger -> 413).
         request_timeout: seconds allowed to receive one request.
         idle_timeout: seconds an idle keep-alive connection is kept.
@@ -137,6 +152,7 @@ class DevRouter:
         tls_key: str | None = None,
         upstream: str | None = None,
         attestation_provider: AttestationProvider | None = None,
+        reply_binding: bool = True,
         max_body: int = DEFAULT_MAX_BODY,
         request_timeout: float = 30.0,
         idle_timeout: float = 60.0,
@@ -155,8 +171,12 @@ class DevRouter:
         self._tls_key = tls_key
         self.upstream = upstream
         self.attestation_provider = attestation_provider
+        self.reply_binding = reply_binding
         self.limits = Limits(
-            max_body=max_body, request_timeout=request_timeout, idle_timeout=idle_timeout
+            max_body=max_body,
+            request_timeout=request_timeout,
+            idle_timeout=idle_timeout,
+            max_buffered_bytes=max(256 * 1024 * 1024, 2 * max_body),
         )
         self.faults = FaultQueue()
         self.key_faults = FaultQueue()
@@ -166,7 +186,9 @@ class DevRouter:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._backend: Backend | None = None
-        self._connections = Connections("dev router")
+        self._connections = Connections(
+            "dev router", self.limits, server_name="nomyo-dev-router", logger=logger
+        )
         self._stopped: asyncio.Event | None = None
         self._memory_protection: dict[str, Any] | None = None
 
@@ -292,7 +314,7 @@ class DevRouter:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.connections += 1
-        await self._connections.serve(reader, writer, self._handle, self.limits)
+        await self._connections.serve(reader, writer, self._handle)
 
     async def _handle(self, request: HTTPRequest) -> HTTPResponse:
         path = request.path
@@ -344,6 +366,7 @@ class DevRouter:
             security_tier=headers.get("x-security-tier"),
             fault=fault,
             envelope_sha256=hashlib.sha256(request.body or b"").hexdigest(),
+            query=request.target.partition("?")[2],
         )
         self.requests.append(record)
         if fault is not None:
@@ -357,7 +380,7 @@ class DevRouter:
             outcome = await self._process(request, record)
         except _Reject as exc:
             record.status = exc.status
-            return HTTPResponse.error(exc.status, exc.detail)
+            return exc.response()
         response = outcome.response
         if fault is not None and outcome.client_key is not None and outcome.reply is not None:
             if fault.garbage_reply is not None:
@@ -420,6 +443,7 @@ class DevRouter:
         except ValueError as exc:  # EnvelopeError, or a plaintext that is not JSON
             kind = "invalid envelope" if isinstance(exc, EnvelopeError) else "invalid payload"
             raise _Reject(400, str(exc) or kind) from None
+        binding = self._take_reply_binding(payload)
         record.body = payload
         _check_payload(payload)
         attestation = await self._attestation(payload_id, tier)
@@ -436,12 +460,25 @@ class DevRouter:
             "cuda_device": {"available": False},
             "tpm_attestation": attestation,
         }
+        if binding is not None:
+            reply["_metadata"]["reply_binding"] = binding
         try:
             sealed = _core.seal_json(reply, client_key, processed_at=int(time.time()))
         except (TypeError, ValueError):
             raise _Reject(502, "backend reply cannot be encoded as JSON") from None
         response = HTTPResponse(200, sealed, "application/octet-stream")
         return _Outcome(response=response, record=record, client_key=client_key, reply=reply)
+
+    def _take_reply_binding(self, payload: Any) -> str | None:
+        """Remove the reply-binding secret from the request (it never reaches inference)."""
+        if not self.reply_binding or not isinstance(payload, dict):
+            return None
+        value = payload.pop(REPLY_BINDING_KEY, None)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not 0 < len(value) <= _MAX_REPLY_BINDING:
+            raise _Reject(400, f"Invalid {REPLY_BINDING_KEY}: must be a string of 1-256 chars")
+        return value
 
     def _check_api_key(self, authorization: str | None) -> None:
         if self._api_keys is None:
@@ -497,14 +534,11 @@ def _client_key(quoted: str | None) -> _core.PublicKey:
 
 
 def _check_payload(payload: Any) -> None:
-    if not isinstance(payload, dict):
-        raise _Reject(400, "Decrypted payload must be a JSON object")
-    if not isinstance(payload.get("model"), str) or not payload["model"]:
-        raise _Reject(400, "Payload requires 'model' (string)")
-    if not isinstance(payload.get("messages"), list):
-        raise _Reject(400, "Payload requires 'messages' (list)")
-    if payload.get("stream"):
-        raise _Reject(400, "Streaming is not supported for encrypted inference; use stream=False")
+    """Refuse a malformed request as OpenAI does (400 in OpenAI's error shape)."""
+    try:
+        check_chat_request(payload)
+    except BackendError as exc:
+        raise _Reject(exc.status, exc.detail, exc.openai_body()) from None
 
 
 def _tamper(envelope: bytes) -> bytes:

@@ -9,6 +9,7 @@ mod alloc;
 mod buffer;
 #[cfg(unix)]
 mod completions;
+mod devcert;
 mod envelope;
 mod errors;
 mod info;
@@ -48,11 +49,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(envelope::dumps, m)?)?;
     m.add_function(wrap_pyfunction!(info::crypto_info, m)?)?;
     m.add_function(wrap_pyfunction!(memory::memory_protection_info, m)?)?;
+    m.add_function(wrap_pyfunction!(memory::secure_memory_needed, m)?)?;
     m.add_function(wrap_pyfunction!(memory::disable_core_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(memory::lock_bytearray, m)?)?;
     m.add_function(wrap_pyfunction!(memory::unlock_bytearray, m)?)?;
     m.add_function(wrap_pyfunction!(memory::wipe_bytearray, m)?)?;
     m.add_function(wrap_pyfunction!(tpm::verify_attestation, m)?)?;
     m.add_function(wrap_pyfunction!(keys::write_file, m)?)?;
+    m.add_function(wrap_pyfunction!(devcert::write_dev_certificates, m)?)?;
     Ok(())
 }
