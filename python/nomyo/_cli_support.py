@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import ipaddress
 import os
 import signal
 import ssl
@@ -17,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from . import _core
-from ._constants import DEFAULT_BASE_URL
+from . import _config, _core
+from ._config import is_loopback_host
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -137,19 +136,9 @@ def display_url(url: str) -> str:
 
 
 def resolve_base_url(given: str | None) -> str:
-    """``--base-url``, else ``$NOMYO_BASE_URL``, else the public router."""
-    return given or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (brackets allowed)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    """``--base-url``, else ``$NOMYO_BASE_URL``, else the public router (an empty
+    ``--base-url`` counts as not given); :func:`nomyo._config.resolve_base_url`'s rule."""
+    return _config.resolve_base_url(given or None)
 
 
 def client_transport(url: str, ca_file: str | None) -> httpx.AsyncBaseTransport | None:
