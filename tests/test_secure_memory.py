@@ -350,6 +350,7 @@ def test_doctor_fails_when_require_would_fail() -> None:
     assert "advice: memlock limit 64 KiB (65536 bytes) is too small" in out
     assert "limits.conf" in out and "LimitMEMLOCK=infinity" in out
     assert "docker run --ulimit memlock=-1:-1" in out and "Kubernetes" in out
+    assert "RSA private keys live on its heap" in out  # said, not hidden
 
 
 def test_doctor_passes_with_a_sufficient_limit() -> None:

@@ -216,7 +216,8 @@ def _lines(report: dict[str, Any]) -> list[str]:
         f"  core dumps: RLIMIT_CORE soft {_size(report['core_dump_limit'])}, hard "
         f"{_size(report['core_dump_hard_limit'])}; pattern {report['core_pattern']!r}; "
         f"dumpable {dumpable}",
-        f"  crypto: {crypto.get('library')}, seeded from {crypto.get('rng_seed')}",
+        f"  crypto: {crypto.get('library')}, seeded from {crypto.get('rng_seed')}; RSA private "
+        "keys live on its heap (zeroed when freed, not locked or dump-excluded)",
         f"  trust store: {report['trust_store']}",
         "  proxy variables: "
         + (", ".join(f"{k}={v}" for k, v in report["proxy_variables"].items()) or "none"),
