@@ -8,7 +8,6 @@ the ``stream=True`` refusal, the request body, and loading or generating the key
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
-from . import _core
+from . import _aio, _core
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
 from ._base import BaseSecureClient
 from ._client import SecureCompletionClient
@@ -291,7 +290,8 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
             "rate_limit": rate_limit,
         }
         self._setup(base_url, api_key, key_dir, key_password, http_client, options)
-        # A thread lock taken in the executor: unlike asyncio.Lock it is not tied to one loop.
+        # A thread lock taken on a worker thread: unlike an async lock it is not tied to one
+        # event loop (or backend).
         self._keys_lock = threading.Lock()
         self.chat = AsyncChat(self)
 
@@ -304,7 +304,7 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
     async def _ensure_keys(self) -> _core.PrivateKey:
         if self.client.private_key is not None:
             return self.client.private_key
-        await asyncio.get_running_loop().run_in_executor(None, self._load_or_generate_once)
+        await _aio.run_sync(self._load_or_generate_once)
         assert self.client.private_key is not None
         return self.client.private_key
 

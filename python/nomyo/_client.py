@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _core
+from . import _aio, _core
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
 from ._base import BaseSecureClient, KeyRotated, error_details
 from ._constants import (
@@ -156,22 +156,27 @@ class SecureCompletionClient(BaseSecureClient):
         self._http: httpx.AsyncClient | None = None
         if self._native is None:
             self._http = http_client or make_async_client(**self._http_options)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server_key_lock = asyncio.Lock()
+        #: The event loop the pool and lock belong to (an asyncio loop, or a trio run's token).
+        self._loop: object | None = None
+        self._server_key_lock: _aio.AsyncLock = _aio.new_lock()
 
     def _bind_loop(self) -> None:
-        """Keep the pool and locks on the running event loop.
+        """Keep the pool and locks on the running event loop (asyncio, uvloop or trio).
 
         Connections belong to the loop that opened them; when the client is used from a new
-        loop (e.g. a second ``asyncio.run``), a fresh pool replaces the orphaned one.
+        loop (e.g. a second ``asyncio.run`` or ``trio.run``), a fresh pool replaces the
+        orphaned one.
         """
         self._check_open()
-        loop = asyncio.get_running_loop()
+        try:  # asyncio's loop without a call more: this runs for every request
+            loop: object = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = _aio.current_loop()  # trio's run, or no loop (RuntimeError)
         if self._loop is loop:
             return
         if self._loop is not None and self._owns_http and self._http is not None:
             self._http = make_async_client(**self._http_options)
-        self._server_key_lock = asyncio.Lock()
+        self._server_key_lock = _aio.new_lock()
         self._loop = loop
 
     # -- server key ---------------------------------------------------------------------
@@ -219,8 +224,7 @@ class SecureCompletionClient(BaseSecureClient):
 
     @staticmethod
     async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(fn, *args))
+        return await _aio.run_sync(fn, *args)
 
     async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
         """Encrypt a request for the server: JSON and AES-GCM in native memory, RSA-OAEP wrap.
@@ -327,7 +331,7 @@ class SecureCompletionClient(BaseSecureClient):
                 delay = retry_delay(attempt, getattr(exc, "retry_after", None))
                 attempt += 1
                 self._log_retry(payload_id, exc, attempt, delay, retries)
-                await asyncio.sleep(delay)
+                await _aio.sleep(delay)
 
     async def _attempt(
         self,
@@ -447,7 +451,7 @@ class SecureCompletionClient(BaseSecureClient):
             return
         if not self._owns_http or self._http is None:
             return
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+        if self._loop is not None and self._loop is not _aio.current_loop():
             # The pool belongs to an event loop that has ended; its connections went with it.
             self._http = make_async_client(**self._http_options)
             self._loop = None

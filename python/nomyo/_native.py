@@ -21,7 +21,7 @@ import ssl
 import sys
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from . import _core
 from ._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
@@ -76,7 +76,15 @@ def native_trust(verify: object, custom_http: bool) -> list[str] | None:
     return [certifi.where()]
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+class _Settleable(Protocol):
+    """What a finished request settles: an ``asyncio.Future``, or a trio waiter."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+def _settle(future: _Settleable, ok: bool, value: Any) -> None:
     if future.done():  # cancelled meanwhile
         return
     if ok:
@@ -88,14 +96,14 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class _LoopCompletions:
     """The finished requests of one event loop: the native workers queue them and wake the
     loop through a descriptor it watches, so no worker waits for the GIL and no other
-    thread is woken. Used by selector loops (the default on POSIX, uvloop); loops that
-    cannot watch a descriptor get a callback per request instead."""
+    thread is woken. Used by selector loops (the default on POSIX, uvloop) and by trio runs
+    (see ``_trio``); loops that cannot watch a descriptor get a callback per request instead."""
 
     def __init__(self) -> None:
         self.queue = _core.Completions()
         # Weak: a future holds its loop, and this (the loop's entry in _COMPLETIONS) must not;
         # the task awaiting a future keeps it alive for as long as anyone waits.
-        self.futures: weakref.WeakValueDictionary[int, asyncio.Future[Any]]
+        self.futures: weakref.WeakValueDictionary[int, _Settleable]
         self.futures = weakref.WeakValueDictionary()
         self.pid = os.getpid()
 
@@ -210,7 +218,12 @@ class NativeTransport:
         }
 
     async def _run(self, request: dict[str, Any]) -> _core.Exchange:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: trio (see _trio)
+            from . import _trio
+
+            return await _trio.run(self._transport, request)
         future: asyncio.Future[Any] = loop.create_future()
         completions = _completions(loop)
         token = 0

@@ -9,13 +9,13 @@ for its turn. Both are off unless asked for (``rate_limit=True``).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ._aio import sleep as _async_sleep
 from ._constants import (
     RATE_LIMIT_BURST,
     RATE_LIMIT_BURST_INTERVAL,
@@ -112,7 +112,8 @@ class RateLimiter:
         policy: the limits; default: the router's public limits.
         clock: monotonic seconds (injectable for tests).
         sleep: blocking sleep used by :meth:`wait`.
-        async_sleep: sleep used by :meth:`wait_async`.
+        async_sleep: sleep used by :meth:`wait_async` (default: the running backend's,
+            asyncio or trio).
     """
 
     def __init__(
@@ -121,7 +122,7 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = _async_sleep,
     ) -> None:
         self.schedule = RateLimitSchedule(policy)
         self._clock = clock
