@@ -187,6 +187,11 @@ def cmd_chat(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise UsageError("--params must be a JSON object")
     _trust_ca(args.ca_file)
+    if args.backend == "trio":  # the reference's httpx runs under trio through anyio
+        import trio
+
+        result: dict[str, Any] = trio.run(_chat, args, params)
+        return result
     return asyncio.run(_chat(args, params))
 
 
@@ -216,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--repeat", type=int, default=1)
     chat.add_argument("--max-retries", type=int, default=2)
     chat.add_argument("--params", default="{}", help="JSON object of extra create() kwargs")
+    chat.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     chat.set_defaults(func=cmd_chat)
     return parser
 

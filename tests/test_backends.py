@@ -22,6 +22,8 @@ from nomyo import _aio, _constants, _core, _native, _trio
 from nomyo.testing import DevRouter, Fault, RecordedRequest, RouterThread
 
 T = TypeVar("T")
+#: tests/conftest.py's run_reference fixture
+RunReference = Callable[..., tuple[int, dict[str, Any]]]
 
 #: (id, anyio backend, backend options)
 BACKENDS = {
@@ -355,3 +357,30 @@ def test_one_client_across_backends(
 def test_no_event_loop_is_named() -> None:
     with pytest.raises(RuntimeError, match="asyncio, uvloop or trio"):
         _aio.current_loop()
+
+
+# -- the reference client, for comparison -------------------------------------------------------
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("ref_backend", ["asyncio", "trio"])
+def test_reference_client_under_the_same_backends(
+    ref_backend: str, run_reference: RunReference, router: RouterThread
+) -> None:
+    """The reference (nomyo 0.2.9, httpx through anyio) answers the same request under
+    asyncio and trio, as ours does above."""
+    code, out = run_reference(
+        "chat",
+        router.url,
+        "--model",
+        "m",
+        "--message",
+        f"reference on {ref_backend}",
+        "--allow-http",
+        "--backend",
+        ref_backend,
+    )
+    assert code == 0, out
+    reply = out["responses"][0]
+    assert reply["choices"][0]["message"]["content"] == f"reference on {ref_backend}"
+    assert reply["_metadata"]["is_encrypted"] is True
