@@ -154,6 +154,8 @@ def test_best_effort_completes_under_a_small_limit_and_says_partial(router: Rout
     before, after = result["before"], result["after"]
     assert before["protection_level"] == "full"  # nothing was held unlocked yet
     assert before["secret_buffers_not_locked"] == 0
+    assert before["locked_bytes"] == 0  # the probe page is not counted
+    assert before["lockable_bytes"] == SMALL
     assert after["protection_level"] == "partial"
     assert after["secret_buffers_not_locked"] > 0
     assert after["secret_bytes_not_locked"] >= BIG_REQUEST

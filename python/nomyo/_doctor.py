@@ -146,13 +146,14 @@ def _advice(report: dict[str, Any]) -> list[str]:
     if not report["require_ok"] or not memory["has_memory_locking"]:
         if not unbounded:
             if hard is None or hard > limit:
-                shell = f"`ulimit -l {'unlimited' if hard is None else hard // 1024}` (KiB)"
+                kib = "unlimited" if hard is None else hard // 1024
+                how = f"with `ulimit -l {kib}` in this shell, or"
             else:
-                shell = "nothing in this shell (the hard limit is reached; as root, raise it)"
+                how = "as root (the hard limit is reached too):"
             tips.append(
                 f"memlock limit {_size(limit)} is too small for a {_size(report['require_size'])}"
-                f" request: raise it with {shell}, in /etc/security/limits.conf "
-                "(`<user> - memlock unlimited`), or LimitMEMLOCK=infinity for a systemd service"
+                f" request: raise it {how} `<user> - memlock unlimited` in "
+                "/etc/security/limits.conf, or LimitMEMLOCK=infinity for a systemd service"
             )
         tips.append(
             "in Docker: `docker run --ulimit memlock=-1:-1 ...` (or --cap-add IPC_LOCK); "

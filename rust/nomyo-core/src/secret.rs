@@ -971,10 +971,13 @@ pub struct Protection {
 /// counted in [`stats`], not pooled).
 pub fn probe() -> Result<Protection> {
     let page = Pages::map(page_size(), true, false)?;
+    let (locking, dump_exclusion, wipe_on_fork) =
+        (page.locked, page.dump_excluded, page.wipe_on_fork);
+    drop(page); // not counted in what is locked now
     Ok(Protection {
-        locking: page.locked,
-        dump_exclusion: page.dump_excluded,
-        wipe_on_fork: page.wipe_on_fork,
+        locking,
+        dump_exclusion,
+        wipe_on_fork,
         zeroing: true,
         memlock_limit: memlock_limit(),
         memlock_hard_limit: memlock_hard_limit(),
