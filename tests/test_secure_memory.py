@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import nomyo
@@ -326,6 +327,51 @@ def test_chat_secure_memory_require(size: int, code: int) -> None:
         assert "xxxx" not in proc.stderr
     else:
         assert "hello" in proc.stdout
+
+
+@pytest.mark.parametrize(("size", "refused"), [(1000, False), (BIG_REQUEST, True)])
+def test_proxy_secure_memory_require(router: RouterThread, size: int, refused: bool) -> None:
+    """`nomyo proxy --secure-memory require` under 64 KiB: a small request is served, a
+    large one is answered with an error and never reaches the router."""
+    proxy = subprocess.Popen(
+        [
+            *_caps_dropped_prefix(),
+            *NOMYO,
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--base-url",
+            router.url,
+            "--allow-http",
+            "--secure-memory",
+            "require",
+        ],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_MEMLOCK, (SMALL, SMALL)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proxy.stdout is not None
+    try:
+        line = proxy.stdout.readline()
+        assert "listening on http://" in line, line + (proxy.stderr.read() if proxy.stderr else "")
+        base = line.split("listening on ", 1)[1].split()[0]
+        sent = router.router.secure_requests
+        response = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "x" * size}]},
+            timeout=60,
+        )
+        if refused:
+            assert response.status_code >= 500, response.text[:500]
+            assert "xxxx" not in response.text
+            assert router.router.secure_requests == sent
+        else:
+            assert response.status_code == 200, response.text[:500]
+            assert router.router.secure_requests == sent + 1
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
 
 
 def test_secure_memory_option_on_proxy_and_run() -> None:
