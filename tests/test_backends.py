@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import openai
 import pytest
 import sniffio
 import uvloop
@@ -334,6 +335,23 @@ def test_stream(backend: str, router: RouterThread, client_key: _core.PrivateKey
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[0].choices[0].delta.role == "assistant"
+
+
+def test_openai_sdk_under_each_backend(backend: str, router: RouterThread) -> None:
+    """``openai.AsyncOpenAI`` over nomyo's encrypting transport, plain and streamed."""
+    text = f"sdk on {backend}"
+
+    async def go() -> tuple[Any, str]:
+        http = nomyo.openai_async_http_client(router.url, allow_http=True)
+        async with openai.AsyncOpenAI(api_key="unused", http_client=http) as sdk:
+            reply = await sdk.chat.completions.create(**ask(text))
+            stream = await sdk.chat.completions.create(**ask(text), stream=True)
+            streamed = "".join(
+                [c.choices[0].delta.content or "" async for c in stream if c.choices]
+            )
+            return reply.choices[0].message.content, streamed
+
+    assert run_on(backend, go) == (text, text)
 
 
 # -- one client, several loops -------------------------------------------------------------------
