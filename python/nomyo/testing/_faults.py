@@ -17,8 +17,9 @@ class Fault:
     answering), then ``status`` (answer that status without processing the request), then
     ``rotate_key`` (a new server key before decrypting, so the request fails with 400
     "decryption failed"), then normal processing whose 200 reply is replaced by
-    ``garbage_reply``, sealed to a random key (``wrong_key_reply``) or corrupted
-    (``tamper_reply``); ``slow_body`` finally trickles the reply body over that many seconds.
+    ``garbage_reply``, sealed to a random key (``wrong_key_reply``), corrupted
+    (``tamper_reply``) or replaced by an earlier reply (``replay_reply``); ``slow_body``
+    finally trickles the reply body over that many seconds.
 
     Attributes:
         status: answer this HTTP status instead of processing the request.
@@ -28,8 +29,12 @@ class Fault:
         delay: seconds to wait before answering.
         drop_connection: close the connection without answering.
         tamper_reply: flip one byte of the ciphertext in the sealed 200 reply.
-        wrong_key_reply: seal the 200 reply to a fresh random key instead of the client's.
+        wrong_key_reply: seal the 200 reply to a random key of the client key's size (made
+            once per size) instead of the client's.
         garbage_reply: send these bytes as the 200 reply body.
+        replay_reply: send instead the sealed 200 reply this router last sent to the same
+            client key (another request's reply, valid and sealed for this client); the
+            request's own reply when there is no earlier one.
         rotate_key: generate a new server key before handling the request.
         slow_body: seconds over which the reply body is sent in small pieces.
         times: how many requests the fault applies to.
@@ -44,6 +49,7 @@ class Fault:
     tamper_reply: bool = False
     wrong_key_reply: bool = False
     garbage_reply: bytes | None = None
+    replay_reply: bool = False
     rotate_key: bool = False
     slow_body: float = 0.0
     times: int = 1
