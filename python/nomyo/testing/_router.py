@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,6 +39,8 @@ TIERS = ("standard", "high", "maximum")
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _MAX_PAYLOAD_ID = 128
 _MAX_REPLY_BINDING = 256
+#: Client keys whose latest reply is kept for the ``replay_reply`` fault.
+_MAX_REMEMBERED_REPLIES = 64
 _SECRET_HEADERS = frozenset({"authorization", "x-public-key", "cookie", "proxy-authorization"})
 
 _R = TypeVar("_R", bound="DevRouter")
@@ -191,6 +193,8 @@ class DevRouter:
         )
         self._stopped: asyncio.Event | None = None
         self._memory_protection: dict[str, Any] | None = None
+        self._earlier_replies: OrderedDict[str, bytes] = OrderedDict()
+        self._strangers: dict[int, _core.PrivateKey] = {}
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -382,20 +386,55 @@ class DevRouter:
             record.status = exc.status
             return exc.response()
         response = outcome.response
+        genuine = response.body
         if fault is not None and outcome.client_key is not None and outcome.reply is not None:
             if fault.garbage_reply is not None:
                 response.body = fault.garbage_reply
             elif fault.wrong_key_reply:
-                stranger = await asyncio.to_thread(_core.PrivateKey.generate, 2048)
+                stranger = await self._stranger(outcome.client_key.key_size)
                 response.body = _core.seal_json(
-                    outcome.reply, stranger.public_key(), processed_at=int(time.time())
+                    outcome.reply, stranger, processed_at=int(time.time())
                 )
             elif fault.tamper_reply:
                 response.body = _tamper(response.body)
+            elif fault.replay_reply:
+                response.body = self._replayed(record, genuine)
+        if response.status == 200 and response.body is genuine:
+            self._remember_reply(record, genuine)
         if fault is not None:
             response.trickle = fault.slow_body
         record.status = response.status
         return response
+
+    async def _stranger(self, bits: int) -> _core.PublicKey:
+        """A key that is not the client's, of its size (so only the decryption can fail);
+        made once per size."""
+        key = self._strangers.get(bits)
+        if key is None:
+            key = await asyncio.to_thread(_core.PrivateKey.generate, bits)
+            self._strangers[bits] = key
+        return key.public_key()
+
+    def _remember_reply(self, record: RecordedRequest, sealed: bytes) -> None:
+        """Keep the latest genuine sealed reply per client key (for ``replay_reply``)."""
+        client = record.headers.get("x-public-key")
+        if client is None:
+            return
+        self._earlier_replies.pop(client, None)
+        self._earlier_replies[client] = sealed
+        while len(self._earlier_replies) > _MAX_REMEMBERED_REPLIES:
+            self._earlier_replies.popitem(last=False)
+
+    def _replayed(self, record: RecordedRequest, sealed: bytes) -> bytes:
+        """The earlier reply to the same client key (``sealed`` itself when none)."""
+        client = record.headers.get("x-public-key")
+        earlier = self._earlier_replies.get(client) if client is not None else None
+        return sealed if earlier is None else earlier
+
+    def has_earlier_reply(self, quoted_public_key: str) -> bool:
+        """True when a ``replay_reply`` fault would send this client key an earlier reply
+        (``quoted_public_key``: the request's ``X-Public-Key`` header as sent)."""
+        return quoted_public_key in self._earlier_replies
 
     async def _early_fault(self, fault: Fault) -> HTTPResponse | None:
         """Apply the faults that act before the request is processed."""
