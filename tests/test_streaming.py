@@ -564,3 +564,11 @@ def test_async_client_chat_completions_stream(
                 await client.create(MODEL, [{"role": "user", "content": "x"}], stream=True)
 
     asyncio.run(main())
+
+
+def test_router_error_fields_reach_the_sdk(sdk: openai.OpenAI) -> None:
+    # The router refuses n=0 with OpenAI's error object; its param survives the relay.
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(**body(), n=0)
+    assert info.value.param == "n"
+    assert info.value.type == "invalid_request_error"

@@ -181,7 +181,8 @@ def failure_reply(exc: NomyoError) -> ErrorReply:
         if exc.retry_after is not None:
             headers["retry-after"] = f"{exc.retry_after:g}"
         status = exc.status_code if exc.status_code is not None else 502
-        return error_reply(status, exc.message, headers=headers)
+        kind, param, code = _router_error_fields(exc.error_details)
+        return error_reply(status, exc.message, kind, param=param, code=code, headers=headers)
     if isinstance(exc, APIConnectionError):
         return error_reply(
             502, f"cannot reach the NOMYO router: {exc}", "api_connection_error", code="bad_gateway"
@@ -205,6 +206,16 @@ def failure_reply(exc: NomyoError) -> ErrorReply:
     if isinstance(exc, ConfigurationError):
         return error_reply(400, str(exc), code="configuration_error", headers=_NO_RETRY)
     return error_reply(502, str(exc), headers=_NO_RETRY)
+
+
+def _router_error_fields(details: object) -> tuple[str | None, str | None, str | None]:
+    """``type``, ``param`` and ``code`` of a router error in OpenAI's shape (strings only)."""
+    error = details.get("error") if isinstance(details, dict) else None
+    if not isinstance(error, dict):
+        return None, None, None
+    fields = (error.get("type"), error.get("param"), error.get("code"))
+    kind, param, code = (value if isinstance(value, str) else None for value in fields)
+    return kind, param, code
 
 
 def reply_headers(reply: Mapping[str, Any]) -> dict[str, str]:
