@@ -363,7 +363,8 @@ def test_proxy_secure_memory_require(router: RouterThread, size: int, refused: b
             timeout=60,
         )
         if refused:
-            assert response.status_code >= 500, response.text[:500]
+            assert response.status_code == 503, response.text[:500]
+            assert response.json()["error"]["code"] == "secure_memory"
             assert "xxxx" not in response.text
             assert router.router.secure_requests == sent
         else:

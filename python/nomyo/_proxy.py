@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 from . import _core
 from ._chat import SecureChatCompletion
 from ._config import is_loopback_host
-from ._exceptions import ConfigurationError, NomyoError
+from ._exceptions import ConfigurationError, NomyoError, SecureMemoryError
 from ._http_server import Connections, HTTPRequest, HTTPResponse, Limits
 from ._relay import (
     EVENT_STREAM,
@@ -242,6 +242,9 @@ class ChatProxy:
         self.requests += 1
         try:
             reply = await self.chat.create(call.model, call.messages, **call.options)
+        except SecureMemoryError as exc:
+            logger.error("request refused: %s", exc)  # sizes and the fix; never content
+            return _error(failure_reply(exc))
         except NomyoError as exc:
             logger.warning("request failed: %s", type(exc).__name__)
             return _error(failure_reply(exc))

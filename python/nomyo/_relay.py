@@ -21,6 +21,7 @@ from ._exceptions import (
     EnvelopeError,
     KeyFormatError,
     NomyoError,
+    SecureMemoryError,
     SecurityError,
 )
 from ._stream import completion_chunks
@@ -186,6 +187,12 @@ def failure_reply(exc: NomyoError) -> ErrorReply:
     if isinstance(exc, APIConnectionError):
         return error_reply(
             502, f"cannot reach the NOMYO router: {exc}", "api_connection_error", code="bad_gateway"
+        )
+    if isinstance(exc, SecureMemoryError):
+        # Not the router's fault: this host cannot lock the memory the request needs. The
+        # message holds sizes and the fix only.
+        return error_reply(
+            503, str(exc), "service_unavailable_error", code="secure_memory", headers=_NO_RETRY
         )
     if isinstance(exc, SecurityError):
         return error_reply(
