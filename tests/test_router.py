@@ -135,7 +135,10 @@ def test_echo_round_trip(server_key: _core.PrivateKey, client_key: _core.Private
         assert meta["payload_id"] == headers["X-Payload-ID"]
         assert meta["security_tier"] == "standard"
         assert meta["response_status"] == "success"
-        assert meta["memory_protection"] == _core.memory_protection_info()
+        # What the platform grants (the counters move with every request of this process).
+        granted = ("backend", "platform", "has_memory_locking", "has_dump_exclusion", "page_size")
+        info = _core.memory_protection_info()
+        assert {k: meta["memory_protection"][k] for k in granted} == {k: info[k] for k in granted}
         assert meta["cuda_device"] == {"available": False}
         assert meta["tpm_attestation"] == {"is_available": False}
         recorded = router.requests[-1]
