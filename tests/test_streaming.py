@@ -214,8 +214,8 @@ def parse_events(raw: bytes) -> list[dict[str, Any]]:
     return chunks
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_reads_openai_event_stream_bytes(proxy: ProxyThread) -> None:
+    assert shutil.which("curl"), "curl is installed by scripts/install-system-deps.sh"
     request = body(stream=True, stream_options={"include_usage": True})
     result = subprocess.run(
         [
@@ -443,7 +443,7 @@ def test_async_sdk_stream_equals_the_reply(async_sdk: openai.AsyncOpenAI) -> Non
 def langchain_models(
     kind: str, proxy: ProxyThread, router: RouterThread, key: _core.PrivateKey, **options: Any
 ) -> Any:
-    langchain_openai = pytest.importorskip("langchain_openai")
+    import langchain_openai
     if kind == "proxy":
         return langchain_openai.ChatOpenAI(
             model=MODEL, base_url=proxy.url + "/v1", api_key=TOKEN, max_retries=0, **options
