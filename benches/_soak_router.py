@@ -10,7 +10,8 @@ Every ``POST /v1/chat/secure_completion`` draws, from an RNG seeded with ``seed`
 over :data:`KINDS`). Before handling it the runner opens the request with the router's key to
 learn its last user message (the soak makes each one unique: its *tag*), then appends one JSON
 line ``{"tag", "payload_id", "kind", "generation", "t"}`` to ``--log`` (flushed, so the file
-survives SIGKILL). ``kind`` is ``"none"`` for an unfaulted request, ``"stale_key"`` for a
+survives SIGKILL). ``--omit-payload-id`` seals replies without ``_metadata.payload_id``, as a
+router that does not echo it. ``kind`` is ``"none"`` for an unfaulted request, ``"stale_key"`` for a
 request sealed to another server key (the router answers 400 "decryption failed").
 
 The fault is pushed onto the router's FIFO right before the router takes it: ``_handle`` runs
@@ -37,7 +38,8 @@ from typing import IO, Any
 from nomyo import _core
 from nomyo._exceptions import NomyoError
 from nomyo._http_server import HTTPRequest, HTTPResponse
-from nomyo.testing import DevRouter, Fault
+from nomyo.testing import DevRouter, Fault, RecordedRequest
+from nomyo.testing._router import _Outcome
 
 SECURE_PATH = "/v1/chat/secure_completion"
 #: The injected faults, drawn uniformly.
@@ -61,9 +63,17 @@ class SoakRouter(DevRouter):
     """A DevRouter that draws its own faults and logs, per request, which one it applied."""
 
     def __init__(
-        self, *, rate: float, seed: int, generation: int, log: IO[str], **kwargs: Any
+        self,
+        *,
+        rate: float,
+        seed: int,
+        generation: int,
+        log: IO[str],
+        omit_payload_id: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._omit_payload_id = omit_payload_id
         self._rng = random.Random(f"{seed}/{generation}")
         self._rate = rate
         self._generation = generation
@@ -103,6 +113,17 @@ class SoakRouter(DevRouter):
                 return "none", None  # nothing to replay yet: answered normally
             return kind, Fault(replay_reply=True)
         return kind, Fault(drop_connection=True)
+
+    async def _process(self, request: HTTPRequest, record: RecordedRequest) -> _Outcome:
+        outcome = await super()._process(request, record)
+        if self._omit_payload_id and outcome.reply is not None and outcome.client_key is not None:
+            # As a router that does not echo the payload id: the same reply, sealed again
+            # without _metadata.payload_id (PROTOCOL.md does not require the server to send it).
+            outcome.reply["_metadata"].pop("payload_id", None)
+            outcome.response.body = _core.seal_json(
+                outcome.reply, outcome.client_key, processed_at=int(time.time())
+            )
+        return outcome
 
     async def _handle(self, request: HTTPRequest) -> HTTPResponse:
         if request.path == SECURE_PATH and request.method == "POST":
@@ -154,6 +175,7 @@ async def _main(args: argparse.Namespace) -> None:
             seed=args.seed,
             generation=args.generation,
             log=log,
+            omit_payload_id=args.omit_payload_id,
             host="127.0.0.1",
             port=args.port,
             key_bits=args.key_bits,
@@ -188,6 +210,11 @@ def main() -> None:
     parser.add_argument("--fault-rate", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--generation", type=int, default=0)
+    parser.add_argument(
+        "--omit-payload-id",
+        action="store_true",
+        help="leave _metadata.payload_id out of the sealed replies",
+    )
     asyncio.run(_main(parser.parse_args()))
 
 

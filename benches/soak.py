@@ -61,7 +61,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 BENCHES = Path(__file__).resolve().parent
 if str(BENCHES) not in sys.path:
@@ -129,6 +129,10 @@ class Config:
     warmup: float = 0.1
     #: Print a line to stderr every tenth of the run.
     progress: bool = False
+    #: The router leaves ``_metadata.payload_id`` out of its replies.
+    omit_payload_id: bool = False
+    #: The client's ``reply_binding`` ("off" or "require").
+    reply_binding: Literal["off", "require"] = "off"
 
 
 @dataclass
@@ -223,8 +227,12 @@ class Report:
                 f"| threads | {self.warm.threads} | {self.end.threads} | +{THREAD_SLACK} |",
             ]
         lines.append("")
-        for finding in self.findings:
+        for finding in self.findings[:30]:
             lines.append(f"FINDING: {finding}")
+        if len(self.findings) > 30:
+            lines.append(f"... and {len(self.findings) - 30} more findings")
+        if self.findings:
+            lines.append(f"{len(self.findings)} findings")
         for violation in self.violations[:30]:
             lines.append(f"VIOLATION: {violation}")
         if len(self.violations) > 30:
@@ -279,6 +287,8 @@ class RouterProcess:
             *("--port", str(self.port), "--fault-rate", str(self.config.fault_rate)),
             *("--seed", str(self.config.seed), "--generation", str(self.generation)),
         ]
+        if self.config.omit_payload_id:
+            args.append("--omit-payload-id")
         with open(self.stderr, "a") as stderr:
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
@@ -315,7 +325,9 @@ class RouterProcess:
 
 
 @contextlib.contextmanager
-def proxy_process(router_url: str, bundle: str, home: Path) -> Iterator[tuple[str, int]]:
+def proxy_process(
+    router_url: str, bundle: str, home: Path, reply_binding: str = "off"
+) -> Iterator[tuple[str, int]]:
     """``nomyo proxy`` in front of the router; yields its base URL and pid."""
     import httpx
 
@@ -327,6 +339,7 @@ def proxy_process(router_url: str, bundle: str, home: Path) -> Iterator[tuple[st
             [
                 *(sys.executable, "-m", "nomyo", "proxy", "--listen", f"127.0.0.1:{port}"),
                 *("--base-url", router_url, "--ca-file", bundle),
+                *("--reply-binding", reply_binding),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -479,6 +492,7 @@ def _run_direct(soak: Soak, bundle: str) -> tuple[Resources, Resources]:
             verify=bundle,
             timeout=CLIENT_TIMEOUT,
             max_retries=MAX_RETRIES,
+            reply_binding=soak.config.reply_binding,
         ) as client:
             return await soak.drive(lambda tag: _send_direct(client.chat.completions, tag), None)
 
@@ -488,7 +502,7 @@ def _run_direct(soak: Soak, bundle: str) -> tuple[Resources, Resources]:
 def _run_proxy(soak: Soak, bundle: str, home: Path) -> tuple[Resources, Resources]:
     import httpx
 
-    with proxy_process(soak.router.url, bundle, home) as (url, pid):
+    with proxy_process(soak.router.url, bundle, home, soak.config.reply_binding) as (url, pid):
 
         async def main() -> tuple[Resources, Resources]:
             limits = httpx.Limits(max_connections=soak.config.concurrency)
@@ -590,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--through-proxy", action="store_true")
     parser.add_argument("--short", action="store_true", help=f"{SHORT_REQUESTS} requests (CI)")
     parser.add_argument("--json", help="also write the report as JSON here")
+    parser.add_argument(
+        "--omit-payload-id",
+        action="store_true",
+        help="the router leaves _metadata.payload_id out of its replies (as the protocol allows)",
+    )
+    parser.add_argument("--reply-binding", choices=("off", "require"), default="off")
     args = parser.parse_args(argv)
     if not 0.0 <= args.fault_rate <= 1.0:
         parser.error("--fault-rate must be between 0 and 1")
@@ -603,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         through_proxy=args.through_proxy,
         down=args.down,
         progress=True,
+        omit_payload_id=args.omit_payload_id,
+        reply_binding=args.reply_binding,
     )
     report = run_soak(config)
     print(report.render(), flush=True)

@@ -47,6 +47,19 @@ def test_soak_short_through_proxy() -> None:
     _check(report)
 
 
+def test_soak_reply_binding_refuses_replays_from_a_router_without_payload_ids() -> None:
+    """A router that leaves ``_metadata.payload_id`` out (PROTOCOL.md does not require it):
+    the client cannot tell a replayed reply by its payload id, and reply_binding="require" is
+    what refuses it."""
+    config = soak.Config(
+        requests=150, seed=11, fault_rate=0.3, omit_payload_id=True, reply_binding="require"
+    )
+    report = soak.run_soak(config)
+    assert report.ok, report.render()
+    assert report.attempts["replay"] > 0, report.attempts
+    assert report.outcomes[("replay", "SecurityError")] > 0
+
+
 def test_soak_cli_short_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     assert soak.main(["--requests", "60", "--seed", "9", "--json", str(out)]) == 0
