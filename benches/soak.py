@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benches/soak.py [--requests 20000] [--fault-rate 0.2] [--seed 1]
                                      [--concurrency 16] [--through-proxy] [--short]
+                                     [--omit-payload-id] [--reply-binding require]
                                      [--json PATH]
 
 One development router runs in its own process (``_soak_router.py``, HTTPS with a throwaway
@@ -25,6 +26,10 @@ the typed error of that fault (direct: the exception class; proxy: status and Op
 a request that overlapped the router's down time. No request may run past a 90 s deadline
 (``hung``); a security failure must not be retried; a replayed reply must never be taken as
 the answer (``FINDING``).
+
+``--omit-payload-id`` makes the router seal its replies without ``_metadata.payload_id``
+(PROTOCOL.md does not require a router to send it); the client then has nothing that ties a
+replayed reply to the wrong request unless ``--reply-binding require``.
 
 Resources (the soak process for direct, the proxy process for ``--through-proxy``) are read
 from ``/proc`` after warm-up (the first 10 % of requests) and at the end, each time with no
