@@ -444,6 +444,7 @@ def langchain_models(
     kind: str, proxy: ProxyThread, router: RouterThread, key: _core.PrivateKey, **options: Any
 ) -> Any:
     import langchain_openai
+
     if kind == "proxy":
         return langchain_openai.ChatOpenAI(
             model=MODEL, base_url=proxy.url + "/v1", api_key=TOKEN, max_retries=0, **options
