@@ -46,7 +46,7 @@ the transport, so every try is encrypted afresh; the inner client does not retry
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -112,10 +112,22 @@ class _OpenAIRouting:
     """
 
     _http: ModuleType = httpx
+    #: The nomyo client that answers (the blocking or the async one).
+    _chat_class: Callable[..., Any]
 
-    def __init__(self, models: Sequence[str] | None, forward_sdk_api_key: bool) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        models: Sequence[str] | None = None,
+        forward_sdk_api_key: bool = False,
+        **client_options: Any,
+    ) -> None:
         self.models = list(models) if models is not None else None
         self.forward_sdk_api_key = forward_sdk_api_key
+        client_options.setdefault("max_retries", 0)
+        self.chat = self._chat_class(base_url, api_key=api_key, **client_options)
 
     def _response(self, status: int, **options: Any) -> httpx.Response:
         # An httpx2.Response for an httpx2 client: typed as httpx's, whose API it has.
@@ -223,18 +235,8 @@ class OpenAITransport(_OpenAIRouting, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that answers the official SDK through
     :class:`~nomyo.SyncSecureChatCompletion` (see :func:`openai_http_client`)."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        models: Sequence[str] | None = None,
-        forward_sdk_api_key: bool = False,
-        **client_options: Any,
-    ) -> None:
-        super().__init__(models, forward_sdk_api_key)
-        client_options.setdefault("max_retries", 0)
-        self.chat = SyncSecureChatCompletion(base_url, api_key=api_key, **client_options)
+    chat: SyncSecureChatCompletion
+    _chat_class = SyncSecureChatCompletion
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()
@@ -255,18 +257,8 @@ class AsyncOpenAITransport(_OpenAIRouting, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` that answers the official SDK through
     :class:`~nomyo.SecureChatCompletion` (see :func:`openai_async_http_client`)."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        models: Sequence[str] | None = None,
-        forward_sdk_api_key: bool = False,
-        **client_options: Any,
-    ) -> None:
-        super().__init__(models, forward_sdk_api_key)
-        client_options.setdefault("max_retries", 0)
-        self.chat = SecureChatCompletion(base_url, api_key=api_key, **client_options)
+    chat: SecureChatCompletion
+    _chat_class = SecureChatCompletion
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()

@@ -7,7 +7,8 @@ import logging
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 from ._constants import (
@@ -26,6 +27,8 @@ __all__ = [
     "IDENTITY",
     "TimeoutTypes",
     "VerifyTypes",
+    "aread_limited",
+    "asend_streamed",
     "body_deadline",
     "check_base_url",
     "check_caller_http",
@@ -35,8 +38,8 @@ __all__ = [
     "make_sync_client",
     "native_timeouts",
     "read_limited",
-    "read_limited_sync",
     "request_timeout",
+    "send_streamed",
     "timeout_seconds",
 ]
 
@@ -269,16 +272,10 @@ class _Body:
 _UNDECODABLE = "the reply body could not be decoded (bad Content-Encoding)"
 
 
-async def read_limited(
+async def aread_limited(
     response: httpx.Response, limit: int, deadline: float | None = None
 ) -> bytes:
-    """Read a streamed body, refusing one longer than ``limit`` bytes before reading it all.
-
-    Raises:
-        EnvelopeError: the body is (or announces itself) larger than ``limit``, or its
-            content encoding is broken.
-        APITimeoutError: the body was still arriving at ``deadline`` (monotonic seconds).
-    """
+    """The awaited twin of :func:`read_limited`."""
     import httpx
 
     body = _Body(response, limit, deadline)
@@ -290,8 +287,14 @@ async def read_limited(
     return bytes(body.chunks)
 
 
-def read_limited_sync(response: httpx.Response, limit: int, deadline: float | None = None) -> bytes:
-    """The blocking twin of :func:`read_limited`."""
+def read_limited(response: httpx.Response, limit: int, deadline: float | None = None) -> bytes:
+    """Read a streamed body, refusing one longer than ``limit`` bytes before reading it all.
+
+    Raises:
+        EnvelopeError: the body is (or announces itself) larger than ``limit``, or its
+            content encoding is broken.
+        APITimeoutError: the body was still arriving at ``deadline`` (monotonic seconds).
+    """
     import httpx
 
     body = _Body(response, limit, deadline)
@@ -301,3 +304,68 @@ def read_limited_sync(response: httpx.Response, limit: int, deadline: float | No
     except httpx.DecodingError:
         raise EnvelopeError(_UNDECODABLE) from None
     return bytes(body.chunks)
+
+
+class StreamedRequest(Protocol):
+    """What :func:`send_streamed` sends (``_pipeline.HttpSend``)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    content: bytes | None
+    timeout: Any
+    ok_limit: int
+    error_limit: int
+    error_body_optional: bool
+
+
+def _stream_arguments(request: StreamedRequest) -> dict[str, Any]:
+    return {
+        "method": request.method,
+        "url": request.url,
+        "content": request.content,
+        "headers": request.headers,
+        "timeout": request_timeout(request.timeout),
+        "follow_redirects": False,
+    }
+
+
+def _limit(request: StreamedRequest, response: httpx.Response) -> int:
+    return request.ok_limit if response.status_code == 200 else request.error_limit
+
+
+def _unreadable(request: StreamedRequest, response: httpx.Response) -> bool:
+    """An error body that may read as empty when it is too large or undecodable."""
+    return response.status_code != 200 and request.error_body_optional
+
+
+def send_streamed(client: httpx.Client, request: StreamedRequest) -> tuple[httpx.Response, bytes]:
+    """Send ``request`` and read its body under its limit and the read deadline.
+
+    Raises:
+        httpx.TransportError: the network failed (the transport maps it).
+        EnvelopeError / APITimeoutError: see :func:`read_limited`.
+    """
+    with client.stream(**_stream_arguments(request)) as response:
+        try:
+            body = read_limited(response, _limit(request, response), body_deadline(client))
+        except EnvelopeError:
+            if not _unreadable(request, response):
+                raise
+            body = b""
+    return response, body
+
+
+async def asend_streamed(
+    client: httpx.AsyncClient, request: StreamedRequest
+) -> tuple[httpx.Response, bytes]:
+    """The awaited twin of :func:`send_streamed`."""
+    async with client.stream(**_stream_arguments(request)) as response:
+        try:
+            limit = _limit(request, response)
+            body = await aread_limited(response, limit, body_deadline(client))
+        except EnvelopeError:
+            if not _unreadable(request, response):
+                raise
+            body = b""
+    return response, body

@@ -1,0 +1,34 @@
+"""``takes_arguments_of``: one signature for a method's sync and async twins.
+
+The twins (``create``, ``send_secure_request``) take dozens of arguments that must stay
+the same for both; they are written once, on the shared method that consumes them, and
+each twin says it takes exactly those. Type checkers read the arguments through the
+``ParamSpec``; ``inspect.signature`` and ``help()`` read them from ``__signature__``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+__all__ = ["takes_arguments_of"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def takes_arguments_of(
+    source: Callable[Concatenate[Any, P], Any],
+) -> Callable[[Callable[..., R]], Callable[Concatenate[Any, P], R]]:
+    """Give the decorated method the arguments (names, defaults, kinds) of ``source``,
+    and its own return type."""
+    parameters = inspect.signature(source).parameters.values()
+
+    def apply(method: Callable[..., R]) -> Callable[Concatenate[Any, P], R]:
+        returns = inspect.signature(method).return_annotation
+        signature = inspect.Signature(list(parameters), return_annotation=returns)
+        method.__signature__ = signature  # type: ignore[attr-defined]
+        return method
+
+    return apply
