@@ -66,6 +66,7 @@ from ._relay import (
     reply_headers,
 )
 from ._response import ChatCompletion
+from ._signature import same_arguments_as
 from ._transport import default_timeout
 
 if TYPE_CHECKING:
@@ -325,39 +326,31 @@ def openai_http_client(
         A client whose requests never leave the process unencrypted; close it (or the SDK
         client) to close the connection pool.
     """
-    http = sdk_http()
-    transport = _flavoured(OpenAITransport, "BaseTransport", http)(
+    client: _sdk_httpx.Client = _sdk_client(
+        OpenAITransport,
+        "Client",
         base_url,
         api_key,
         models=models,
         forward_sdk_api_key=forward_sdk_api_key,
         **client_options,
     )
-    client: _sdk_httpx.Client = http.Client(
-        transport=transport, timeout=_timeout(http), trust_env=False
-    )
     return client
 
 
-def openai_async_http_client(
-    base_url: str | None = None,
-    api_key: str | None = None,
-    *,
-    models: Sequence[str] | None = None,
-    forward_sdk_api_key: bool = False,
-    **client_options: Any,
-) -> _sdk_httpx.AsyncClient:
+@same_arguments_as(openai_http_client)
+def openai_async_http_client(*args: Any, **kwargs: Any) -> _sdk_httpx.AsyncClient:
     """An httpx ``AsyncClient`` for ``openai.AsyncOpenAI(http_client=...)``; see
     :func:`openai_http_client` (options of :class:`~nomyo.SecureChatCompletion`)."""
-    http = sdk_http()
-    transport = _flavoured(AsyncOpenAITransport, "AsyncBaseTransport", http)(
-        base_url,
-        api_key,
-        models=models,
-        forward_sdk_api_key=forward_sdk_api_key,
-        **client_options,
-    )
-    client: _sdk_httpx.AsyncClient = http.AsyncClient(
-        transport=transport, timeout=_timeout(http), trust_env=False
+    client: _sdk_httpx.AsyncClient = _sdk_client(
+        AsyncOpenAITransport, "AsyncClient", *args, **kwargs
     )
     return client
+
+
+def _sdk_client(transport_class: type[Any], client_name: str, *args: Any, **kwargs: Any) -> Any:
+    """A ``Client``/``AsyncClient`` of the SDK's httpx over a transport of ours."""
+    http = sdk_http()
+    base = "BaseTransport" if client_name == "Client" else "AsyncBaseTransport"
+    transport = cast("Any", _flavoured(transport_class, base, http))(*args, **kwargs)
+    return getattr(http, client_name)(transport=transport, timeout=_timeout(http), trust_env=False)

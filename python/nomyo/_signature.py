@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-__all__ = ["takes_arguments_of"]
+__all__ = ["same_arguments_as", "takes_arguments_of"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -23,12 +23,23 @@ def takes_arguments_of(
 ) -> Callable[[Callable[..., R]], Callable[Concatenate[Any, P], R]]:
     """Give the decorated method the arguments (names, defaults, kinds) of ``source``,
     and its own return type."""
-    parameters = inspect.signature(source).parameters.values()
+    return _with_arguments_of(source)
 
-    def apply(method: Callable[..., R]) -> Callable[Concatenate[Any, P], R]:
-        returns = inspect.signature(method).return_annotation
-        signature = inspect.Signature(list(parameters), return_annotation=returns)
-        method.__signature__ = signature  # type: ignore[attr-defined]
-        return method
+
+def same_arguments_as(
+    source: Callable[P, Any],
+) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """:func:`takes_arguments_of` for functions: all of ``source``'s arguments."""
+    return _with_arguments_of(source)
+
+
+def _with_arguments_of(source: Callable[..., Any]) -> Callable[[Callable[..., R]], Any]:
+    parameters = list(inspect.signature(source).parameters.values())
+
+    def apply(function: Callable[..., R]) -> Callable[..., R]:
+        returns = inspect.signature(function).return_annotation
+        signature = inspect.Signature(parameters, return_annotation=returns)
+        function.__signature__ = signature  # type: ignore[attr-defined]
+        return function
 
     return apply

@@ -161,48 +161,44 @@ def check_caller_http(transport: object, http_client: object) -> None:
 
 
 def _client_options(
-    timeout: TimeoutTypes, verify: VerifyTypes, custom_transport: bool
+    *,
+    timeout: TimeoutTypes = None,
+    verify: VerifyTypes = True,
+    transport: object = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     import httpx
 
     return {
+        "transport": transport,
         "timeout": default_timeout() if timeout is None else timeout,
         "verify": _verify(verify),
-        "http2": http2_available() and not custom_transport,
+        "http2": http2_available() and transport is None,
         "trust_env": True,
         "limits": httpx.Limits(max_connections=100, max_keepalive_connections=32),
         "follow_redirects": False,
         # The ciphertext does not compress; identity also rules out decompression bombs.
         "headers": {"Accept-Encoding": "identity"},
+        **kwargs,
     }
 
 
-def make_async_client(
-    *,
-    timeout: TimeoutTypes = None,
-    verify: VerifyTypes = True,
-    transport: httpx.AsyncBaseTransport | None = None,
-    **kwargs: Any,
-) -> httpx.AsyncClient:
-    """One keep-alive pool; proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment."""
+def make_async_client(**options: Any) -> httpx.AsyncClient:
+    """One keep-alive pool; proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment.
+
+    Takes ``timeout``, ``verify``, ``transport`` (an ``httpx.AsyncBaseTransport``) and more
+    ``httpx.AsyncClient`` arguments.
+    """
     import httpx
 
-    options = _client_options(timeout, verify, transport is not None)
-    return httpx.AsyncClient(transport=transport, **options, **kwargs)
+    return httpx.AsyncClient(**_client_options(**options))
 
 
-def make_sync_client(
-    *,
-    timeout: TimeoutTypes = None,
-    verify: VerifyTypes = True,
-    transport: httpx.BaseTransport | None = None,
-    **kwargs: Any,
-) -> httpx.Client:
+def make_sync_client(**options: Any) -> httpx.Client:
     """The blocking twin of :func:`make_async_client` (its pool is safe to share by threads)."""
     import httpx
 
-    options = _client_options(timeout, verify, transport is not None)
-    return httpx.Client(transport=transport, **options, **kwargs)
+    return httpx.Client(**_client_options(**options))
 
 
 Seconds = tuple[float | None, float | None, float | None, float | None]
