@@ -57,7 +57,6 @@ from ._transport import (
     asend_streamed,
     check_caller_http,
     native_timeouts,
-    request_timeout,
     send_streamed,
     timeout_seconds,
 )
@@ -397,7 +396,7 @@ class HttpxSealedTransport:
             request.url,
             request.headers,
             content=body,
-            timeout=request_timeout(request.timeout),
+            timeout=request.timeout,
             ok_limit=request.max_response,
             error_limit=MAX_ERROR_BODY_BYTES,
             error_body_optional=True,
