@@ -103,7 +103,7 @@ class OursAdapter:
                     if pause:
                         await asyncio.sleep(pause)
                     start = time.process_time()
-                    exchange = await native.get_key(url)
+                    exchange = await native.aget_key(url)
                     out[name].append(time.process_time() - start)
                     if exchange.status != 200:
                         raise RuntimeError(f"the key GET answered {exchange.status}")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import nomyo
-from nomyo import _client, _core
+from nomyo import _core, _pipeline
 from nomyo.testing import DevRouter, Fault, RouterThread, make_test_certificates
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,13 +41,13 @@ def _clean_faults(router: RouterThread) -> Iterator[None]:
 def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the retry delays the client asks for, and sleep only briefly."""
     asked: list[float] = []
-    real = _client.retry_delay
+    real = _pipeline.retry_delay
 
     def fast(attempt: int, retry_after: float | None = None) -> float:
         asked.append(real(attempt, retry_after))
         return 0.01
 
-    monkeypatch.setattr(_client, "retry_delay", fast)
+    monkeypatch.setattr(_pipeline, "retry_delay", fast)
     return asked
 
 

@@ -641,7 +641,7 @@ def test_odd_but_authentic_replies_are_accepted(
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record the delays the client asks for between retries, and keep them short."""
-    from nomyo import _client, _sync_client
+    from nomyo import _pipeline
 
     asked: list[float] = []
 
@@ -652,9 +652,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         asked.append(delay)
         return min(delay, 0.05)
 
-    monkeypatch.setattr(_client, "retry_delay", quick)
-    if hasattr(_sync_client, "retry_delay"):
-        monkeypatch.setattr(_sync_client, "retry_delay", quick)
+    monkeypatch.setattr(_pipeline, "retry_delay", quick)
     return asked
 
 

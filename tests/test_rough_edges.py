@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import nomyo
-from nomyo import _client, _core, _retry, _sync_client
+from nomyo import _core, _pipeline, _retry
 from nomyo.testing import DevRouter, Fault, RouterThread, make_test_certificates
 
 TESTS = Path(__file__).resolve().parent
@@ -66,8 +66,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         asked.append(attempt)
         return 0.01
 
-    monkeypatch.setattr(_client, "retry_delay", fast)
-    monkeypatch.setattr(_sync_client, "retry_delay", fast)
+    monkeypatch.setattr(_pipeline, "retry_delay", fast)
     return asked
 
 
@@ -392,10 +391,10 @@ _QUIET_PROGRAM = """
 import sys
 from pathlib import Path
 import nomyo
-from nomyo import _client
+from nomyo import _pipeline
 from nomyo.testing import DevRouter, Fault
 
-_client.retry_delay = lambda attempt, retry_after=None: 0.01
+_pipeline.retry_delay = lambda attempt, retry_after=None: 0.01
 with DevRouter(key_bits=2048).run_in_thread() as handle:
     handle.router.faults.push(Fault(status=503, times=1))
     key_dir = Path(sys.argv[1])

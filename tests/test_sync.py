@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import nomyo
-from nomyo import _core, _sync_client
+from nomyo import _core, _pipeline
 from nomyo.testing import DevRouter, Fault, RouterThread
 
 
@@ -39,13 +39,13 @@ def _clean_faults(router: RouterThread) -> Iterator[None]:
 @pytest.fixture
 def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     asked: list[float] = []
-    real = _sync_client.retry_delay
+    real = _pipeline.retry_delay
 
     def fast(attempt: int, retry_after: float | None = None) -> float:
         asked.append(real(attempt, retry_after))
         return 0.01
 
-    monkeypatch.setattr(_sync_client, "retry_delay", fast)
+    monkeypatch.setattr(_pipeline, "retry_delay", fast)
     return asked
 
 

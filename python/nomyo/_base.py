@@ -5,7 +5,7 @@ URL and option checks, key handling, request headers, validation of a fetched se
 completing a decrypted reply (``_metadata``, attestation policy, :class:`ChatCompletion`).
 :class:`~nomyo.SecureCompletionClient` (``httpx.AsyncClient``, coroutines) and
 :class:`~nomyo.SyncSecureCompletionClient` (``httpx.Client``, blocking, thread-safe) add the
-I/O on top, as httpx and openai-python do with their client pairs.
+I/O on top through one pipeline (``_pipeline``), as openai-python does with its client pair.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from . import _core
@@ -44,7 +44,6 @@ from ._constants import (
 from ._exceptions import (
     APIConnectionError,
     APIError,
-    APITimeoutError,
     ClientClosedError,
     ConfigurationError,
     EnvelopeError,
@@ -62,9 +61,6 @@ from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion, to_response
 from ._retry import is_permanent_network_failure, parse_retry_after, should_retry
 from ._transport import check_base_url
-
-if TYPE_CHECKING:
-    import httpx
 
 __all__ = ["BaseSecureClient", "KeyRotated", "error_details", "normalise_fingerprints"]
 
@@ -444,26 +440,6 @@ class BaseSecureClient:
         return headers
 
     @staticmethod
-    def _transport_error(
-        exc: httpx.TransportError | _core.TransportError,
-        payload_id: str | None,
-        what: str = "request",
-    ) -> APIConnectionError:
-        """The nomyo exception for a network failure (a timeout or anything else) of either
-        transport."""
-        if isinstance(exc, _core.TransportError):
-            timed_out = exc.kind == "timeout"
-        else:
-            import httpx
-
-            timed_out = isinstance(exc, httpx.TimeoutException)
-        if timed_out:
-            return APITimeoutError(f"{what} timed out: {exc}", payload_id=payload_id)
-        return APIConnectionError(
-            f"{what} failed: {type(exc).__name__}: {exc}", payload_id=payload_id
-        )
-
-    @staticmethod
     def _is_decrypt_failure(status: int, details: Mapping[str, Any] | None) -> bool:
         """A 'cannot decrypt' reply: the server key may have rotated."""
         detail = str(details.get("detail", "")) if details else ""
@@ -580,31 +556,6 @@ class BaseSecureClient:
     @staticmethod
     def _log_opened(payload_id: str, seconds: float) -> None:
         logger.debug("request %s: reply opened in %.1f ms", payload_id, seconds * 1000.0)
-
-    def _log_native(
-        self, payload_id: str, attempt: int, exchange: _core.Exchange, waited: float
-    ) -> None:
-        if not logger.isEnabledFor(logging.DEBUG):
-            return
-        self._log_exchange(
-            payload_id,
-            attempt,
-            exchange.sent_bytes,
-            exchange.status,
-            exchange.received_bytes,
-            exchange.seal_seconds,
-            waited,
-            exchange.exchange_seconds,
-        )
-        if exchange.opened:
-            self._log_opened(payload_id, exchange.open_seconds)
-
-    def _finish_native(
-        self, exchange: _core.Exchange, payload_id: str, binding: str | None = None
-    ) -> ChatCompletion:
-        """Parse a reply the native transport opened, then :meth:`_finish_reply`."""
-        value, processed_at, algorithm = exchange.reply()
-        return self._finish_reply(value, payload_id, processed_at, algorithm, binding)
 
     def _finish_reply(
         self,

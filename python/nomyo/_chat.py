@@ -12,10 +12,9 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 
 from . import _aio, _core
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
@@ -30,6 +29,7 @@ from ._constants import (
 )
 from ._exceptions import InvalidRequestError
 from ._keys import Password, password_from_env, save_key_pair
+from ._lifecycle import AsyncCloseable, Closeable
 from ._memory import SecureMemoryOption
 from ._params import (
     NOT_GIVEN,
@@ -40,12 +40,13 @@ from ._params import (
 )
 from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion
+from ._signature import takes_arguments_of
 from ._stream import AsyncStream, Stream
 from ._sync_client import SyncSecureCompletionClient
 from ._transport import TimeoutTypes, VerifyTypes
 
 if TYPE_CHECKING:
-    import httpx
+    import httpx  # noqa: F401  (the twins' generic arguments name it)
 
 __all__ = [
     "CLIENT_ARGUMENTS",
@@ -73,6 +74,19 @@ CLIENT_ARGUMENTS = (
 )
 
 ClientT = TypeVar("ClientT", bound=BaseSecureClient)
+TransportT = TypeVar("TransportT")
+HttpClientT = TypeVar("HttpClientT")
+
+
+class PreparedRequest(NamedTuple):
+    """A checked ``create`` call: the router override, then ``send_secure_request``'s
+    positional and keyword arguments."""
+
+    base_url: str | None
+    arguments: tuple[dict[str, Any], str, str | None, str | None]
+    options: dict[str, Any]
+
+
 Messages = Iterable[Mapping[str, Any]]
 
 
@@ -104,10 +118,55 @@ def checked_messages(messages: object) -> list[Any]:
     return items
 
 
-class BaseSecureChat(Generic[ClientT]):
+class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
     """What the async and the blocking chat client share (everything but I/O)."""
 
     client: ClientT
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        allow_http: bool = False,
+        api_key: str | None = None,
+        secure_memory: SecureMemoryOption = True,
+        key_dir: str | os.PathLike[str] | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        *,
+        key_password: Password = None,
+        timeout: TimeoutTypes = None,
+        verify: VerifyTypes = True,
+        server_key_fingerprint: str | Iterable[str] | None = None,
+        known_hosts: bool | str | os.PathLike[str] | None = None,
+        attestation: AttestationMode = "off",
+        expected_pcrs: PcrPolicy | None = None,
+        transport: TransportT | None = None,
+        http_client: HttpClientT | None = None,
+        rate_limit: bool | RateLimiter | None = None,
+        trusted_aik: str | Iterable[str] | None = None,
+        reply_binding: ReplyBindingMode = "off",
+        max_request_size: int = MAX_REQUEST_BYTES,
+    ) -> None:
+        options: dict[str, Any] = {
+            "max_request_size": max_request_size,
+            "known_hosts": known_hosts,
+            "attestation": attestation,
+            "expected_pcrs": expected_pcrs,
+            "trusted_aik": trusted_aik,
+            "reply_binding": reply_binding,
+            "allow_http": allow_http,
+            "secure_memory": secure_memory,
+            "max_retries": max_retries,
+            "timeout": timeout,
+            "verify": verify,
+            "server_key_fingerprint": server_key_fingerprint,
+            "transport": transport,
+            "rate_limit": rate_limit,
+        }
+        self._setup(base_url, api_key, key_dir, key_password, http_client, options)
+        # A thread lock (taken on a worker thread by the async twin): unlike an async lock it
+        # is not tied to one event loop (or backend).
+        self._keys_lock = threading.Lock()
+        self.chat = self._chat_class(self)
 
     def _setup(
         self,
@@ -127,8 +186,13 @@ class BaseSecureChat(Generic[ClientT]):
         self._other_clients: dict[str, ClientT] = {}
         self._clients_lock = threading.Lock()
 
+    #: The class of ``client`` (and of the per-call ``base_url`` clients).
+    _client_class: Callable[..., ClientT]
+    #: The class of ``chat`` (``client.chat.completions.create(...)``).
+    _chat_class: Callable[[Any], Any]
+
     def _new_client(self, base_url: str | None, http_client: object = None) -> ClientT:
-        raise NotImplementedError
+        return self._client_class(base_url, http_client=http_client, **self._options)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.client.router_url}>"
@@ -209,112 +273,9 @@ class BaseSecureChat(Generic[ClientT]):
             payload.update(extra_body)
         return payload
 
-    def _api_key_for(self, api_key: str | None) -> str | None:
-        return api_key if api_key is not None else self.api_key
-
-
-def _new_payload_id() -> str:
-    return str(uuid.uuid4())
-
-
-class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
-    """OpenAI-compatible chat completions, end-to-end encrypted to a NOMYO Router (async).
-
-    :class:`SyncSecureChatCompletion` is its blocking twin (same arguments).
-
-    Args:
-        base_url: the router (HTTPS); default ``$NOMYO_BASE_URL``, else
-            ``https://api.nomyo.ai``.
-        allow_http: allow plain HTTP (local development only).
-        api_key: bearer API key sent with every request (never inside the payload);
-            default ``$NOMYO_API_KEY``.
-        secure_memory: True (default): secrets in locked native memory where the OS allows
-            (best effort); ``"require"``: fail with ``SecureMemoryError`` before sending
-            when they cannot be locked; False: not locked (still zeroed). See
-            :class:`~nomyo.SecureCompletionClient`.
-        key_dir: load the key pair from this directory, or generate and save one there.
-            None: a fresh in-memory key pair for this client.
-        max_retries: retries on 429/5xx and network errors.
-        key_password: password (or a callable returning it) of the key in ``key_dir``;
-            default: the ``NOMYO_KEY_PASSWORD`` environment variable, if set.
-        rate_limit: True keeps every request of this client to the router's public limits
-            (2/s, bursts of 4 once per 10 s); a :class:`~nomyo.RateLimiter` can be shared.
-        max_request_size: the most text one request may hold, in bytes (default 32 MiB); a
-            larger request raises :class:`~nomyo.RequestTooLargeError` before it is
-            encrypted. Keep it at most 3/4 of the router's body limit (sealing adds 1/3).
-        timeout, verify, server_key_fingerprint, known_hosts, attestation, expected_pcrs,
-            trusted_aik, reply_binding, transport, http_client: see
-            :class:`~nomyo.SecureCompletionClient`.
-
-    Attributes:
-        chat: ``client.chat.completions.create(...)``, the official SDK's call shape.
-    """
-
-    def __init__(
+    def _prepare(
         self,
-        base_url: str | None = None,
-        allow_http: bool = False,
-        api_key: str | None = None,
-        secure_memory: SecureMemoryOption = True,
-        key_dir: str | os.PathLike[str] | None = None,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        *,
-        key_password: Password = None,
-        timeout: TimeoutTypes = None,
-        verify: VerifyTypes = True,
-        server_key_fingerprint: str | Iterable[str] | None = None,
-        known_hosts: bool | str | os.PathLike[str] | None = None,
-        attestation: AttestationMode = "off",
-        expected_pcrs: PcrPolicy | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        rate_limit: bool | RateLimiter | None = None,
-        trusted_aik: str | Iterable[str] | None = None,
-        reply_binding: ReplyBindingMode = "off",
-        max_request_size: int = MAX_REQUEST_BYTES,
-    ) -> None:
-        options: dict[str, Any] = {
-            "max_request_size": max_request_size,
-            "known_hosts": known_hosts,
-            "attestation": attestation,
-            "expected_pcrs": expected_pcrs,
-            "trusted_aik": trusted_aik,
-            "reply_binding": reply_binding,
-            "allow_http": allow_http,
-            "secure_memory": secure_memory,
-            "max_retries": max_retries,
-            "timeout": timeout,
-            "verify": verify,
-            "server_key_fingerprint": server_key_fingerprint,
-            "transport": transport,
-            "rate_limit": rate_limit,
-        }
-        self._setup(base_url, api_key, key_dir, key_password, http_client, options)
-        # A thread lock taken on a worker thread: unlike an async lock it is not tied to one
-        # event loop (or backend).
-        self._keys_lock = threading.Lock()
-        self.chat = AsyncChat(self)
-
-    def _new_client(
-        self, base_url: str | None, http_client: object = None
-    ) -> SecureCompletionClient:
-        client = cast("httpx.AsyncClient | None", http_client)
-        return SecureCompletionClient(base_url, http_client=client, **self._options)
-
-    async def _ensure_keys(self) -> _core.PrivateKey:
-        if self.client.private_key is not None:
-            return self.client.private_key
-        await _aio.run_sync(self._load_or_generate_once)
-        assert self.client.private_key is not None
-        return self.client.private_key
-
-    def _load_or_generate_once(self) -> None:
-        with self._keys_lock:
-            if self.client.private_key is None:
-                self._load_or_generate()
-
-    async def create(
-        self,
+        /,
         model: str,
         messages: Messages,
         *,
@@ -346,203 +307,29 @@ class SecureChatCompletion(BaseSecureChat[SecureCompletionClient]):
         extra_headers: Mapping[str, str | None] | None = None,
         extra_query: Mapping[str, object] | None = None,
         **kwargs: Any,
-    ) -> ChatCompletion:
-        """Create an encrypted chat completion.
-
-        The OpenAI parameters go into the encrypted request only when given (``NOT_GIVEN``
-        leaves them out; None is sent as null); any other keyword goes in untouched, then
-        ``extra_body``. These configure this one request instead, as in the official SDK,
-        and never go into its body: ``timeout``, ``max_retries``, ``extra_headers`` (HTTP
-        headers to the router; ``Authorization``/``X-Security-Tier`` may be replaced, None
-        removes one), ``extra_query`` (the URL's query), and nomyo's ``security_tier``,
-        ``api_key`` and ``base_url``.
-
-        Returns:
-            The decrypted ``chat.completion`` (a ``dict`` with attribute access), with
-            ``_metadata`` completed.
+    ) -> PreparedRequest:
+        """Check the arguments of ``create`` (both twins) and build the request.
 
         Raises:
-            TypeError: ``messages`` is not a list of message mappings (nothing is sent).
-            InvalidRequestError: ``stream=True`` (encrypted inference does not stream).
-            RequestTooLargeError: the request's text exceeds ``max_request_size`` (nothing
-                is sent), or the router answered 413.
-            ConfigurationError: an invalid security tier, ``max_retries`` or extra header.
-            SecurityError, EnvelopeError, APIError, APIConnectionError: see
-                :meth:`SecureCompletionClient.send_secure_request`.
+            TypeError / InvalidRequestError: see ``create``; RuntimeError: the client is
+                closed.
         """
         parameters = given_parameters(locals(), OPENAI_PARAMETERS)
         payload = self._payload(model, messages, parameters, extra_body, kwargs)
         self._client_for(base_url)
-        await self._ensure_keys()
-        client = self._client_for(base_url)
-        return await client.send_secure_request(
-            payload,
-            _new_payload_id(),
-            self._api_key_for(api_key),
-            security_tier,
-            timeout=timeout,
-            max_retries=max_retries,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
+        return PreparedRequest(
+            base_url,
+            (payload, _new_payload_id(), self._api_key_for(api_key), security_tier),
+            {
+                "timeout": timeout,
+                "max_retries": max_retries,
+                "extra_headers": extra_headers,
+                "extra_query": extra_query,
+            },
         )
 
-    async def acreate(self, model: str, messages: Messages, **kwargs: Any) -> ChatCompletion:
-        """Alias of :meth:`create`."""
-        return await self.create(model, messages, **kwargs)
-
-    async def aclose(self) -> None:
-        """Close the connection pools."""
-        for client in (self.client, *self._other_clients.values()):
-            await client.aclose()
-
-    async def __aenter__(self) -> SecureChatCompletion:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class SyncSecureChatCompletion(BaseSecureChat[SyncSecureCompletionClient]):
-    """The blocking twin of :class:`SecureChatCompletion`; one instance serves many threads.
-
-    Takes the same arguments, with ``transport`` an ``httpx.BaseTransport`` and
-    ``http_client`` an ``httpx.Client``. The server key is fetched once, whatever the number
-    of threads; the native crypto releases the GIL, so threads encrypt in parallel.
-
-    Attributes:
-        chat: ``client.chat.completions.create(...)``, the official SDK's call shape.
-    """
-
-    def __init__(
-        self,
-        base_url: str | None = None,
-        allow_http: bool = False,
-        api_key: str | None = None,
-        secure_memory: SecureMemoryOption = True,
-        key_dir: str | os.PathLike[str] | None = None,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        *,
-        key_password: Password = None,
-        timeout: TimeoutTypes = None,
-        verify: VerifyTypes = True,
-        server_key_fingerprint: str | Iterable[str] | None = None,
-        known_hosts: bool | str | os.PathLike[str] | None = None,
-        attestation: AttestationMode = "off",
-        expected_pcrs: PcrPolicy | None = None,
-        transport: httpx.BaseTransport | None = None,
-        http_client: httpx.Client | None = None,
-        rate_limit: bool | RateLimiter | None = None,
-        trusted_aik: str | Iterable[str] | None = None,
-        reply_binding: ReplyBindingMode = "off",
-        max_request_size: int = MAX_REQUEST_BYTES,
-    ) -> None:
-        options: dict[str, Any] = {
-            "max_request_size": max_request_size,
-            "known_hosts": known_hosts,
-            "attestation": attestation,
-            "expected_pcrs": expected_pcrs,
-            "trusted_aik": trusted_aik,
-            "reply_binding": reply_binding,
-            "allow_http": allow_http,
-            "secure_memory": secure_memory,
-            "max_retries": max_retries,
-            "timeout": timeout,
-            "verify": verify,
-            "server_key_fingerprint": server_key_fingerprint,
-            "transport": transport,
-            "rate_limit": rate_limit,
-        }
-        self._setup(base_url, api_key, key_dir, key_password, http_client, options)
-        self._keys_lock = threading.Lock()
-        self.chat = SyncChat(self)
-
-    def _new_client(
-        self, base_url: str | None, http_client: object = None
-    ) -> SyncSecureCompletionClient:
-        client = cast("httpx.Client | None", http_client)
-        return SyncSecureCompletionClient(base_url, http_client=client, **self._options)
-
-    def _ensure_keys(self) -> _core.PrivateKey:
-        key = self.client.private_key
-        if key is None:
-            with self._keys_lock:
-                if self.client.private_key is None:
-                    self._load_or_generate()
-                key = self.client.private_key
-        assert key is not None
-        return key
-
-    def create(
-        self,
-        model: str,
-        messages: Messages,
-        *,
-        frequency_penalty: float | NotGiven | None = NOT_GIVEN,
-        logit_bias: Mapping[str, int] | NotGiven | None = NOT_GIVEN,
-        logprobs: bool | NotGiven | None = NOT_GIVEN,
-        max_completion_tokens: int | NotGiven | None = NOT_GIVEN,
-        max_tokens: int | NotGiven | None = NOT_GIVEN,
-        n: int | NotGiven | None = NOT_GIVEN,
-        parallel_tool_calls: bool | NotGiven = NOT_GIVEN,
-        presence_penalty: float | NotGiven | None = NOT_GIVEN,
-        reasoning_effort: str | NotGiven | None = NOT_GIVEN,
-        response_format: Mapping[str, Any] | NotGiven = NOT_GIVEN,
-        seed: int | NotGiven | None = NOT_GIVEN,
-        stop: str | Sequence[str] | NotGiven | None = NOT_GIVEN,
-        stream: bool | NotGiven | None = NOT_GIVEN,
-        temperature: float | NotGiven | None = NOT_GIVEN,
-        tool_choice: str | Mapping[str, Any] | NotGiven = NOT_GIVEN,
-        tools: Iterable[Mapping[str, Any]] | NotGiven = NOT_GIVEN,
-        top_logprobs: int | NotGiven | None = NOT_GIVEN,
-        top_p: float | NotGiven | None = NOT_GIVEN,
-        user: str | NotGiven = NOT_GIVEN,
-        security_tier: SecurityTier | str | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        extra_headers: Mapping[str, str | None] | None = None,
-        extra_query: Mapping[str, object] | None = None,
-        **kwargs: Any,
-    ) -> ChatCompletion:
-        """Create an encrypted chat completion (blocking); see ``SecureChatCompletion.create``."""
-        parameters = given_parameters(locals(), OPENAI_PARAMETERS)
-        payload = self._payload(model, messages, parameters, extra_body, kwargs)
-        self._client_for(base_url)
-        self._ensure_keys()
-        client = self._client_for(base_url)
-        return client.send_secure_request(
-            payload,
-            _new_payload_id(),
-            self._api_key_for(api_key),
-            security_tier,
-            timeout=timeout,
-            max_retries=max_retries,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
-        )
-
-    def close(self) -> None:
-        """Close the connection pools."""
-        for client in (self.client, *self._other_clients.values()):
-            client.close()
-
-    def __enter__(self) -> SyncSecureChatCompletion:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _api_key_for(self, api_key: str | None) -> str | None:
+        return api_key if api_key is not None else self.api_key
 
 
 def _stream_arguments(
@@ -559,6 +346,17 @@ def _stream_arguments(
     if stream not in (None, True, False) and not isinstance(stream, NotGiven):
         raise TypeError("stream must be a bool")
     return bool(stream is True), bool(stream_options and stream_options.get("include_usage"))
+
+
+StreamT = TypeVar("StreamT", Stream, AsyncStream)
+
+
+def _as_stream(
+    completion: ChatCompletion, streaming: tuple[bool, bool], stream_class: type[StreamT]
+) -> ChatCompletion | StreamT:
+    """The completion, or with ``stream=True`` a stream of its chunks."""
+    stream, include_usage = streaming
+    return stream_class(completion, include_usage=include_usage) if stream else completion
 
 
 class AsyncCompletions:
@@ -598,11 +396,8 @@ class AsyncCompletions:
         **kwargs: Any,
     ) -> ChatCompletion | AsyncStream:
         """``await client.chat.completions.create(model=..., messages=..., ...)``"""
-        streaming, include_usage = _stream_arguments(stream, stream_options)
-        completion = await self._owner.create(*args, **kwargs)
-        if not streaming:
-            return completion
-        return AsyncStream(completion, include_usage=include_usage)
+        streaming = _stream_arguments(stream, stream_options)
+        return _as_stream(await self._owner.create(*args, **kwargs), streaming, AsyncStream)
 
 
 class AsyncChat:
@@ -649,11 +444,8 @@ class SyncCompletions:
         **kwargs: Any,
     ) -> ChatCompletion | Stream:
         """``client.chat.completions.create(model=..., messages=..., ...)``"""
-        streaming, include_usage = _stream_arguments(stream, stream_options)
-        completion = self._owner.create(*args, **kwargs)
-        if not streaming:
-            return completion
-        return Stream(completion, include_usage=include_usage)
+        streaming = _stream_arguments(stream, stream_options)
+        return _as_stream(self._owner.create(*args, **kwargs), streaming, Stream)
 
 
 class SyncChat:
@@ -661,3 +453,138 @@ class SyncChat:
 
     def __init__(self, owner: SyncSecureChatCompletion) -> None:
         self.completions = SyncCompletions(owner)
+
+
+def _new_payload_id() -> str:
+    return str(uuid.uuid4())
+
+
+class SecureChatCompletion(
+    BaseSecureChat[SecureCompletionClient, "httpx.AsyncBaseTransport", "httpx.AsyncClient"],
+    AsyncCloseable,
+):
+    """OpenAI-compatible chat completions, end-to-end encrypted to a NOMYO Router (async).
+
+    :class:`SyncSecureChatCompletion` is its blocking twin (same arguments).
+
+    Args:
+        base_url: the router (HTTPS); default ``$NOMYO_BASE_URL``, else
+            ``https://api.nomyo.ai``.
+        allow_http: allow plain HTTP (local development only).
+        api_key: bearer API key sent with every request (never inside the payload);
+            default ``$NOMYO_API_KEY``.
+        secure_memory: True (default): secrets in locked native memory where the OS allows
+            (best effort); ``"require"``: fail with ``SecureMemoryError`` before sending
+            when they cannot be locked; False: not locked (still zeroed). See
+            :class:`~nomyo.SecureCompletionClient`.
+        key_dir: load the key pair from this directory, or generate and save one there.
+            None: a fresh in-memory key pair for this client.
+        max_retries: retries on 429/5xx and network errors.
+        key_password: password (or a callable returning it) of the key in ``key_dir``;
+            default: the ``NOMYO_KEY_PASSWORD`` environment variable, if set.
+        rate_limit: True keeps every request of this client to the router's public limits
+            (2/s, bursts of 4 once per 10 s); a :class:`~nomyo.RateLimiter` can be shared.
+        max_request_size: the most text one request may hold, in bytes (default 32 MiB); a
+            larger request raises :class:`~nomyo.RequestTooLargeError` before it is
+            encrypted. Keep it at most 3/4 of the router's body limit (sealing adds 1/3).
+        timeout, verify, server_key_fingerprint, known_hosts, attestation, expected_pcrs,
+            trusted_aik, reply_binding, transport, http_client: see
+            :class:`~nomyo.SecureCompletionClient`.
+
+    Attributes:
+        chat: ``client.chat.completions.create(...)``, the official SDK's call shape.
+    """
+
+    chat: AsyncChat
+    _chat_class = AsyncChat
+    _client_class = SecureCompletionClient
+
+    async def _ensure_keys(self) -> _core.PrivateKey:
+        if self.client.private_key is not None:
+            return self.client.private_key
+        await _aio.run_sync(self._load_or_generate_once)
+        assert self.client.private_key is not None
+        return self.client.private_key
+
+    def _load_or_generate_once(self) -> None:
+        with self._keys_lock:
+            if self.client.private_key is None:
+                self._load_or_generate()
+
+    @takes_arguments_of(BaseSecureChat._prepare)
+    async def create(self, *args: Any, **kwargs: Any) -> ChatCompletion:
+        """Create an encrypted chat completion.
+
+        The OpenAI parameters go into the encrypted request only when given (``NOT_GIVEN``
+        leaves them out; None is sent as null); any other keyword goes in untouched, then
+        ``extra_body``. These configure this one request instead, as in the official SDK,
+        and never go into its body: ``timeout``, ``max_retries``, ``extra_headers`` (HTTP
+        headers to the router; ``Authorization``/``X-Security-Tier`` may be replaced, None
+        removes one), ``extra_query`` (the URL's query), and nomyo's ``security_tier``,
+        ``api_key`` and ``base_url``.
+
+        Returns:
+            The decrypted ``chat.completion`` (a ``dict`` with attribute access), with
+            ``_metadata`` completed.
+
+        Raises:
+            TypeError: ``messages`` is not a list of message mappings (nothing is sent).
+            InvalidRequestError: ``stream=True`` (encrypted inference does not stream).
+            RequestTooLargeError: the request's text exceeds ``max_request_size`` (nothing
+                is sent), or the router answered 413.
+            ConfigurationError: an invalid security tier, ``max_retries`` or extra header.
+            SecurityError, EnvelopeError, APIError, APIConnectionError: see
+                :meth:`SecureCompletionClient.send_secure_request`.
+        """
+        request = self._prepare(*args, **kwargs)
+        await self._ensure_keys()
+        client = self._client_for(request.base_url)
+        return await client.send_secure_request(*request.arguments, **request.options)
+
+    async def acreate(self, model: str, messages: Messages, **kwargs: Any) -> ChatCompletion:
+        """Alias of :meth:`create`."""
+        return await self.create(model, messages, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close the connection pools."""
+        for client in (self.client, *self._other_clients.values()):
+            await client.aclose()
+
+
+class SyncSecureChatCompletion(
+    BaseSecureChat[SyncSecureCompletionClient, "httpx.BaseTransport", "httpx.Client"], Closeable
+):
+    """The blocking twin of :class:`SecureChatCompletion`; one instance serves many threads.
+
+    Takes the same arguments, with ``transport`` an ``httpx.BaseTransport`` and
+    ``http_client`` an ``httpx.Client``. The server key is fetched once, whatever the number
+    of threads; the native crypto releases the GIL, so threads encrypt in parallel.
+    ``chat.completions.create(...)`` is the official SDK's call shape, as on the async twin.
+    """
+
+    chat: SyncChat
+    _chat_class = SyncChat
+    _client_class = SyncSecureCompletionClient
+
+    def _ensure_keys(self) -> _core.PrivateKey:
+        key = self.client.private_key
+        if key is None:
+            with self._keys_lock:
+                if self.client.private_key is None:
+                    self._load_or_generate()
+                key = self.client.private_key
+        assert key is not None
+        return key
+
+    @takes_arguments_of(BaseSecureChat._prepare)
+    def create(self, *args: Any, **kwargs: Any) -> ChatCompletion:
+        """Create an encrypted chat completion (blocking); see ``SecureChatCompletion.create``."""
+        request = self._prepare(*args, **kwargs)
+        self._ensure_keys()
+        client = self._client_for(request.base_url)
+        return client.send_secure_request(*request.arguments, **request.options)
+
+    def close(self) -> None:
+        """Close the connection pools."""
+        for client in (self.client, *self._other_clients.values()):
+            client.close()

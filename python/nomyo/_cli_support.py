@@ -244,22 +244,26 @@ def read_stdin_text() -> str:
     stdin = sys.stdin
     if stdin is None:
         raise CLIError("no stdin to read from", EXIT_USAGE)
-    buffer = getattr(stdin, "buffer", None)
-    try:
-        if buffer is None:
-            return stdin.read()
-        return bytes(buffer.read()).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CLIError("stdin is not valid UTF-8", EXIT_USAGE) from None
+    return _read_stdin_text(stdin, line=False)
 
 
 def _read_stdin_line(stdin: TextIO) -> str:
     """One line of stdin, decoded as strict UTF-8 (stdin's own decoder may be lenient)."""
+    return _read_stdin_text(stdin, line=True)
+
+
+def _read_stdin_text(stdin: TextIO, *, line: bool) -> str:
+    """All of stdin, or one line, decoded as strict UTF-8.
+
+    Raises:
+        CLIError: not valid UTF-8 (exit code 2).
+    """
     buffer = getattr(stdin, "buffer", None)
     try:
         if buffer is None:
-            return stdin.readline()
-        return bytes(buffer.readline()).decode("utf-8-sig")
+            return stdin.readline() if line else stdin.read()
+        raw = buffer.readline() if line else buffer.read()
+        return bytes(raw).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CLIError("stdin is not valid UTF-8", EXIT_USAGE) from None
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from . import _core
 from ._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
 from ._exceptions import ConfigurationError
+from ._signature import takes_arguments_of
 
 __all__ = ["NativeTransport", "native_trust", "proxy_configured"]
 
@@ -198,13 +199,14 @@ class NativeTransport:
 
     def _sealed_request(
         self,
+        /,
         url: str,
         headers: Mapping[str, str],
         payload: dict[str, Any],
         server_key: _core.PublicKey,
         client_key: _core.PrivateKey,
         max_response: int,
-        timeouts: Timeouts | None,
+        timeouts: Timeouts | None = None,
     ) -> dict[str, Any]:
         return {
             "method": "POST",
@@ -246,46 +248,24 @@ class NativeTransport:
                 completions.futures.pop(token, None)
             raise
 
-    async def get_key(self, url: str) -> _core.Exchange:
+    def get_key(self, url: str) -> _core.Exchange:
         """``GET`` the server key (body limited to ``MAX_KEY_BYTES``)."""
-        return await self._run(self._key_request(url))
-
-    def get_key_sync(self, url: str) -> _core.Exchange:
-        """The blocking twin of :meth:`get_key`."""
         return self._transport.send(**self._key_request(url))
 
-    async def post_sealed(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        payload: dict[str, Any],
-        server_key: _core.PublicKey,
-        client_key: _core.PrivateKey,
-        max_response: int,
-        timeouts: Timeouts | None = None,
-    ) -> _core.Exchange:
+    async def aget_key(self, url: str) -> _core.Exchange:
+        """The awaited twin of :meth:`get_key`."""
+        return await self._run(self._key_request(url))
+
+    @takes_arguments_of(_sealed_request)
+    def post_sealed(self, *args: Any, **kwargs: Any) -> _core.Exchange:
         """Seal ``payload`` to ``server_key``, ``POST`` it, and open a 200 reply with
         ``client_key`` (see ``Exchange.reply``)."""
-        request = self._sealed_request(
-            url, headers, payload, server_key, client_key, max_response, timeouts
-        )
-        return await self._run(request)
+        return self._transport.send(**self._sealed_request(*args, **kwargs))
 
-    def post_sealed_sync(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        payload: dict[str, Any],
-        server_key: _core.PublicKey,
-        client_key: _core.PrivateKey,
-        max_response: int,
-        timeouts: Timeouts | None = None,
-    ) -> _core.Exchange:
-        """The blocking twin of :meth:`post_sealed`."""
-        request = self._sealed_request(
-            url, headers, payload, server_key, client_key, max_response, timeouts
-        )
-        return self._transport.send(**request)
+    @takes_arguments_of(_sealed_request)
+    async def apost_sealed(self, *args: Any, **kwargs: Any) -> _core.Exchange:
+        """The awaited twin of :meth:`post_sealed`."""
+        return await self._run(self._sealed_request(*args, **kwargs))
 
     def close(self) -> None:
         """Close idle connections (requests in flight finish; the client refuses new ones)."""

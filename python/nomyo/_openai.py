@@ -46,7 +46,7 @@ the transport, so every try is encrypted afresh; the inner client does not retry
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -66,6 +66,7 @@ from ._relay import (
     reply_headers,
 )
 from ._response import ChatCompletion
+from ._signature import same_arguments_as
 from ._transport import default_timeout
 
 if TYPE_CHECKING:
@@ -112,10 +113,22 @@ class _OpenAIRouting:
     """
 
     _http: ModuleType = httpx
+    #: The nomyo client that answers (the blocking or the async one).
+    _chat_class: Callable[..., Any]
 
-    def __init__(self, models: Sequence[str] | None, forward_sdk_api_key: bool) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        models: Sequence[str] | None = None,
+        forward_sdk_api_key: bool = False,
+        **client_options: Any,
+    ) -> None:
         self.models = list(models) if models is not None else None
         self.forward_sdk_api_key = forward_sdk_api_key
+        client_options.setdefault("max_retries", 0)
+        self.chat = self._chat_class(base_url, api_key=api_key, **client_options)
 
     def _response(self, status: int, **options: Any) -> httpx.Response:
         # An httpx2.Response for an httpx2 client: typed as httpx's, whose API it has.
@@ -223,18 +236,8 @@ class OpenAITransport(_OpenAIRouting, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that answers the official SDK through
     :class:`~nomyo.SyncSecureChatCompletion` (see :func:`openai_http_client`)."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        models: Sequence[str] | None = None,
-        forward_sdk_api_key: bool = False,
-        **client_options: Any,
-    ) -> None:
-        super().__init__(models, forward_sdk_api_key)
-        client_options.setdefault("max_retries", 0)
-        self.chat = SyncSecureChatCompletion(base_url, api_key=api_key, **client_options)
+    chat: SyncSecureChatCompletion
+    _chat_class = SyncSecureChatCompletion
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()
@@ -255,18 +258,8 @@ class AsyncOpenAITransport(_OpenAIRouting, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` that answers the official SDK through
     :class:`~nomyo.SecureChatCompletion` (see :func:`openai_async_http_client`)."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        models: Sequence[str] | None = None,
-        forward_sdk_api_key: bool = False,
-        **client_options: Any,
-    ) -> None:
-        super().__init__(models, forward_sdk_api_key)
-        client_options.setdefault("max_retries", 0)
-        self.chat = SecureChatCompletion(base_url, api_key=api_key, **client_options)
+    chat: SecureChatCompletion
+    _chat_class = SecureChatCompletion
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
@@ -333,39 +326,31 @@ def openai_http_client(
         A client whose requests never leave the process unencrypted; close it (or the SDK
         client) to close the connection pool.
     """
-    http = sdk_http()
-    transport = _flavoured(OpenAITransport, "BaseTransport", http)(
+    client: _sdk_httpx.Client = _sdk_client(
+        OpenAITransport,
+        "Client",
         base_url,
         api_key,
         models=models,
         forward_sdk_api_key=forward_sdk_api_key,
         **client_options,
     )
-    client: _sdk_httpx.Client = http.Client(
-        transport=transport, timeout=_timeout(http), trust_env=False
-    )
     return client
 
 
-def openai_async_http_client(
-    base_url: str | None = None,
-    api_key: str | None = None,
-    *,
-    models: Sequence[str] | None = None,
-    forward_sdk_api_key: bool = False,
-    **client_options: Any,
-) -> _sdk_httpx.AsyncClient:
+@same_arguments_as(openai_http_client)
+def openai_async_http_client(*args: Any, **kwargs: Any) -> _sdk_httpx.AsyncClient:
     """An httpx ``AsyncClient`` for ``openai.AsyncOpenAI(http_client=...)``; see
     :func:`openai_http_client` (options of :class:`~nomyo.SecureChatCompletion`)."""
-    http = sdk_http()
-    transport = _flavoured(AsyncOpenAITransport, "AsyncBaseTransport", http)(
-        base_url,
-        api_key,
-        models=models,
-        forward_sdk_api_key=forward_sdk_api_key,
-        **client_options,
-    )
-    client: _sdk_httpx.AsyncClient = http.AsyncClient(
-        transport=transport, timeout=_timeout(http), trust_env=False
+    client: _sdk_httpx.AsyncClient = _sdk_client(
+        AsyncOpenAITransport, "AsyncClient", *args, **kwargs
     )
     return client
+
+
+def _sdk_client(transport_class: type[Any], client_name: str, *args: Any, **kwargs: Any) -> Any:
+    """A ``Client``/``AsyncClient`` of the SDK's httpx over a transport of ours."""
+    http = sdk_http()
+    base = "BaseTransport" if client_name == "Client" else "AsyncBaseTransport"
+    transport = cast("Any", _flavoured(transport_class, base, http))(*args, **kwargs)
+    return getattr(http, client_name)(transport=transport, timeout=_timeout(http), trust_env=False)

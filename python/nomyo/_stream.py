@@ -16,9 +16,9 @@ copied); :class:`Stream` and :class:`AsyncStream` iterate them like the official
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from types import TracebackType
 from typing import Any, ClassVar, Literal, NamedTuple
 
+from ._lifecycle import AsyncCloseable, Closeable
 from ._response import (
     ChatCompletion,
     CompletionUsage,
@@ -246,7 +246,7 @@ class _StreamBase:
         return f"<{type(self).__name__} {self.completion.get('id', '')!s} {state}>"
 
 
-class Stream(_StreamBase):
+class Stream(_StreamBase, Closeable):
     """The chunks of ``client.chat.completions.create(..., stream=True)`` (blocking client).
 
     Iterate it, or use it as a context manager; ``close()`` ends it early. Like the
@@ -266,19 +266,8 @@ class Stream(_StreamBase):
         """Stop the stream; later iteration ends at once."""
         self._closed = True
 
-    def __enter__(self) -> Stream:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncStream(_StreamBase):
+class AsyncStream(_StreamBase, AsyncCloseable):
     """The chunks of ``await client.chat.completions.create(..., stream=True)`` (async client).
 
     ``async for chunk in stream``, or ``async with``; ``await stream.close()`` ends it early.
@@ -297,13 +286,6 @@ class AsyncStream(_StreamBase):
         """Stop the stream; later iteration ends at once."""
         self._closed = True
 
-    async def __aenter__(self) -> AsyncStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Alias of :meth:`close` (``async with`` calls it)."""
         await self.close()

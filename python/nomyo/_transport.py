@@ -7,7 +7,8 @@ import logging
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 from ._constants import (
@@ -26,6 +27,8 @@ __all__ = [
     "IDENTITY",
     "TimeoutTypes",
     "VerifyTypes",
+    "aread_limited",
+    "asend_streamed",
     "body_deadline",
     "check_base_url",
     "check_caller_http",
@@ -35,8 +38,8 @@ __all__ = [
     "make_sync_client",
     "native_timeouts",
     "read_limited",
-    "read_limited_sync",
     "request_timeout",
+    "send_streamed",
     "timeout_seconds",
 ]
 
@@ -158,48 +161,44 @@ def check_caller_http(transport: object, http_client: object) -> None:
 
 
 def _client_options(
-    timeout: TimeoutTypes, verify: VerifyTypes, custom_transport: bool
+    *,
+    timeout: TimeoutTypes = None,
+    verify: VerifyTypes = True,
+    transport: object = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     import httpx
 
     return {
+        "transport": transport,
         "timeout": default_timeout() if timeout is None else timeout,
         "verify": _verify(verify),
-        "http2": http2_available() and not custom_transport,
+        "http2": http2_available() and transport is None,
         "trust_env": True,
         "limits": httpx.Limits(max_connections=100, max_keepalive_connections=32),
         "follow_redirects": False,
         # The ciphertext does not compress; identity also rules out decompression bombs.
         "headers": {"Accept-Encoding": "identity"},
+        **kwargs,
     }
 
 
-def make_async_client(
-    *,
-    timeout: TimeoutTypes = None,
-    verify: VerifyTypes = True,
-    transport: httpx.AsyncBaseTransport | None = None,
-    **kwargs: Any,
-) -> httpx.AsyncClient:
-    """One keep-alive pool; proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment."""
+def make_async_client(**options: Any) -> httpx.AsyncClient:
+    """One keep-alive pool; proxies and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment.
+
+    Takes ``timeout``, ``verify``, ``transport`` (an ``httpx.AsyncBaseTransport``) and more
+    ``httpx.AsyncClient`` arguments.
+    """
     import httpx
 
-    options = _client_options(timeout, verify, transport is not None)
-    return httpx.AsyncClient(transport=transport, **options, **kwargs)
+    return httpx.AsyncClient(**_client_options(**options))
 
 
-def make_sync_client(
-    *,
-    timeout: TimeoutTypes = None,
-    verify: VerifyTypes = True,
-    transport: httpx.BaseTransport | None = None,
-    **kwargs: Any,
-) -> httpx.Client:
+def make_sync_client(**options: Any) -> httpx.Client:
     """The blocking twin of :func:`make_async_client` (its pool is safe to share by threads)."""
     import httpx
 
-    options = _client_options(timeout, verify, transport is not None)
-    return httpx.Client(transport=transport, **options, **kwargs)
+    return httpx.Client(**_client_options(**options))
 
 
 Seconds = tuple[float | None, float | None, float | None, float | None]
@@ -269,16 +268,10 @@ class _Body:
 _UNDECODABLE = "the reply body could not be decoded (bad Content-Encoding)"
 
 
-async def read_limited(
+async def aread_limited(
     response: httpx.Response, limit: int, deadline: float | None = None
 ) -> bytes:
-    """Read a streamed body, refusing one longer than ``limit`` bytes before reading it all.
-
-    Raises:
-        EnvelopeError: the body is (or announces itself) larger than ``limit``, or its
-            content encoding is broken.
-        APITimeoutError: the body was still arriving at ``deadline`` (monotonic seconds).
-    """
+    """The awaited twin of :func:`read_limited`."""
     import httpx
 
     body = _Body(response, limit, deadline)
@@ -290,8 +283,14 @@ async def read_limited(
     return bytes(body.chunks)
 
 
-def read_limited_sync(response: httpx.Response, limit: int, deadline: float | None = None) -> bytes:
-    """The blocking twin of :func:`read_limited`."""
+def read_limited(response: httpx.Response, limit: int, deadline: float | None = None) -> bytes:
+    """Read a streamed body, refusing one longer than ``limit`` bytes before reading it all.
+
+    Raises:
+        EnvelopeError: the body is (or announces itself) larger than ``limit``, or its
+            content encoding is broken.
+        APITimeoutError: the body was still arriving at ``deadline`` (monotonic seconds).
+    """
     import httpx
 
     body = _Body(response, limit, deadline)
@@ -301,3 +300,68 @@ def read_limited_sync(response: httpx.Response, limit: int, deadline: float | No
     except httpx.DecodingError:
         raise EnvelopeError(_UNDECODABLE) from None
     return bytes(body.chunks)
+
+
+class StreamedRequest(Protocol):
+    """What :func:`send_streamed` sends (``_pipeline.HttpSend``)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    content: bytes | None
+    timeout: Any
+    ok_limit: int
+    error_limit: int
+    error_body_optional: bool
+
+
+def _stream_arguments(request: StreamedRequest) -> dict[str, Any]:
+    return {
+        "method": request.method,
+        "url": request.url,
+        "content": request.content,
+        "headers": request.headers,
+        "timeout": request_timeout(request.timeout),
+        "follow_redirects": False,
+    }
+
+
+def _limit(request: StreamedRequest, response: httpx.Response) -> int:
+    return request.ok_limit if response.status_code == 200 else request.error_limit
+
+
+def _unreadable(request: StreamedRequest, response: httpx.Response) -> bool:
+    """An error body that may read as empty when it is too large or undecodable."""
+    return response.status_code != 200 and request.error_body_optional
+
+
+def send_streamed(client: httpx.Client, request: StreamedRequest) -> tuple[httpx.Response, bytes]:
+    """Send ``request`` and read its body under its limit and the read deadline.
+
+    Raises:
+        httpx.TransportError: the network failed (the transport maps it).
+        EnvelopeError / APITimeoutError: see :func:`read_limited`.
+    """
+    with client.stream(**_stream_arguments(request)) as response:
+        try:
+            body = read_limited(response, _limit(request, response), body_deadline(client))
+        except EnvelopeError:
+            if not _unreadable(request, response):
+                raise
+            body = b""
+    return response, body
+
+
+async def asend_streamed(
+    client: httpx.AsyncClient, request: StreamedRequest
+) -> tuple[httpx.Response, bytes]:
+    """The awaited twin of :func:`send_streamed`."""
+    async with client.stream(**_stream_arguments(request)) as response:
+        try:
+            limit = _limit(request, response)
+            body = await aread_limited(response, limit, body_deadline(client))
+        except EnvelopeError:
+            if not _unreadable(request, response):
+                raise
+            body = b""
+    return response, body
