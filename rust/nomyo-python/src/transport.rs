@@ -1,5 +1,5 @@
-//! `Transport`: the native HTTP/1.1 and HTTP/2 client (direct or through a forward proxy). One request runs as one task on the process's
-//! Tokio runtime, without the GIL: sealing (RSA-OAEP wrap, AES-GCM), the exchange, and
+//! `Transport`: the native HTTP/1.1 and HTTP/2 client (direct or through a forward proxy).
+//! One request runs as one task on the process's Tokio runtime, without the GIL: sealing (RSA-OAEP wrap, AES-GCM), the exchange, and
 //! opening the reply (RSA-OAEP unwrap, AES-GCM) into locked memory. Python only turns the
 //! payload into JSON before and the opened JSON into objects after (`Exchange.reply`).
 //! A finished request reaches asyncio through `Completions` (no GIL on the workers) or, where

@@ -55,7 +55,41 @@ pub struct Stream {
     inner: Inner,
     proxied: bool,
     h2: bool,
+    /// Through a proxy: acknowledge every read at once (see `quick_ack`).
+    via_proxy: bool,
     open: Arc<AtomicUsize>,
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match &self.inner {
+            Inner::Tcp(s) => s,
+            Inner::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// A forward proxy that relays a reply in several writes without `TCP_NODELAY` (tinyproxy
+    /// does) holds each one back until the previous is acknowledged, and a delayed ACK costs
+    /// up to 40 ms each time. Linux turns delayed ACKs back on by itself, so this is set again
+    /// after every read poll on a proxied connection (direct ones never pay the system call).
+    fn quick_ack(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket descriptor owned by `self`, and a pointer to a c_int of
+            // the size given; a failure only leaves delayed ACKs on.
+            unsafe {
+                libc::setsockopt(
+                    self.tcp().as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
 }
 
 impl Drop for Stream {
@@ -81,10 +115,15 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.inner {
+        let polled = match &mut self.inner {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        // Also when no plaintext came out: TLS may have taken part of a record off the socket.
+        if self.via_proxy {
+            self.quick_ack();
         }
+        polled
     }
 }
 
@@ -208,6 +247,7 @@ impl Connector {
             inner,
             proxied,
             h2,
+            via_proxy: self.proxy.is_some(),
             open: self.open.clone(),
         })
     }
