@@ -13,7 +13,15 @@ so that all sample the shared machine's drifting speed alike:
   ``_core``: e.g. ``git archive <commit>`` unpacked and built), when given;
 - ``direct``: this checkout;
 - ``proxied``: this checkout with ``HTTPS_PROXY`` naming a tinyproxy that the bench starts
-  (the CONNECT tunnel is made once per connection; the bytes then pass through the proxy).
+  (the CONNECT tunnel is made once per connection; the bytes then pass through the proxy);
+- ``squid``: the same through a squid that the bench starts, where squid is installed;
+- with ``--httpx``: ``httpx_direct`` and ``httpx_squid`` (``NOMYO_TRANSPORT=httpx``), what
+  the proxy costs another client on the same machine.
+
+tinyproxy relays in 2 KiB writes without ``TCP_NODELAY``: a request over 2 KiB (any with
+RSA-4096 keys) reaches the router in two writes, the second held back by Nagle until the
+router's delayed ACK (~40 ms) comes. No client can avoid that; httpx pays it too (the
+``before`` build goes through httpx when a proxy is set). squid shows the engine's own cost.
 
 Targets: ``direct`` within noise of ``before``; ``proxied`` latency within 1.25x and CPU
 within 1.3x of ``direct``, same run. Prints a markdown table; raw numbers with ``--json``.
@@ -102,6 +110,41 @@ def start_tinyproxy(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("tinyproxy did not start")
 
 
+def start_squid(directory: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    binary = shutil.which("squid") or (
+        "/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None
+    )
+    if binary is None:
+        return None
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = directory / "squid"
+    folder.mkdir()
+    folder.chmod(0o777)  # squid drops to its own user
+    conf = folder / "squid.conf"
+    conf.write_text(
+        f"http_port 127.0.0.1:{port}\nhttp_access allow all\ncache deny all\n"
+        f"cache_mem 8 MB\npinger_enable off\naccess_log none\n"
+        f"cache_log {folder}/cache.log\npid_filename {folder}/squid.pid\n"
+        f"coredump_dir {folder}\nshutdown_lifetime 1 seconds\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
 def run(workers: VariantWorkers, plan: Plan, names: list[str]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     blocks = 4
@@ -161,7 +204,12 @@ def table(raw: dict[str, Any], names: list[str]) -> str:
         ),
         ("(e) max event-loop stall, ms", {n: e[n]["max_stall_ms"] for n in names}),
     ]
-    ratios = [("direct/before", "direct", "before"), ("proxied/direct", "proxied", "direct")]
+    ratios = [
+        ("direct/before", "direct", "before"),
+        ("proxied/direct", "proxied", "direct"),
+        ("squid/direct", "squid", "direct"),
+        ("httpx squid/direct", "httpx_squid", "httpx_direct"),
+    ]
     ratios = [r for r in ratios if r[1] in names and r[2] in names]
     head = "| row | " + " | ".join(names) + "".join(f" | {r[0]}" for r in ratios) + " |"
     lines = [head, "|" + " --- |" * (1 + len(names) + len(ratios))]
@@ -177,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", help="a python/ folder holding the other build's nomyo")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--json", help="write the raw numbers here")
+    parser.add_argument("--httpx", action="store_true", help="add httpx direct and via squid")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     work = Path(tempfile.mkdtemp(prefix="nomyo-engine-bench-"))
-    proxy_proc = None
+    proxy_proc = squid = None
     try:
         bundle, cert, key = make_trust_store(work)
         proxy_proc, proxy_url = start_tinyproxy(work)
@@ -189,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
             variants["before"] = {"PYTHONPATH": str(Path(args.baseline).resolve())}
         variants["direct"] = {}
         variants["proxied"] = {"HTTPS_PROXY": proxy_url}
+        squid = start_squid(work)
+        if squid is not None:
+            variants["squid"] = {"HTTPS_PROXY": squid[1]}
+        if args.httpx:
+            variants["httpx_direct"] = {"NOMYO_TRANSPORT": "httpx"}
+            if squid is not None:
+                variants["httpx_squid"] = {"NOMYO_TRANSPORT": "httpx", "HTTPS_PROXY": squid[1]}
         names = list(variants)
         with helper_process(
             ["_router_proc.py", "--cert", cert, "--key", key, "--key-bits", "4096"], "router"
@@ -200,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             workers.run("direct", workers.spec("direct", "gen_keys"))
             raw = run(workers, plan, names)
     finally:
-        if proxy_proc is not None:
-            proxy_proc.terminate()
-            proxy_proc.wait()
+        for proc in (proxy_proc, squid[0] if squid else None):
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
         shutil.rmtree(work, ignore_errors=True)
     print(table(raw, names))
     if args.json:
