@@ -485,3 +485,31 @@ def test_a_router_offering_only_http1_still_serves_concurrent_requests(
     before = tls_router.router.connections
     assert asyncio.run(scenario()) == [f"h1 {i}" for i in range(16)]
     assert tls_router.router.connections - before > 1, "HTTP/1.1: a connection per request"
+
+
+@needs_nginx
+@needs_tinyproxy
+def test_http2_through_a_connect_tunnel(
+    nginx_h2: Nginx,
+    tinyproxy: ForwardProxy,
+    certs: DevCertificates,
+    client_key: _core.PrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", tinyproxy.url)
+    before = len(nginx_h2.entries())
+
+    async def scenario() -> list[str]:
+        async with nomyo.SecureChatCompletion(nginx_h2.url, verify=certs.ca_cert) as client:
+            client.client._set_key(client_key)
+            replies = await asyncio.gather(
+                *(client.create(model="m", messages=user(f"t{i}")) for i in range(16))
+            )
+            return [str(r.choices[0].message.content) for r in replies]
+
+    assert asyncio.run(scenario()) == [f"t{i}" for i in range(16)]
+    time.sleep(0.2)
+    entries = nginx_h2.entries()[before:]
+    assert {e["protocol"] for e in entries} == {"HTTP/2.0"}
+    assert len({e["connection"] for e in entries}) == 1
+    assert tinyproxy.connects(nginx_h2.url.removeprefix("https://")) == 1
