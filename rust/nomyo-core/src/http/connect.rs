@@ -363,3 +363,58 @@ impl tower_service::Service<Uri> for Connector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `tunnel` against a one-shot fake proxy answering `answer`; returns the error and
+    /// what the proxy received.
+    fn tunnel_with(answer: &'static [u8]) -> (Result<(), HttpError>, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                s.write_all(answer).await.unwrap();
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            });
+            let proxy = Proxy::parse(&format!("http://u:secret@{addr}")).unwrap();
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let outcome = tunnel(&mut tcp, &proxy, "router.test", 443).await;
+            (outcome, server.await.unwrap())
+        })
+    }
+
+    #[test]
+    fn tunnel_sends_credentials_and_types_refusals() {
+        let (ok, sent) = tunnel_with(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        assert!(ok.is_ok());
+        assert!(sent.starts_with("CONNECT router.test:443 HTTP/1.1\r\nHost: router.test:443\r\n"));
+        assert!(sent.contains("Proxy-Authorization: Basic dTpzZWNyZXQ=\r\n"));
+
+        let (refused, _) = tunnel_with(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
+        let err = refused.unwrap_err();
+        assert_eq!(err.kind(), "proxy");
+        let text = err.to_string();
+        assert!(text.contains("407") && text.contains("refused the CONNECT to router.test:443"));
+        assert!(!text.contains("secret") && !text.contains("u:"), "{text}");
+
+        let (gateway, _) = tunnel_with(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+        assert_eq!(
+            gateway.unwrap_err().kind(),
+            "connect",
+            "a 5xx may change: retried"
+        );
+        let (garbage, _) = tunnel_with(b"SSH-2.0-nope\r\n\r\n");
+        assert_eq!(garbage.unwrap_err().kind(), "connect");
+        let (early, _) = tunnel_with(b"HTTP/1.1 200 OK\r\n\r\nsurprise");
+        assert_eq!(early.unwrap_err().kind(), "connect");
+    }
+}
