@@ -145,7 +145,7 @@ def start_squid(directory: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     return None
 
 
-def run(workers: VariantWorkers, plan: Plan, names: list[str]) -> dict[str, Any]:
+def run(workers: VariantWorkers, plan: Plan, names: list[str], e_blocks: int) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     blocks = 4
 
@@ -171,7 +171,7 @@ def run(workers: VariantWorkers, plan: Plan, names: list[str]) -> dict[str, Any]
         "concurrency",
         [
             {"concurrency": plan.concurrency, "rounds": 1, "warmup_rounds": plan.warmup_rounds}
-            for _ in range(max(2, plan.rounds))
+            for _ in range(e_blocks)
         ],
     )
     raw["e_concurrency"] = {}
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--json", help="write the raw numbers here")
     parser.add_argument("--httpx", action="store_true", help="add httpx direct and via squid")
+    parser.add_argument("--only", help="comma-separated variants to run (default: all)")
+    parser.add_argument("--e-blocks", type=int, default=3, help="blocks of (e) per variant")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     work = Path(tempfile.mkdtemp(prefix="nomyo-engine-bench-"))
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             variants["httpx_direct"] = {"NOMYO_TRANSPORT": "httpx"}
             if squid is not None:
                 variants["httpx_squid"] = {"NOMYO_TRANSPORT": "httpx", "HTTPS_PROXY": squid[1]}
+        if args.only:
+            variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
         names = list(variants)
         with helper_process(
             ["_router_proc.py", "--cert", cert, "--key", key, "--key-bits", "4096"], "router"
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(), bundle, router["url"], dict.fromkeys(names, keys), plan, variants=variants
             )
             workers.run("direct", workers.spec("direct", "gen_keys"))
-            raw = run(workers, plan, names)
+            raw = run(workers, plan, names, args.e_blocks)
     finally:
         for proc in (proxy_proc, squid[0] if squid else None):
             if proc is not None:
