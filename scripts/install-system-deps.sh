@@ -2,13 +2,15 @@
 # Install the system packages the test suite and the benchmarks need: the software TPM for
 # tests/test_swtpm.py (swtpm swtpm-tools tpm2-tools), curl for the raw event-stream test, and
 # the wrk load generator for benches/proxy.py; gdb (gcore) and util-linux (setpriv, prlimit)
-# for tests/test_secure_memory.py.
+# for tests/test_secure_memory.py; tinyproxy (a real forward proxy) and nginx (a real HTTP/2
+# server) for tests/test_engine.py, and squid (a second forward proxy) for
+# benches/engine.py.
 # Idempotent: packages already installed are skipped, and nothing runs when all are there.
 # Does nothing (exit 0, with a note) when not root or not on Debian/Ubuntu.
 # Usage: bash scripts/install-system-deps.sh
 set -euo pipefail
 
-PACKAGES=(swtpm swtpm-tools tpm2-tools curl wrk gdb util-linux)
+PACKAGES=(swtpm swtpm-tools tpm2-tools curl wrk gdb util-linux tinyproxy nginx-light squid)
 
 note() { echo "install-system-deps: $*" >&2; }
 

@@ -106,7 +106,9 @@ def test_native_is_the_default_and_httpx_is_chosen_when_needed(
 
     transport = httpx.AsyncHTTPTransport(verify=context)
     assert native(nomyo.SecureChatCompletion(url, transport=transport)) is None
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # the engine tunnels
+    assert native(nomyo.SecureChatCompletion(url, verify=certs.ca_cert)) is not None
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.invalid:3128")  # TLS to the proxy: httpx
     assert native(nomyo.SecureChatCompletion(url, verify=certs.ca_cert)) is None
     monkeypatch.delenv("HTTPS_PROXY")
     monkeypatch.setenv("NOMYO_TRANSPORT", "httpx")

@@ -240,8 +240,8 @@ def write_file(
     """
 
 class TransportError(Exception):
-    """A network failure of the native transport; ``kind`` is ``"timeout"``, ``"connect"``
-    or ``"closed"``."""
+    """A network failure of the native transport; ``kind`` is ``"timeout"``, ``"connect"``,
+    ``"closed"`` or ``"proxy"`` (a forward proxy refused the tunnel: 407, 403, ...)."""
 
     kind: str
 
@@ -299,8 +299,9 @@ class Pending:
 
 @final
 class Transport:
-    """The native HTTP/1.1 transport: verified TLS (rustls) trusting the PEM files or folders
-    in ``ca_paths``, a keep-alive pool, envelopes sealed and opened without the GIL.
+    """The native HTTP/1.1 + HTTP/2 transport: verified TLS (rustls) trusting the PEM files or
+    folders in ``ca_paths``, a keep-alive pool (one shared connection where ALPN chose
+    ``h2``), forward proxies per request, envelopes sealed and opened without the GIL.
 
     Raises ConfigurationError when no CA certificate can be loaded.
     """
@@ -332,6 +333,7 @@ class Transport:
         error_limit: int,
         timeouts: _Timeouts,
         body_deadline: float | None = None,
+        proxy: str | None = None,
     ) -> Pending:
         """Start a request. Its outcome, an ``Exchange`` (ok) or the exception to raise,
         goes to ``done``: a ``Completions`` queue under ``token``, or a callable
@@ -349,12 +351,14 @@ class Transport:
         error_limit: int,
         timeouts: _Timeouts,
         body_deadline: float | None = None,
+        proxy: str | None = None,
     ) -> Exchange:
         """The blocking twin of ``start`` (waits without the GIL; Ctrl-C interrupts)."""
     def close_idle(self) -> None:
         """Close idle keep-alive connections."""
     @property
-    def idle_connections(self) -> int: ...
+    def idle_connections(self) -> int:
+        """Connections currently open (with no request in flight: the idle ones)."""
 
 def write_dev_certificates(
     ca_path: str | os.PathLike[str],

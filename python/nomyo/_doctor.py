@@ -100,7 +100,7 @@ def _trust_store() -> str:
     except ConfigurationError as exc:
         return f"invalid: {exc}"
     if paths is None:
-        return "httpx (a proxy is configured, or NOMYO_TRANSPORT=httpx): httpx's default CAs"
+        return "httpx (an https:// or SOCKS proxy, or NOMYO_TRANSPORT=httpx): httpx's default CAs"
     return ", ".join(paths)
 
 
@@ -186,8 +186,9 @@ def _advice(report: dict[str, Any]) -> list[str]:
         )
     if report["proxy_variables"]:
         tips.append(
-            "a proxy is set: requests use the httpx transport through it (envelopes stay "
-            "end-to-end encrypted; the proxy sees the router's host name and sizes)"
+            "a proxy is set: requests go through it where NO_PROXY does not exempt the router "
+            "(envelopes stay end-to-end encrypted; the proxy sees the router's host name and "
+            "sizes)"
         )
     return tips
 

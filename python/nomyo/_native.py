@@ -1,4 +1,5 @@
-"""The native transport: HTTP/1.1 over rustls in Rust, for the protocol's two requests.
+"""The native transport: HTTP/1.1 and HTTP/2 over rustls in Rust, for the protocol's two
+requests.
 
 A request runs as one task on a native I/O runtime without the GIL: the envelope is sealed
 there, sent, and the reply read and opened into locked memory; Python only turns the
@@ -6,21 +7,28 @@ payload into JSON before and the opened JSON into objects after. The event loop 
 RSA, AES or TLS, and no ciphertext or plaintext ``bytes`` object is made for a completion.
 
 It is used unless something only httpx can honour is asked for: a caller's ``transport`` or
-``http_client``, an ``ssl.SSLContext`` for ``verify``, a proxy from the environment
-(``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``), or ``NOMYO_TRANSPORT=httpx``. Trust
-anchors are the ones httpx would load for the same ``verify``: ``SSL_CERT_FILE`` or
-``SSL_CERT_DIR`` from the environment, else certifi's bundle, or the given CA file or folder.
+``http_client``, an ``ssl.SSLContext`` for ``verify``, a proxy that is not ``http://`` (an
+``https://`` or SOCKS proxy), or ``NOMYO_TRANSPORT=httpx``. Trust anchors are the ones httpx
+would load for the same ``verify``: ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` from the
+environment, else certifi's bundle, or the given CA file or folder.
+
+Proxies from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``,
+either case, and the system's settings where ``urllib`` reads them) are chosen per URL by
+httpx's own rules (:func:`proxy_for`), read once when the transport is made, as httpx does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import os
+import re
 import ssl
 import sys
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import _core
@@ -28,7 +36,14 @@ from ._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
 from ._exceptions import ConfigurationError
 from ._signature import takes_arguments_of
 
-__all__ = ["NativeTransport", "native_trust", "proxy_configured"]
+__all__ = [
+    "NativeTransport",
+    "ProxyRule",
+    "environment_proxies",
+    "native_trust",
+    "proxy_configured",
+    "proxy_for",
+]
 
 _PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
 _USER_AGENT = f"nomyo-rs/{_core.__version__}"
@@ -50,6 +65,123 @@ def proxy_configured() -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class ProxyRule:
+    """One of httpx's proxy mounts: a URL pattern (``all://*example.com``, ``https://``)
+    and the proxy URL for the URLs it matches (None: go direct)."""
+
+    pattern: str
+    proxy: str | None
+
+    def __repr__(self) -> str:  # never the proxy's credentials
+        return f"ProxyRule({self.pattern!r}, proxied={self.proxy is not None})"
+
+
+def _environment_proxy_info() -> dict[str, str]:
+    """``urllib.request.getproxies()``, which httpx reads; skipped (no import) when no
+    ``*_proxy`` variable is set on a system without proxy settings of its own."""
+    if sys.platform not in ("darwin", "win32") and not any(
+        name.lower().endswith("_proxy") for name in os.environ
+    ):
+        return {}
+    import urllib.request
+
+    return urllib.request.getproxies()
+
+
+def _ip_host(hostname: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        kind(hostname.split("/")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def environment_proxies() -> list[ProxyRule]:
+    """The proxy rules httpx (``trust_env=True``) derives from the environment, most
+    specific first: ``httpx._utils.get_environment_proxies`` ordered as httpx orders its
+    mounts. Empty when no proxy applies."""
+    info = _environment_proxy_info()
+    mounts: dict[str, str | None] = {}
+    for scheme in ("http", "https", "all"):
+        if info.get(scheme):
+            value = info[scheme]
+            mounts[f"{scheme}://"] = value if "://" in value else f"http://{value}"
+    for hostname in (host.strip() for host in info.get("no", "").split(",")):
+        if hostname == "*":
+            return []
+        if not hostname:
+            continue
+        if "://" in hostname:
+            mounts[hostname] = None
+        elif _ip_host(hostname, ipaddress.IPv4Address):
+            mounts[f"all://{hostname}"] = None
+        elif _ip_host(hostname, ipaddress.IPv6Address):
+            mounts[f"all://[{hostname}]"] = None
+        elif hostname.lower() == "localhost":
+            mounts[f"all://{hostname}"] = None
+        else:
+            mounts[f"all://*{hostname}"] = None
+    if not any(proxy is not None for proxy in mounts.values()):
+        return []
+    rules = [_Pattern(pattern, proxy) for pattern, proxy in mounts.items()]
+    rules.sort(key=lambda rule: rule.priority)  # stable, as httpx's sorted(dict)
+    return [ProxyRule(rule.pattern, rule.proxy) for rule in rules]
+
+
+class _Pattern:
+    """httpx's ``URLPattern`` (same parsing, through ``httpx.URL``, and the same rules)."""
+
+    def __init__(self, pattern: str, proxy: str | None) -> None:
+        import httpx
+
+        url = httpx.URL(pattern)
+        self.pattern = pattern
+        self.proxy = proxy
+        self.scheme = "" if url.scheme == "all" else url.scheme
+        self.host = "" if url.host == "*" else url.host
+        self.port = url.port
+        self.host_regex: re.Pattern[str] | None
+        if not url.host or url.host == "*":
+            self.host_regex = None
+        elif url.host.startswith("*."):
+            self.host_regex = re.compile(f"^.+\\.{re.escape(url.host[2:])}$")
+        elif url.host.startswith("*"):
+            self.host_regex = re.compile(f"^(.+\\.)?{re.escape(url.host[1:])}$")
+        else:
+            self.host_regex = re.compile(f"^{re.escape(url.host)}$")
+
+    @property
+    def priority(self) -> tuple[int, int, int]:
+        return (0 if self.port is not None else 1, -len(self.host), -len(self.scheme))
+
+    def matches(self, scheme: str, host: str, port: int | None) -> bool:
+        if self.scheme and self.scheme != scheme:
+            return False
+        if self.host and self.host_regex is not None and not self.host_regex.match(host):
+            return False
+        return self.port is None or self.port == port
+
+
+def proxy_for(url: str, rules: list[ProxyRule]) -> str | None:
+    """The proxy URL httpx would use for ``url`` under ``rules`` (None: direct)."""
+    if not rules:
+        return None
+    import httpx
+
+    target = httpx.URL(url)
+    for rule in rules:
+        if _Pattern(rule.pattern, rule.proxy).matches(target.scheme, target.host, target.port):
+            return rule.proxy
+    return None
+
+
+def _native_proxy(proxy: str) -> bool:
+    """A proxy the native engine speaks to: plain ``http://`` (TLS to the router is
+    tunnelled with ``CONNECT``)."""
+    return proxy.split("://", 1)[0].lower() == "http"
+
+
 def native_trust(verify: object, custom_http: bool) -> list[str] | None:
     """The CA files (or folders) the native transport should trust; None: use httpx.
 
@@ -64,8 +196,8 @@ def native_trust(verify: object, custom_http: bool) -> list[str] | None:
         raise ConfigurationError("certificate verification cannot be turned off")
     if choice == "httpx" or custom_http or isinstance(verify, ssl.SSLContext):
         return None
-    if proxy_configured():
-        return None
+    if any(r.proxy is not None and not _native_proxy(r.proxy) for r in environment_proxies()):
+        return None  # an https:// or SOCKS proxy: httpx speaks to it
     if isinstance(verify, (str, os.PathLike)):
         return [os.fspath(verify)]
     if os.environ.get("SSL_CERT_FILE"):
@@ -167,6 +299,8 @@ class NativeTransport:
         self._secure_memory = secure_memory
         self._native = _core.Transport(trust, secure_memory=secure_memory)
         self.timeouts = timeouts
+        self._proxy_rules = environment_proxies()
+        self._proxies: dict[str, str | None] = {}
 
     @property
     def _transport(self) -> _core.Transport:
@@ -187,10 +321,21 @@ class NativeTransport:
     def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
         return [("User-Agent", _USER_AGENT), ("Accept", "*/*"), *headers.items()]
 
+    def _proxy(self, url: str) -> str | None:
+        """The proxy for ``url`` (httpx's choice), remembered per URL."""
+        try:
+            return self._proxies[url]
+        except KeyError:
+            chosen = proxy_for(url, self._proxy_rules)
+            if len(self._proxies) < 64:
+                self._proxies[url] = chosen
+            return chosen
+
     def _key_request(self, url: str) -> dict[str, Any]:
         return {
             "method": "GET",
             "url": url,
+            "proxy": self._proxy(url),
             "headers": self._headers({"Accept-Encoding": "identity"}),
             "ok_limit": MAX_KEY_BYTES,
             "error_limit": MAX_KEY_BYTES,
@@ -211,6 +356,7 @@ class NativeTransport:
         return {
             "method": "POST",
             "url": url,
+            "proxy": self._proxy(url),
             "headers": self._headers(headers),
             "seal": (payload, server_key),
             "open": (client_key, max_response),

@@ -1,8 +1,10 @@
 """Retry policy: which failures are retried, and how long to wait before the next try.
 
 Only what can change is retried: a refused or reset connection, a timeout, 429 and 5xx.
-A certificate that is not trusted, a failed TLS handshake or a host name that does not
-resolve fail the same way on every try, so they raise at once.
+A certificate that is not trusted, a failed TLS handshake, a host name that does not
+resolve, or a forward proxy that refuses the tunnel with a 4xx (407, 403: the native
+transport's kind ``proxy``) fail the same way on every try, so they raise at once; a proxy
+that answers the ``CONNECT`` with a 5xx (it could not reach the router) is retried.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def _permanent_here(exc: BaseException) -> bool:
     if isinstance(exc, ssl.SSLError):
         # An EOF or reset in the middle of the handshake is a broken connection.
         return not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
+    if isinstance(exc, _core.TransportError) and exc.kind == "proxy":
+        return True
     if isinstance(exc, _core.TransportError) and exc.kind == "connect":
         text = str(exc)
         if _NATIVE_TLS not in text and _NATIVE_RESOLVE not in text:

@@ -1,5 +1,5 @@
-//! `Transport`: the native HTTP/1.1 client. One request runs as one task on the process's
-//! Tokio runtime, without the GIL: sealing (RSA-OAEP wrap, AES-GCM), the exchange, and
+//! `Transport`: the native HTTP/1.1 and HTTP/2 client (direct or through a forward proxy).
+//! One request runs as one task on the process's Tokio runtime, without the GIL: sealing (RSA-OAEP wrap, AES-GCM), the exchange, and
 //! opening the reply (RSA-OAEP unwrap, AES-GCM) into locked memory. Python only turns the
 //! payload into JSON before and the opened JSON into objects after (`Exchange.reply`).
 //! A finished request reaches asyncio through `Completions` (no GIL on the workers) or, where
@@ -42,6 +42,8 @@ struct Job {
     error_limit: usize,
     timeouts: Timeouts,
     body_deadline: Option<Duration>,
+    /// The forward proxy (`http://[user:password@]host:port`), or None: direct.
+    proxy: Option<String>,
     /// The transport's secure-memory policy, for the buffers sealing and opening make.
     policy: Policy,
 }
@@ -216,6 +218,7 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
             error_limit: job.error_limit,
             timeouts: job.timeouts,
             body_deadline: job.body_deadline,
+            proxy: job.proxy.as_deref(),
         })
         .await
         .map_err(Failure::Http)?;
@@ -303,7 +306,7 @@ impl Sink {
     }
 }
 
-/// The native HTTP/1.1 transport: verified TLS (rustls) with the given trust anchors, a
+/// The native HTTP/1.1 + HTTP/2 transport: verified TLS (rustls) with the given trust anchors, a
 /// keep-alive pool, and requests that seal and open envelopes without the GIL.
 #[pyclass(frozen, name = "Transport", module = "nomyo._core")]
 pub struct PyTransport {
@@ -325,6 +328,7 @@ impl PyTransport {
         error_limit: usize,
         timeouts: TimeoutTuple,
         body_deadline: Option<f64>,
+        proxy: Option<String>,
     ) -> PyResult<Job> {
         let method = match method {
             "GET" => Method::GET,
@@ -363,6 +367,7 @@ impl PyTransport {
                 pool: seconds(timeouts.3, "pool timeout")?,
             },
             body_deadline: seconds(body_deadline, "body deadline")?,
+            proxy,
             policy: self.policy,
         })
     }
@@ -399,7 +404,7 @@ impl PyTransport {
     /// called from a worker thread. Returns a `Pending` to cancel it.
     #[pyo3(signature = (
         done, method, url, headers, *, token = 0, body = None, seal = None, open = None,
-        ok_limit, error_limit, timeouts, body_deadline = None
+        ok_limit, error_limit, timeouts, body_deadline = None, proxy = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -416,6 +421,7 @@ impl PyTransport {
         error_limit: usize,
         timeouts: TimeoutTuple,
         body_deadline: Option<f64>,
+        proxy: Option<String>,
     ) -> PyResult<PyPending> {
         let job = self.job(
             method,
@@ -428,6 +434,7 @@ impl PyTransport {
             error_limit,
             timeouts,
             body_deadline,
+            proxy,
         )?;
         let client = self.client.clone();
         let sink = Sink::new(done, token);
@@ -442,7 +449,7 @@ impl PyTransport {
     /// The blocking twin of `start`: waits without the GIL (Ctrl-C still interrupts).
     #[pyo3(signature = (
         method, url, headers, *, body = None, seal = None, open = None,
-        ok_limit, error_limit, timeouts, body_deadline = None
+        ok_limit, error_limit, timeouts, body_deadline = None, proxy = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn send(
@@ -458,6 +465,7 @@ impl PyTransport {
         error_limit: usize,
         timeouts: TimeoutTuple,
         body_deadline: Option<f64>,
+        proxy: Option<String>,
     ) -> PyResult<PyExchange> {
         let job = self.job(
             method,
@@ -470,6 +478,7 @@ impl PyTransport {
             error_limit,
             timeouts,
             body_deadline,
+            proxy,
         )?;
         let client = self.client.clone();
         let (tx, rx) = mpsc::sync_channel(1);
@@ -513,7 +522,7 @@ impl PyTransport {
         self.client.close_idle();
     }
 
-    /// Idle keep-alive connections currently kept.
+    /// Connections currently open (with no request in flight: the idle keep-alive ones).
     #[getter]
     fn idle_connections(&self) -> usize {
         self.client.idle_connections()

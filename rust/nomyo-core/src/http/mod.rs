@@ -1,33 +1,40 @@
-//! A small pooled HTTP/1.1 client (hyper + rustls) for the protocol's two requests.
+//! The pooled HTTP client (hyper-util's client over hyper + rustls) for the protocol's two
+//! requests.
 //!
 //! The secure-completion `POST` and the server-key `GET` are plain request/response
-//! exchanges with bounded bodies, so the client is deliberately small: keep-alive
-//! connections per origin (most recently used first, expired after an idle period), a cap on
-//! concurrent requests, verified TLS only, no redirects, no decompression, and timeouts
-//! that name what timed out. Bodies carry ciphertext only; plaintext never passes here.
+//! exchanges with bounded bodies. hyper-util keeps the connections (keep-alive per origin,
+//! expired after an idle period; one shared HTTP/2 connection when the server's ALPN chose
+//! `h2`); this module adds what the protocol needs around it: a cap on concurrent requests,
+//! verified TLS only (see `tls`), forward proxies (see `connect`, `proxy`), no redirects, no
+//! decompression, reply size caps, and timeouts that name what timed out. Bodies carry
+//! ciphertext only; plaintext never passes here.
 
+mod connect;
+mod proxy;
 mod tls;
 
 pub use hyper::Method;
+pub use proxy::Proxy;
 pub use tls::client_config;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, HOST};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, PROXY_AUTHORIZATION,
+};
 use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use hyper_util::client::legacy;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use connect::{Attempt, Connector, Progress, ATTEMPT};
 
 /// What went wrong on the wire. Messages name hosts and limits, never body bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +52,9 @@ pub enum HttpError {
     TooLarge(String),
     /// The reply is compressed although `identity` was requested.
     Encoding(String),
+    /// The forward proxy refused the tunnel in a way another try cannot change (e.g. 407,
+    /// 403). Names the proxy without its credentials.
+    Proxy(String),
 }
 
 impl HttpError {
@@ -57,6 +67,7 @@ impl HttpError {
             HttpError::Closed(_) => "closed",
             HttpError::TooLarge(_) => "too_large",
             HttpError::Encoding(_) => "encoding",
+            HttpError::Proxy(_) => "proxy",
         }
     }
 }
@@ -69,7 +80,8 @@ impl fmt::Display for HttpError {
             | HttpError::Connect(m)
             | HttpError::Closed(m)
             | HttpError::TooLarge(m)
-            | HttpError::Encoding(m) => f.write_str(m),
+            | HttpError::Encoding(m)
+            | HttpError::Proxy(m) => f.write_str(m),
         }
     }
 }
@@ -87,8 +99,7 @@ pub struct Timeouts {
     pub pool: Option<Duration>,
 }
 
-/// One request.
-#[derive(Debug)]
+/// One request (its `Debug` shows neither headers nor the proxy URL: both may hold secrets).
 pub struct Exchange<'a> {
     pub method: Method,
     pub url: &'a str,
@@ -101,6 +112,19 @@ pub struct Exchange<'a> {
     pub timeouts: Timeouts,
     /// The whole body must have arrived this long after the head (a slow-drip bound).
     pub body_deadline: Option<Duration>,
+    /// The forward proxy to use (`http://[user:password@]host:port`), chosen by the caller.
+    pub proxy: Option<&'a str>,
+}
+
+impl fmt::Debug for Exchange<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchange")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("body_len", &self.body.len())
+            .field("proxied", &self.proxy.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A reply with its body read completely.
@@ -111,58 +135,6 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Origin {
-    https: bool,
-    host: String,
-    port: u16,
-}
-
-struct Target {
-    origin: Origin,
-    authority: String,
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Self, HttpError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| HttpError::Config("invalid URL".into()))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(HttpError::Config("the URL must be http(s)".into())),
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| HttpError::Config("the URL has no host".into()))?;
-        if authority.as_str().contains('@') {
-            return Err(HttpError::Config(
-                "the URL must not carry credentials".into(),
-            ));
-        }
-        let host = authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        Ok(Target {
-            origin: Origin {
-                https,
-                host: host.to_owned(),
-                port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            },
-            authority: authority.as_str().to_owned(),
-            path: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        })
-    }
-}
-
-type Sender = http1::SendRequest<Full<Bytes>>;
 
 /// The read buffer, and so the largest reply head accepted (h11, under httpx, allows 16 KiB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -177,23 +149,42 @@ pub const MAX_BODY_LIMIT: usize = 1 << 30;
 /// grows (fallibly) as bytes arrive, so a declared length costs nothing until it is sent.
 const FIRST_RESERVATION: usize = 64 * 1024;
 
-struct Idle {
-    sender: Sender,
-    since: Instant,
+/// How often a request waiting for its reply head looks again while a connection is still
+/// being made (the connect timeout bounds that phase).
+const RECHECK: Duration = Duration::from_millis(50);
+
+type Engine = legacy::Client<Connector, Full<Bytes>>;
+
+/// One way out: direct, or through one proxy; its own pool.
+struct Route {
+    engine: Engine,
+    proxy: Option<Arc<Proxy>>,
 }
 
-struct Pool {
+/// Until the first request to an `https` origin has its reply head, further requests to it
+/// wait, so that a burst shares the one HTTP/2 connection ALPN may give (HTTP/1.1 origins
+/// then open connections as needed).
+#[derive(Default)]
+struct Gate {
+    settled: AtomicBool,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+struct State {
     pid: u32,
-    idle: HashMap<Origin, Vec<Idle>>,
+    routes: HashMap<Option<String>, Arc<Route>>,
+    gates: HashMap<(Option<String>, String), Arc<Gate>>,
 }
 
-/// A pooled HTTP/1.1 client. Cheap to share (`Arc`); must be used inside a Tokio runtime.
+/// A pooled HTTP/1.1 + HTTP/2 client. Cheap to share (`Arc`); must be used inside a Tokio
+/// runtime.
 pub struct Client {
     tls: tokio_rustls::TlsConnector,
-    pool: Mutex<Pool>,
+    state: Mutex<State>,
     slots: Arc<Semaphore>,
     max_idle: usize,
     keepalive: Duration,
+    open: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Client {
@@ -205,37 +196,29 @@ impl fmt::Debug for Client {
     }
 }
 
-async fn within<F: Future>(
-    limit: Option<Duration>,
-    phase: &'static str,
-    work: F,
-) -> Result<F::Output, HttpError> {
-    match limit {
-        None => Ok(work.await),
-        Some(limit) => tokio::time::timeout(limit, work)
-            .await
-            .map_err(|_| HttpError::Timeout(phase)),
-    }
-}
-
 fn sum(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     Some(a? + b.unwrap_or_default())
 }
 
-async fn handshake<T>(io: T) -> Result<Sender, HttpError>
-where
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        .max_buf_size(MAX_HEAD)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| HttpError::Closed(format!("HTTP handshake failed: {e}")))?;
-    tokio::spawn(async move {
-        // Errors end the connection; the request that was using it sees them itself.
-        let _ = connection.await;
-    });
-    Ok(sender)
+/// Our own error where the connector made one, else the text of the whole chain.
+fn classify(err: &legacy::Error) -> HttpError {
+    let mut text = String::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(ours) = current.downcast_ref::<HttpError>() {
+            return ours.clone();
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&current.to_string());
+        source = current.source();
+    }
+    if err.is_connect() {
+        HttpError::Connect(format!("cannot connect: {text}"))
+    } else {
+        HttpError::Closed(format!("the connection broke: {text}"))
+    }
 }
 
 impl Client {
@@ -249,98 +232,80 @@ impl Client {
     ) -> Self {
         Client {
             tls: tokio_rustls::TlsConnector::from(tls),
-            pool: Mutex::new(Pool {
+            state: Mutex::new(State {
                 pid: std::process::id(),
-                idle: HashMap::new(),
+                routes: HashMap::new(),
+                gates: HashMap::new(),
             }),
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
             max_idle,
             keepalive,
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Drop every idle connection (requests in flight finish normally).
     pub fn close_idle(&self) {
-        self.lock().idle.clear();
+        let mut state = self.lock();
+        state.routes.clear();
+        state.gates.clear();
     }
 
-    /// Idle connections currently kept, over all origins.
+    /// Connections currently open, over all origins (with no request in flight: the idle
+    /// keep-alive ones).
     pub fn idle_connections(&self) -> usize {
-        self.lock().idle.values().map(Vec::len).sum()
+        self.open.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
-        if pool.pid != pid {
+        if state.pid != pid {
             // A forked child: the connections' tasks live in the parent's runtime threads.
-            std::mem::forget(std::mem::take(&mut pool.idle));
-            pool.pid = pid;
+            std::mem::forget(std::mem::take(&mut state.routes));
+            state.gates.clear();
+            state.pid = pid;
         }
-        pool
+        state
     }
 
-    fn take_idle(&self, origin: &Origin) -> Option<Sender> {
-        let mut pool = self.lock();
-        let list = pool.idle.get_mut(origin)?;
-        while let Some(idle) = list.pop() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < self.keepalive {
-                return Some(idle.sender);
-            }
+    fn route(&self, proxy: Option<&str>) -> Result<Arc<Route>, HttpError> {
+        let key = proxy.map(str::to_owned);
+        if let Some(route) = self.lock().routes.get(&key) {
+            return Ok(route.clone());
         }
-        None
+        let proxy = proxy.map(Proxy::parse).transpose()?.map(Arc::new);
+        let connector = Connector::new(self.tls.clone(), proxy.clone(), self.open.clone());
+        let engine = legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.keepalive)
+            .pool_max_idle_per_host(self.max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http1_max_buf_size(MAX_HEAD)
+            .http2_max_header_list_size(MAX_HEAD as u32)
+            .retry_canceled_requests(true)
+            .set_host(true)
+            .build(connector);
+        let route = Arc::new(Route { engine, proxy });
+        Ok(self.lock().routes.entry(key).or_insert(route).clone())
     }
 
-    fn put_idle(&self, origin: Origin, sender: Sender) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        let mut pool = self.lock();
-        let keepalive = self.keepalive;
-        let list = pool.idle.entry(origin).or_default();
-        list.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < keepalive);
-        if list.len() >= self.max_idle {
-            list.remove(0);
-        }
-        list.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
-    }
-
-    async fn connect(&self, origin: &Origin, timeouts: &Timeouts) -> Result<Sender, HttpError> {
-        let work = async {
-            let tcp = TcpStream::connect((origin.host.as_str(), origin.port))
-                .await
-                .map_err(|e| {
-                    HttpError::Connect(format!(
-                        "cannot connect to {}:{}: {e}",
-                        origin.host, origin.port
-                    ))
-                })?;
-            let _ = tcp.set_nodelay(true);
-            if !origin.https {
-                return handshake(tcp).await;
-            }
-            let name = ServerName::try_from(origin.host.clone())
-                .map_err(|_| HttpError::Config(format!("invalid host name {:?}", origin.host)))?;
-            let tls = self.tls.connect(name, tcp).await.map_err(|e| {
-                HttpError::Connect(format!("TLS handshake with {} failed: {e}", origin.host))
-            })?;
-            handshake(tls).await
-        };
-        within(timeouts.connect, "connect", work).await?
+    fn gate(&self, proxy: Option<&str>, origin: &str) -> Arc<Gate> {
+        self.lock()
+            .gates
+            .entry((proxy.map(str::to_owned), origin.to_owned()))
+            .or_default()
+            .clone()
     }
 
     fn request(
         &self,
         ex: &Exchange<'_>,
-        target: &Target,
+        uri: Uri,
+        route: &Route,
     ) -> Result<Request<Full<Bytes>>, HttpError> {
-        let mut builder = Request::builder()
-            .method(ex.method.clone())
-            .uri(target.path.as_str())
-            .header(HOST, target.authority.as_str());
+        let forwarded = uri.scheme_str() == Some("http");
+        let mut builder = Request::builder().method(ex.method.clone()).uri(uri);
         for (name, value) in ex.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| HttpError::Config(format!("invalid header name {name:?}")))?;
@@ -350,6 +315,11 @@ impl Client {
         }
         if !ex.body.is_empty() || ex.method == Method::POST {
             builder = builder.header(CONTENT_LENGTH, ex.body.len());
+        }
+        if forwarded {
+            if let Some(auth) = route.proxy.as_ref().and_then(|p| p.authorization()) {
+                builder = builder.header(PROXY_AUTHORIZATION, auth.clone());
+            }
         }
         builder
             .body(Full::new(ex.body.clone()))
@@ -366,11 +336,43 @@ impl Client {
                 "a reply body limit may be at most {MAX_BODY_LIMIT} bytes"
             )));
         }
-        let target = Target::parse(ex.url)?;
-        let _slot = within(ex.timeouts.pool, "pool", self.slots.clone().acquire_owned())
-            .await?
-            .map_err(|_| HttpError::Closed("the client is closed".into()))?;
-        let mut request = self.request(&ex, &target)?;
+        let uri: Uri = ex
+            .url
+            .parse()
+            .map_err(|_| HttpError::Config("invalid URL".into()))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(HttpError::Config("the URL must be http(s)".into())),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| HttpError::Config("the URL has no host".into()))?;
+        if authority.as_str().contains('@') {
+            return Err(HttpError::Config(
+                "the URL must not carry credentials".into(),
+            ));
+        }
+        let origin = format!("{}://{}", uri.scheme_str().unwrap_or_default(), authority);
+        let route = self.route(ex.proxy)?;
+        let request = self.request(&ex, uri, &route)?;
+        let _slot = match ex.timeouts.pool {
+            None => Ok(self.slots.clone().acquire_owned().await),
+            Some(limit) => tokio::time::timeout(limit, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| HttpError::Timeout("pool")),
+        }?
+        .map_err(|_| HttpError::Closed("the client is closed".into()))?;
+        let mut held = None;
+        if https {
+            let gate = self.gate(ex.proxy, &origin);
+            if !gate.settled.load(Ordering::Acquire) {
+                let guard = gate.lock.clone().lock_owned().await;
+                if !gate.settled.load(Ordering::Acquire) {
+                    held = Some((gate, guard));
+                }
+            }
+        }
         // The request is written before the reply head is awaited; only a large body can take
         // long to write, so only then does the write timeout extend the wait.
         let head_timeout = if ex.body.len() > LARGE_BODY {
@@ -378,37 +380,53 @@ impl Client {
         } else {
             ex.timeouts.read
         };
-        loop {
-            let (mut sender, reused) = match self.take_idle(&target.origin) {
-                Some(sender) => (sender, true),
-                None => (self.connect(&target.origin, &ex.timeouts).await?, false),
-            };
-            if sender.ready().await.is_err() {
-                if reused {
-                    continue;
+        let attempt = Attempt {
+            timeout: ex.timeouts.connect,
+            progress: Arc::new(Mutex::new(Progress::default())),
+        };
+        let started = Instant::now();
+        let pending = ATTEMPT.scope(attempt.clone(), route.engine.request(request));
+        tokio::pin!(pending);
+        let response = loop {
+            // `read` counts from the moment the connection was made (or from the start,
+            // when a kept-alive one was used); while connecting, `connect` is the bound.
+            let deadline = {
+                let progress = attempt.progress.lock().unwrap_or_else(|e| e.into_inner());
+                if progress.connecting {
+                    Some((Instant::now() + RECHECK, true))
+                } else {
+                    head_timeout.map(|t| (progress.connected.unwrap_or(started) + t, false))
                 }
-                return Err(HttpError::Closed("the connection closed".into()));
-            }
-            match within(head_timeout, "read", sender.try_send_request(request)).await? {
-                Ok(response) => return self.read(response, sender, target.origin, &ex).await,
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => {
-                        return Err(HttpError::Closed(format!(
-                            "the connection broke: {}",
-                            err.error()
-                        )))
+            };
+            match deadline {
+                None => break pending.as_mut().await,
+                Some((at, recheck)) => match tokio::time::timeout_at(at, pending.as_mut()).await {
+                    Ok(outcome) => break outcome,
+                    Err(_) if recheck => continue,
+                    Err(_) => {
+                        let progress = attempt.progress.lock().unwrap_or_else(|e| e.into_inner());
+                        let moved = progress.connecting
+                            || head_timeout.is_some_and(|t| {
+                                progress.connected.unwrap_or(started) + t > Instant::now()
+                            });
+                        if !moved {
+                            return Err(HttpError::Timeout("read"));
+                        }
                     }
                 },
             }
+        };
+        let response = response.map_err(|e| classify(&e))?;
+        if let Some((gate, guard)) = held {
+            gate.settled.store(true, Ordering::Release);
+            drop(guard);
         }
+        self.read(response, &ex).await
     }
 
     async fn read(
         &self,
         response: hyper::Response<hyper::body::Incoming>,
-        sender: Sender,
-        origin: Origin,
         ex: &Exchange<'_>,
     ) -> Result<Response, HttpError> {
         let status = response.status().as_u16();
@@ -512,7 +530,6 @@ impl Client {
                 data.extend_from_slice(&chunk);
             }
         }
-        self.put_idle(origin, sender);
         Ok(Response {
             status,
             headers,

@@ -52,7 +52,8 @@ fn collect(paths: &[impl AsRef<Path>]) -> Result<Vec<CertificateDer<'static>>, H
     Ok(certs)
 }
 
-/// A verifying TLS configuration (TLS 1.2 and 1.3, ALPN `http/1.1`) trusting `paths`.
+/// A verifying TLS configuration (TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`: the server
+/// chooses) trusting `paths`.
 pub fn client_config(paths: &[impl AsRef<Path>]) -> Result<Arc<ClientConfig>, HttpError> {
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(collect(paths)?);
@@ -67,6 +68,6 @@ pub fn client_config(paths: &[impl AsRef<Path>]) -> Result<Arc<ClientConfig>, Ht
         .map_err(|e| HttpError::Config(format!("TLS configuration: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -1,0 +1,420 @@
+//! The connector under hyper-util's pooled client: TCP (directly or to a forward proxy), a
+//! `CONNECT` tunnel through the proxy for `https` targets, and verified TLS (rustls) with
+//! ALPN `h2`/`http/1.1`. Plain `http` targets behind a proxy are forwarded (absolute-form
+//! requests, marked proxied for the pool).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+
+use super::proxy::Proxy;
+use super::HttpError;
+
+/// The largest proxy answer head to a `CONNECT`.
+const MAX_PROXY_HEAD: usize = 8 * 1024;
+
+/// Where a request's connection attempt stands (shared with the request's timer, see
+/// `Client::send`): `connect` covers TCP, the proxy tunnel and TLS; `read` starts after.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) connecting: bool,
+    pub(crate) connected: Option<Instant>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Attempt {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) progress: Arc<Mutex<Progress>>,
+}
+
+tokio::task_local! {
+    /// The connect timeout and progress of the request whose task runs the connector.
+    pub(crate) static ATTEMPT: Attempt;
+}
+
+enum Inner {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// One connection; counted in `open` while it lives.
+pub struct Stream {
+    inner: Inner,
+    proxied: bool,
+    h2: bool,
+    /// Through a proxy: acknowledge every read at once (see `quick_ack`).
+    via_proxy: bool,
+    open: Arc<AtomicUsize>,
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match &self.inner {
+            Inner::Tcp(s) => s,
+            Inner::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// A forward proxy that relays a reply in several writes without `TCP_NODELAY` (tinyproxy
+    /// does) holds each one back until the previous is acknowledged, and a delayed ACK costs
+    /// up to 40 ms each time. Linux turns delayed ACKs back on by itself, so this is set again
+    /// after every read poll on a proxied connection (direct ones never pay the system call).
+    fn quick_ack(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket descriptor owned by `self`, and a pointer to a c_int of
+            // the size given; a failure only leaves delayed ACKs on.
+            unsafe {
+                libc::setsockopt(
+                    self.tcp().as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new().proxy(self.proxied);
+        if self.h2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let polled = match &mut self.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        // Also when no plaintext came out: TLS may have taken part of a record off the socket.
+        if self.via_proxy {
+            self.quick_ack();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Inner::Tcp(s) => s.is_write_vectored(),
+            Inner::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Makes connections for one route: direct, or through one proxy.
+#[derive(Clone)]
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    proxy: Option<Arc<Proxy>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Connector {
+    pub(crate) fn new(
+        tls: tokio_rustls::TlsConnector,
+        proxy: Option<Arc<Proxy>>,
+        open: Arc<AtomicUsize>,
+    ) -> Self {
+        Connector { tls, proxy, open }
+    }
+
+    async fn tcp(
+        host: &str,
+        port: u16,
+        what: impl FnOnce() -> String,
+    ) -> Result<TcpStream, HttpError> {
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| HttpError::Connect(format!("cannot connect to {}: {e}", what())))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    async fn connect(self, dst: Uri) -> Result<Stream, HttpError> {
+        let https = match dst.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(HttpError::Config("the URL must be http(s)".into())),
+        };
+        let raw_host = dst
+            .host()
+            .ok_or_else(|| HttpError::Config("the URL has no host".into()))?;
+        let host = raw_host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(raw_host);
+        let port = dst.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let (tcp, proxied) = match &self.proxy {
+            None => (
+                Self::tcp(host, port, || format!("{host}:{port}")).await?,
+                false,
+            ),
+            Some(proxy) => {
+                let mut tcp =
+                    Self::tcp(&proxy.host, proxy.port, || format!("the proxy {proxy}")).await?;
+                if https {
+                    tunnel(&mut tcp, proxy, raw_host, port).await?;
+                    (tcp, false)
+                } else {
+                    (tcp, true)
+                }
+            }
+        };
+        let (inner, h2) = if https {
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|_| HttpError::Config(format!("invalid host name {host:?}")))?;
+            let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+                HttpError::Connect(format!("TLS handshake with {host} failed: {e}"))
+            })?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            (Inner::Tls(Box::new(tls)), h2)
+        } else {
+            (Inner::Tcp(tcp), false)
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Stream {
+            inner,
+            proxied,
+            h2,
+            via_proxy: self.proxy.is_some(),
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// Ask `proxy` (on `tcp`) for a tunnel to `host:port`. A refusal names the proxy (without
+/// credentials) and its status: 407, 403 and other 4xx cannot change on another try
+/// (`HttpError::Proxy`); a 5xx (the proxy could not reach the router) may (`Connect`).
+async fn tunnel(
+    tcp: &mut TcpStream,
+    proxy: &Proxy,
+    host: &str,
+    port: u16,
+) -> Result<(), HttpError> {
+    let target = format!("{host}:{port}");
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n").into_bytes();
+    if let Some(auth) = proxy.authorization() {
+        head.extend_from_slice(b"Proxy-Authorization: ");
+        head.extend_from_slice(auth.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let broke = |e: io::Error| {
+        HttpError::Connect(format!(
+            "the proxy {proxy} broke off the tunnel to {target}: {e}"
+        ))
+    };
+    tcp.write_all(&head).await.map_err(broke)?;
+    let mut buf = Vec::with_capacity(512);
+    let end = loop {
+        let mut chunk = [0u8; 512];
+        let n = tcp.read(&mut chunk).await.map_err(broke)?;
+        if n == 0 {
+            return Err(HttpError::Connect(format!(
+                "the proxy {proxy} closed the connection before answering the CONNECT to {target}"
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > MAX_PROXY_HEAD {
+            return Err(HttpError::Connect(format!(
+                "the proxy {proxy} answered the CONNECT to {target} with an oversized head"
+            )));
+        }
+    };
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line).trim_end().to_owned();
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let status: Option<u16> = parts.next().and_then(|s| s.parse().ok());
+    let reason: String = parts
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(80)
+        .collect();
+    match status {
+        Some(200..=299) if version.starts_with("HTTP/1.") => {
+            if end != buf.len() {
+                return Err(HttpError::Connect(format!(
+                    "the proxy {proxy} sent bytes after accepting the CONNECT to {target}"
+                )));
+            }
+            Ok(())
+        }
+        Some(code @ 500..=599) => Err(HttpError::Connect(format!(
+            "the proxy {proxy} refused the CONNECT to {target}: {code} {reason}"
+        ))),
+        Some(code) => Err(HttpError::Proxy(format!(
+            "the proxy {proxy} refused the CONNECT to {target}: {code} {reason}"
+        ))),
+        None => Err(HttpError::Connect(format!(
+            "the proxy {proxy} gave a malformed answer to the CONNECT to {target}"
+        ))),
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<Stream>;
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Stream>, HttpError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let attempt = ATTEMPT.try_with(Attempt::clone).ok();
+        let this = self.clone();
+        Box::pin(async move {
+            let Some(attempt) = attempt else {
+                return this.connect(dst).await.map(TokioIo::new);
+            };
+            attempt
+                .progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .connecting = true;
+            let outcome = match attempt.timeout {
+                None => this.connect(dst).await,
+                Some(limit) => tokio::time::timeout(limit, this.connect(dst))
+                    .await
+                    .unwrap_or(Err(HttpError::Timeout("connect"))),
+            };
+            let mut progress = attempt.progress.lock().unwrap_or_else(|e| e.into_inner());
+            progress.connecting = false;
+            progress.connected = Some(Instant::now());
+            drop(progress);
+            outcome.map(TokioIo::new)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `tunnel` against a one-shot fake proxy answering `answer`; returns the error and
+    /// what the proxy received.
+    fn tunnel_with(answer: &'static [u8]) -> (Result<(), HttpError>, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                s.write_all(answer).await.unwrap();
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            });
+            let proxy = Proxy::parse(&format!("http://u:secret@{addr}")).unwrap();
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let outcome = tunnel(&mut tcp, &proxy, "router.test", 443).await;
+            (outcome, server.await.unwrap())
+        })
+    }
+
+    #[test]
+    fn tunnel_sends_credentials_and_types_refusals() {
+        let (ok, sent) = tunnel_with(b"HTTP/1.1 200 Connection established\r\n\r\n");
+        assert!(ok.is_ok());
+        assert!(sent.starts_with("CONNECT router.test:443 HTTP/1.1\r\nHost: router.test:443\r\n"));
+        assert!(sent.contains("Proxy-Authorization: Basic dTpzZWNyZXQ=\r\n"));
+
+        let (refused, _) = tunnel_with(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
+        let err = refused.unwrap_err();
+        assert_eq!(err.kind(), "proxy");
+        let text = err.to_string();
+        assert!(text.contains("407") && text.contains("refused the CONNECT to router.test:443"));
+        assert!(!text.contains("secret") && !text.contains("u:"), "{text}");
+
+        let (gateway, _) = tunnel_with(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+        assert_eq!(
+            gateway.unwrap_err().kind(),
+            "connect",
+            "a 5xx may change: retried"
+        );
+        let (garbage, _) = tunnel_with(b"SSH-2.0-nope\r\n\r\n");
+        assert_eq!(garbage.unwrap_err().kind(), "connect");
+        let (early, _) = tunnel_with(b"HTTP/1.1 200 OK\r\n\r\nsurprise");
+        assert_eq!(early.unwrap_err().kind(), "connect");
+    }
+}
