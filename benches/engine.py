@@ -16,7 +16,10 @@ so that all sample the shared machine's drifting speed alike:
   (the CONNECT tunnel is made once per connection; the bytes then pass through the proxy);
 - ``squid``: the same through a squid that the bench starts, where squid is installed;
 - with ``--httpx``: ``httpx_direct`` and ``httpx_squid`` (``NOMYO_TRANSPORT=httpx``), what
-  the proxy costs another client on the same machine.
+  the proxy costs another client on the same machine;
+- ``nginx_h1`` and ``nginx_h2``: through nginx terminating TLS in front of the router, once on
+  a port offering HTTP/1.1 only and once on a port offering HTTP/2 (ALPN ``h2``); nginx's
+  logs give how many connections carried the requests.
 
 tinyproxy relays in 2 KiB writes without ``TCP_NODELAY``: a request over 2 KiB (any with
 RSA-4096 keys) reaches the router in two writes, the second held back by Nagle until the
@@ -69,8 +72,15 @@ class VariantWorkers(Workers):
             env.pop(name, None)
             env.pop(name.upper(), None)
         env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.variants[client])
+        env.update({k: v for k, v in self.variants[client].items() if not k.startswith("_")})
         return env
+
+    def spec(self, client: str, workload: str, **extra: Any) -> dict[str, Any]:
+        spec = super().spec(client, workload, **extra)
+        url = self.variants.get(client, {}).get("_URL")
+        if url:  # a variant that reaches the router through another server (nginx)
+            spec["url"] = url
+        return spec
 
     def popen(self, client: str, spec: dict[str, Any], stderr: IO[str]) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -145,6 +155,113 @@ def start_squid(directory: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     return None
 
 
+NGINX_CONF = """
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    client_max_body_size 64m;
+    log_format conn '$connection $server_protocol';
+    upstream router {{ server {upstream}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{h2_port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        http2_max_concurrent_streams 128;
+        access_log {prefix}/h2.log conn;
+        location / {{
+            proxy_pass https://router;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{h1_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        access_log {prefix}/h1.log conn;
+        location / {{
+            proxy_pass https://router;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(
+    directory: Path, router_url: str, cert: str, key: str
+) -> tuple[subprocess.Popen[bytes], str, str] | None:
+    """nginx terminating TLS with HTTP/2 on one port and HTTP/1.1 only on another, both in
+    front of the router (over TLS, kept alive): the same server, with and without h2."""
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+    )
+    if binary is None:
+        return None
+    import socket
+    import time
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    prefix = directory / "nginx"
+    prefix.mkdir()
+    (prefix / "nginx.conf").write_text(
+        NGINX_CONF.format(
+            prefix=prefix,
+            upstream=router_url.removeprefix("https://"),
+            h2_port=ports[0],
+            h1_port=ports[1],
+            cert=cert,
+            key=key,
+        )
+    )
+    proc = subprocess.Popen(
+        [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for port in ports:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            proc.kill()
+            return None
+    return proc, f"https://127.0.0.1:{ports[0]}", f"https://127.0.0.1:{ports[1]}"
+
+
+def nginx_connections(directory: Path) -> dict[str, str]:
+    """Requests, connections and protocols nginx logged per variant."""
+    out = {}
+    for name, log_name in (("nginx_h2", "h2.log"), ("nginx_h1", "h1.log")):
+        path = directory / "nginx" / log_name
+        if not path.exists():
+            continue
+        entries = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        connections = {e[0] for e in entries}
+        protocols = sorted({e[1] for e in entries})
+        out[name] = (
+            f"{len(entries)} requests over {len(connections)} connections ({', '.join(protocols)})"
+        )
+    return out
+
+
 def run(workers: VariantWorkers, plan: Plan, names: list[str], e_blocks: int) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     blocks = 4
@@ -209,6 +326,7 @@ def table(raw: dict[str, Any], names: list[str]) -> str:
         ("proxied/direct", "proxied", "direct"),
         ("squid/direct", "squid", "direct"),
         ("httpx squid/direct", "httpx_squid", "httpx_direct"),
+        ("nginx h2/h1", "nginx_h2", "nginx_h1"),
     ]
     ratios = [r for r in ratios if r[1] in names and r[2] in names]
     head = "| row | " + " | ".join(names) + "".join(f" | {r[0]}" for r in ratios) + " |"
@@ -231,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     work = Path(tempfile.mkdtemp(prefix="nomyo-engine-bench-"))
-    proxy_proc = squid = None
+    proxy_proc = squid = nginx = None
     try:
         bundle, cert, key = make_trust_store(work)
         proxy_proc, proxy_url = start_tinyproxy(work)
@@ -247,25 +365,32 @@ def main(argv: list[str] | None = None) -> int:
             variants["httpx_direct"] = {"NOMYO_TRANSPORT": "httpx"}
             if squid is not None:
                 variants["httpx_squid"] = {"NOMYO_TRANSPORT": "httpx", "HTTPS_PROXY": squid[1]}
-        if args.only:
-            variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
-        names = list(variants)
         with helper_process(
             ["_router_proc.py", "--cert", cert, "--key", key, "--key-bits", "4096"], "router"
         ) as router:
+            nginx = start_nginx(work, router["url"], cert, key)
+            if nginx is not None:
+                variants["nginx_h1"] = {"_URL": nginx[2]}
+                variants["nginx_h2"] = {"_URL": nginx[1]}
+            if args.only:
+                variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
+            names = list(variants)
             keys = str(work / "keys")
             workers = VariantWorkers(
                 Path(), bundle, router["url"], dict.fromkeys(names, keys), plan, variants=variants
             )
             workers.run("direct", workers.spec("direct", "gen_keys"))
             raw = run(workers, plan, names, args.e_blocks)
+            raw["nginx_connections"] = nginx_connections(work)
     finally:
-        for proc in (proxy_proc, squid[0] if squid else None):
+        for proc in (proxy_proc, squid[0] if squid else None, nginx[0] if nginx else None):
             if proc is not None:
                 proc.terminate()
                 proc.wait()
         shutil.rmtree(work, ignore_errors=True)
     print(table(raw, names))
+    for name, seen in raw.get("nginx_connections", {}).items():
+        print(f"- {name}: nginx logged {seen}")
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
     return 0
