@@ -49,9 +49,10 @@ fmt: venv
 demo: build
 	$(VENV)/bin/nomyo chat --local "Hello from nomyo-rs: is this encrypted?"
 
-bench: build
+bench: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py $(BENCH_ARGS)
+	$(PY) benches/engine.py
 
 bench-smoke: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
