@@ -573,3 +573,39 @@ def test_router_error_fields_reach_the_sdk(sdk: openai.OpenAI) -> None:
         sdk.chat.completions.create(**body(), n=0)
     assert info.value.param == "n"
     assert info.value.type == "invalid_request_error"
+
+
+def test_a_bytearray_reply_is_sent_whole_and_then_zeroed() -> None:
+    """The proxy hands decrypted replies to the server as a bytearray: sent as they are (no
+    joined copy), then wiped."""
+    from nomyo._http_server import Connections, HTTPResponse, Limits
+    from nomyo._relay import event_stream
+
+    reply = {
+        "id": "chatcmpl-x",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "secret"}}],
+    }
+    body = event_stream(reply)
+    expected = bytes(body)
+    assert expected.startswith(b"data: {") and expected.endswith(b"data: [DONE]\n\n")
+    sent: list[bytearray] = []
+
+    async def handler(_request: object) -> HTTPResponse:
+        sent.append(body)
+        return HTTPResponse(200, body, "text/event-stream")
+
+    async def main() -> bytes:
+        connections = Connections("test", Limits())
+        server = await asyncio.start_server(
+            lambda r, w: connections.serve(r, w, handler), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        async with httpx.AsyncClient() as http:
+            got = await http.get(f"http://127.0.0.1:{port}/")
+        await connections.close(server)
+        return got.content
+
+    assert asyncio.run(main()) == expected
+    assert sent and sent[0] == bytearray(len(expected))  # zeroed once written

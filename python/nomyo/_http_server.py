@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 
 import h11
 
@@ -122,10 +123,13 @@ class HTTPRequest:
 
 @dataclass
 class HTTPResponse:
-    """A reply. ``drop`` closes the connection without answering; ``trickle`` slows the body."""
+    """A reply. ``drop`` closes the connection without answering; ``trickle`` slows the body.
+
+    A ``bytearray`` body (a decrypted reply, say) is written as it is and zeroed once sent.
+    """
 
     status: int
-    body: bytes = b""
+    body: bytes | bytearray = b""
     content_type: str | None = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False
@@ -365,33 +369,38 @@ class _Connection:
         headers.extend(response.headers)
         if response.close or self.conn.their_state is not h11.DONE:
             headers.append(("Connection", "close"))
-        head = self.conn.send(
-            h11.Response(
-                status_code=response.status, headers=headers, reason=_reason(response.status)
+        await self._write(
+            self.conn.send(
+                h11.Response(
+                    status_code=response.status, headers=headers, reason=_reason(response.status)
+                )
             )
         )
-        if response.trickle > 0 and not head_only and response.body:
-            await self._write(head)
-            await self._trickle(response.body, response.trickle)
+        try:
+            if not head_only and response.body:
+                if response.trickle > 0:
+                    await self._trickle(response.body, response.trickle)
+                else:
+                    # The body as it is (no joined copy: it may be a decrypted reply).
+                    data = h11.Data(data=cast(bytes, response.body))  # h11 takes bytearray
+                    for piece in self.conn.send_with_data_passthrough(data) or ():
+                        await self._write(piece)
             await self._write(self.conn.send(h11.EndOfMessage()))
-            return
-        # One write for the whole reply: one send() and, unless the peer is slow to take
-        # it, no wait.
-        parts = [head or b""]
-        if not head_only and response.body:
-            parts.append(self.conn.send(h11.Data(data=response.body)) or b"")
-        parts.append(self.conn.send(h11.EndOfMessage()) or b"")
-        await self._write(b"".join(parts))
+        finally:
+            if isinstance(response.body, bytearray):  # the caller's wipeable copy: wipe it
+                response.body[:] = bytes(len(response.body))
 
-    async def _trickle(self, body: bytes, seconds: float) -> None:
+    async def _trickle(self, body: bytes | bytearray, seconds: float) -> None:
         pieces = min(_TRICKLE_PIECES, len(body))
         step = -(-len(body) // pieces)
         pause = seconds / pieces
         for start in range(0, len(body), step):
             await asyncio.sleep(pause)
-            await self._write(self.conn.send(h11.Data(data=body[start : start + step])))
+            await self._write(
+                self.conn.send(h11.Data(data=cast(bytes, body[start : start + step])))
+            )
 
-    async def _write(self, data: bytes | None) -> None:
+    async def _write(self, data: bytes | bytearray | None) -> None:
         if not data:
             return
         if self.writer.is_closing():
@@ -541,7 +550,7 @@ class Connections:
             + "".join(f"{name}: {value}\r\n" for name, value in response.headers)
             + "Connection: close\r\n\r\n"
         )
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
             writer.write(head.encode("latin-1") + response.body)
             await asyncio.wait_for(writer.drain(), 1.0)
         writer.close()

@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 
-from . import _core
 from ._chat import SecureChatCompletion, SyncSecureChatCompletion
 from ._exceptions import APIConnectionError, APITimeoutError, KeyFormatError, NomyoError
 from ._relay import (
@@ -63,6 +62,7 @@ from ._relay import (
     event_stream,
     failure_reply,
     parse_chat_body,
+    reply_body,
     reply_headers,
 )
 from ._response import ChatCompletion
@@ -105,6 +105,14 @@ def sdk_http() -> ModuleType:
     return httpx
 
 
+def _one_copy(body: bytearray) -> bytes:
+    """``body`` as the ``bytes`` httpx needs (the one copy the SDK reads), ``body`` wiped."""
+    try:
+        return bytes(body)
+    finally:
+        body[:] = bytes(len(body))
+
+
 class _OpenAIRouting:
     """The non-I/O half of both transports: routing, request checks, reply and error mapping.
 
@@ -143,7 +151,7 @@ class _OpenAIRouting:
             200,
             headers={"content-type": "application/json"},
             # Serialised in native memory: no intermediate str copy of a decrypted reply.
-            content=bytes(_core.dumps(value)),
+            content=_one_copy(reply_body(value)),
             request=request,
         )
 
@@ -215,10 +223,10 @@ class _OpenAIRouting:
         if call.stream:
             headers["content-type"] = EVENT_STREAM
             headers["cache-control"] = "no-cache"
-            content = event_stream(reply, include_usage=call.include_usage)
+            content = _one_copy(event_stream(reply, include_usage=call.include_usage))
         else:
             headers["content-type"] = "application/json"
-            content = bytes(_core.dumps(reply))
+            content = _one_copy(reply_body(reply))
         return self._response(200, headers=headers, content=content, request=request)
 
     def _failure(self, request: httpx.Request, exc: NomyoError) -> httpx.Response:

@@ -18,9 +18,10 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import _core
 from ._chat import SecureChatCompletion
 from ._config import is_loopback_host
 from ._exceptions import ConfigurationError, NomyoError, SecureMemoryError
@@ -33,6 +34,7 @@ from ._relay import (
     event_stream,
     failure_reply,
     parse_chat_body,
+    reply_body,
     reply_headers,
 )
 
@@ -52,9 +54,11 @@ def _error(reply: ErrorReply, *, close: bool = False) -> HTTPResponse:
     return HTTPResponse(reply.status, reply.body, headers=list(reply.headers.items()), close=close)
 
 
-def _json(status: int, value: object, headers: dict[str, str] | None = None) -> HTTPResponse:
-    # Serialised in native memory: no intermediate str copy of a decrypted reply.
-    return HTTPResponse(status, bytes(_core.dumps(value)), headers=list((headers or {}).items()))
+def _json(
+    status: int, value: Mapping[str, Any], headers: dict[str, str] | None = None
+) -> HTTPResponse:
+    # Serialised in native memory into a bytearray the server zeroes once it is sent.
+    return HTTPResponse(status, reply_body(value), headers=list((headers or {}).items()))
 
 
 def _overloaded() -> HTTPResponse:

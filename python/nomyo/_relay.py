@@ -35,6 +35,7 @@ __all__ = [
     "event_stream",
     "failure_reply",
     "parse_chat_body",
+    "reply_body",
     "reply_headers",
 ]
 
@@ -51,6 +52,7 @@ REFUSED_FIELDS = (
 )
 #: The content type of a streamed reply.
 EVENT_STREAM = "text/event-stream; charset=utf-8"
+_EVENT, _EVENT_END, _DONE = b"data: ", b"\n\n", b"data: [DONE]\n\n"
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -233,16 +235,35 @@ def reply_headers(reply: Mapping[str, Any]) -> dict[str, str]:
     return {"x-request-id": payload_id} if isinstance(payload_id, str) else {}
 
 
-def event_stream(reply: Mapping[str, Any], *, include_usage: bool = False) -> bytes:
+def event_stream(reply: Mapping[str, Any], *, include_usage: bool = False) -> bytearray:
     """The whole server-sent event stream OpenAI would send for ``reply``.
 
     ``data: {chunk}`` events separated by blank lines, then ``data: [DONE]``. Each chunk is
-    serialised in native memory (compact JSON, as OpenAI's).
+    serialised in native memory (compact JSON, as OpenAI's) and the stream is assembled in
+    one ``bytearray`` of its final size (growing one would leave copies in freed memory),
+    which the caller can wipe; the per-chunk copies are wiped here.
     """
-    parts: list[bytes] = []
-    for chunk in completion_chunks(reply, include_usage=include_usage):
-        parts.append(b"data: ")
-        parts.append(bytes(_core.dumps(chunk)))
-        parts.append(b"\n\n")
-    parts.append(b"data: [DONE]\n\n")
-    return b"".join(parts)
+    pieces: list[bytearray] = []
+    try:
+        for chunk in completion_chunks(reply, include_usage=include_usage):
+            with _core.dumps(chunk) as serialised:
+                pieces.append(serialised.to_bytearray())
+        size = sum(len(_EVENT) + len(p) + len(_EVENT_END) for p in pieces) + len(_DONE)
+        stream = bytearray(size)
+        at = 0
+        for piece in pieces:
+            for part in (_EVENT, piece, _EVENT_END):
+                stream[at : at + len(part)] = part
+                at += len(part)
+        stream[at:] = _DONE
+        return stream
+    finally:
+        for piece in pieces:
+            piece[:] = bytes(len(piece))
+
+
+def reply_body(reply: Mapping[str, Any]) -> bytearray:
+    """The reply as compact JSON, serialised in native memory and copied once into a
+    ``bytearray`` the caller can wipe."""
+    with _core.dumps(reply) as serialised:
+        return serialised.to_bytearray()

@@ -386,7 +386,7 @@ class DevRouter:
             record.status = exc.status
             return exc.response()
         response = outcome.response
-        genuine = response.body
+        genuine = bytes(response.body)  # a sealed envelope: ciphertext (no copy for bytes)
         if fault is not None and outcome.client_key is not None and outcome.reply is not None:
             if fault.garbage_reply is not None:
                 response.body = fault.garbage_reply
@@ -396,7 +396,7 @@ class DevRouter:
                     outcome.reply, stranger, processed_at=int(time.time())
                 )
             elif fault.tamper_reply:
-                response.body = _tamper(response.body)
+                response.body = _tamper(genuine)
             elif fault.replay_reply:
                 response.body = self._replayed(record, genuine)
         if response.status == 200 and response.body is genuine:
