@@ -31,9 +31,10 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 from typing import IO, Any
+
+from _router_proc import _watch_stdin  # run from benches/, like _router_proc.py
 
 from nomyo import _core
 from nomyo._exceptions import NomyoError
@@ -149,18 +150,6 @@ class SoakRouter(DevRouter):
                 assert not self.faults, "a fault was left in the queue"
                 self.faults.push(fault)  # taken by super()._handle before it first awaits
         return await super()._handle(request)
-
-
-def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    def _read() -> None:
-        try:
-            while sys.stdin.buffer.read(65536):
-                pass
-        except (OSError, ValueError):
-            pass
-        loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=_read, name="stdin-watch", daemon=True).start()
 
 
 async def _main(args: argparse.Namespace) -> None:
