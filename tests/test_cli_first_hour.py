@@ -339,7 +339,7 @@ def test_serve_dev_tls_makes_a_local_ca_and_prints_the_exports(tmp_path: Path) -
 
 def test_serve_dev_tls_certificate_fields(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from nomyo._cli_support import local_certificates;"
+        [sys.executable, "-c", "import sys; from nomyo.cli._support import local_certificates;"
          "local_certificates(sys.argv[1])", str(tmp_path)],
         capture_output=True, text=True, env=cli_env(), timeout=60, check=False,
     )  # fmt: skip
@@ -385,7 +385,7 @@ def test_serve_dev_tls_reuses_its_files_and_defaults_to_the_config_dir(tmp_path:
 
 
 def test_serve_dev_tls_replaces_files_that_do_not_fit_together(tmp_path: Path) -> None:
-    make = [sys.executable, "-c", "import sys; from nomyo._cli_support import local_certificates;"
+    make = [sys.executable, "-c", "import sys; from nomyo.cli._support import local_certificates;"
             "local_certificates(sys.argv[1])", str(tmp_path)]  # fmt: skip
     assert subprocess.run(make, env=cli_env(), timeout=60, check=False).returncode == 0
     first_ca = (tmp_path / "ca.pem").read_bytes()

@@ -337,7 +337,8 @@ def test_cli_chat_attestation_and_reply_binding() -> None:
 
 def test_cli_trust_options_reach_the_proxy_client() -> None:
     """proxy and run share one option set with chat (the lead wires it into the proxy)."""
-    from nomyo.cli import _trust_kwargs, build_parser
+    from nomyo.cli import build_parser
+    from nomyo.cli._args import trust_kwargs as _trust_kwargs
 
     parser = build_parser()
     fp = "sha256:" + "ab" * 32

@@ -29,9 +29,9 @@ import pytest
 
 import nomyo
 from nomyo import _core
-from nomyo._doctor import diagnose
 from nomyo._exceptions import SecureMemoryError, SecurityError
 from nomyo._memory import secure_memory_mode
+from nomyo.cli.doctor import diagnose
 from nomyo.testing import DevRouter, RouterThread
 
 pytestmark = pytest.mark.skipif(

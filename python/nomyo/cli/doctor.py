@@ -20,9 +20,9 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from . import _core
-from ._exceptions import ConfigurationError, SecureMemoryError
-from ._memory import get_memory_protection_info
+from .. import _core
+from .._exceptions import ConfigurationError, SecureMemoryError
+from .._memory import get_memory_protection_info
 
 __all__ = ["DEFAULT_SIZE", "add_parser", "cmd_doctor", "diagnose"]
 
@@ -93,7 +93,7 @@ def _proxies() -> dict[str, str]:
 
 
 def _trust_store() -> str:
-    from ._native import native_trust
+    from .._native import native_trust
 
     try:
         paths = native_trust(True, False)

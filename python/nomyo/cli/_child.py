@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ._cli_support import CLIError
+from ._support import CLIError
 
 __all__ = ["CHILD_VARIABLES", "new_token", "run_with_proxy"]
 

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from . import _config, _core
-from ._config import is_loopback_host
-from ._exceptions import (
+from .. import _config, _core
+from .._config import is_loopback_host
+from .._exceptions import (
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -28,10 +28,10 @@ from ._exceptions import (
     NomyoError,
     SecurityError,
 )
-from ._retry import is_certificate_failure
+from .._retry import is_certificate_failure
 
 if TYPE_CHECKING:
-    from .testing import DevCertificates
+    from ..testing import DevCertificates
 
 __all__ = [
     "ENV_API_KEY",
@@ -48,12 +48,15 @@ __all__ = [
     "EXIT_USAGE",
     "CLIError",
     "ShutdownSignals",
+    "check_file",
     "client_transport",
     "describe_error",
     "display_url",
+    "err",
     "exit_code_for",
     "is_loopback_host",
     "local_certificates",
+    "out",
     "parse_listen",
     "read_password",
     "read_stdin_text",
@@ -73,6 +76,24 @@ ENV_BASE_URL = "NOMYO_BASE_URL"
 ENV_API_KEY = "NOMYO_API_KEY"
 ENV_MODEL = "NOMYO_MODEL"
 ENV_KEY_PASSWORD = "NOMYO_KEY_PASSWORD"
+
+
+def out(line: str) -> None:
+    """One line on stdout, flushed (a pipe reader sees it at once)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def err(line: str) -> None:
+    """One line on stderr, flushed."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def check_file(path: str | None, what: str) -> None:
+    """Refuse (exit 2) a named file that does not exist."""
+    if path is not None and not os.path.isfile(path):
+        raise CLIError(f"{what} not found: {path}", EXIT_USAGE)
 
 
 class CLIError(Exception):
@@ -150,7 +171,7 @@ def client_transport(url: str, ca_file: str | None) -> httpx.AsyncBaseTransport 
     configured. httpx ignores ``HTTP(S)_PROXY`` when a transport is given, so its TLS
     settings go here.
     """
-    from ._native import proxy_configured
+    from .._native import proxy_configured
 
     host = urlsplit(url).hostname
     if host is None or not is_loopback_host(host) or not proxy_configured():
@@ -182,7 +203,7 @@ def local_certificates(directory: str | None) -> DevCertificates:
     Raises:
         CLIError: the directory or the files cannot be written (exit code 1).
     """
-    from .testing import DevCertificates
+    from ..testing import DevCertificates
 
     target = (Path(directory).expanduser() if directory else default_dev_tls_dir()).absolute()
     certs = DevCertificates(

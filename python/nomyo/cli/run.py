@@ -1,0 +1,51 @@
+"""``nomyo run -- CMD ARGS...``: a program whose OpenAI SDK talks to a private proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from ._args import EPILOG, add_forwarding_args
+from ._support import EXIT_USAGE, CLIError, check_file, display_url, err
+from .proxy import serving_proxy
+
+__all__ = ["add_parser", "cmd_run"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``nomyo run -- CMD ARGS...``: CMD with OpenAI variables pointing at a private proxy."""
+    command = list(args.child)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CLIError("nomyo run: give the command to run after '--'", EXIT_USAGE)
+    check_file(args.ca_file, "CA file")
+    return asyncio.run(_run_child(args, command))
+
+
+async def _run_child(args: argparse.Namespace, command: list[str]) -> int:
+    from ._child import new_token, run_with_proxy
+
+    token = new_token()
+    async with serving_proxy(args, "127.0.0.1", 0, auth_token=token) as proxy:
+        err(f"nomyo run: proxy on {proxy.url}/v1 -> {display_url(proxy.chat.client.router_url)}")
+        return await run_with_proxy(command, proxy.url + "/v1", token)
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a program built on the OpenAI SDK through a private encrypting proxy",
+        usage="nomyo run [options] -- CMD [ARGS...]",
+        description="Start the proxy on a free loopback port with a fresh random token, run "
+        "CMD with OPENAI_BASE_URL, OPENAI_API_BASE and OPENAI_API_KEY pointing at it, forward "
+        "signals to it, and exit with its status. The program's requests are encrypted end to "
+        "end without a code change.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_forwarding_args(run, callers=False)
+    run.set_defaults(handler=cmd_run, auth_token=None)
+    run.add_argument("child", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
