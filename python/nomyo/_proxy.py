@@ -255,10 +255,10 @@ class ChatProxy:
     def _refuse_unauthorized(self, request: HTTPRequest) -> ErrorReply | None:
         if self._auth_token is None:
             return None
-        given = _caller_token(request)
         expected = self._auth_token
-        if given is not None and hmac.compare_digest(given.encode("utf-8"), expected):
-            return None
+        for given in _caller_tokens(request):  # either header may hold it
+            if hmac.compare_digest(given.encode("utf-8"), expected):
+                return None
         return error_reply(
             401,
             "this nomyo proxy requires its token as 'Authorization: Bearer <token>' or "
@@ -304,7 +304,8 @@ class ChatProxy:
     def _forwarded_api_key(self, request: HTTPRequest) -> str | None:
         if not self.forward_api_key or self.chat.api_key:
             return None
-        return _caller_token(request)
+        tokens = _caller_tokens(request)
+        return tokens[0] if tokens else None
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "stopped"
@@ -317,14 +318,13 @@ def _error_shape(path: str) -> Callable[[ErrorReply], bytes]:
     return anthropic_error_body if anthropic else openai_error_body
 
 
-def _caller_token(request: HTTPRequest) -> str | None:
-    """The caller's token: ``Authorization: Bearer`` (OpenAI's SDKs), else ``x-api-key``
+def _caller_tokens(request: HTTPRequest) -> list[str]:
+    """The caller's tokens: ``Authorization: Bearer`` (OpenAI's SDKs), then ``x-api-key``
     (Anthropic's)."""
-    scheme, _, token = (request.header("authorization") or "").partition(" ")
-    token = token.strip()
-    if scheme.lower() == "bearer" and token:
-        return token
-    return (request.header("x-api-key") or "").strip() or None
+    scheme, _, bearer = (request.header("authorization") or "").partition(" ")
+    tokens = [bearer.strip()] if scheme.lower() == "bearer" else []
+    tokens.append((request.header("x-api-key") or "").strip())
+    return [token for token in tokens if token]
 
 
 def _not_allowed(
