@@ -167,8 +167,10 @@ class EgressGuard:
                     + body
                 )
                 await asyncio.wait_for(writer.drain(), 5.0)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            pass
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            pass  # the program went away, or sent no HTTP
+        except asyncio.LimitOverrunError:
+            pass  # a request head beyond 64 KiB: closed
         finally:
             writer.close()
             if task is not None:
