@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke bench-proxy bench-instructions soak wheel-check fuzz clean
+.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke bench-proxy bench-gateway bench-instructions soak wheel-check fuzz clean
 
 all: test
 
@@ -58,11 +58,16 @@ bench-smoke: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py --smoke
 	$(PY) benches/proxy.py --smoke --out .cache/bench-smoke
+	$(PY) benches/gateway.py --smoke --out .cache/bench-smoke
 
 # nomyo proxy against the library, same router, same run (needs wrk: installed by system-deps).
 bench-proxy: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/proxy.py $(BENCH_ARGS)
+
+# The Responses and Messages APIs of nomyo proxy against its chat completions, same run.
+bench-gateway: build
+	$(PY) benches/gateway.py $(BENCH_ARGS)
 
 # Instructions per request under valgrind (repeatable where CPU time is not; needs valgrind).
 bench-instructions: build

@@ -1,8 +1,9 @@
 """``nomyo run -- CMD ARGS...``: a child program whose OpenAI SDK talks to a private proxy.
 
 The proxy (started by the CLI on a free loopback port, with a fresh random token) is the
-only OpenAI endpoint the child sees: ``OPENAI_BASE_URL`` and ``OPENAI_API_BASE`` point at it
-and ``OPENAI_API_KEY`` is its token, so no other local user can use it. Signals sent to
+only OpenAI and Anthropic endpoint the child sees: ``OPENAI_BASE_URL``, ``OPENAI_API_BASE``
+and ``ANTHROPIC_BASE_URL`` point at it and ``OPENAI_API_KEY``/``ANTHROPIC_API_KEY`` are its
+token, so no other local user can use it. Signals sent to
 ``nomyo run`` reach the child; ``nomyo run`` exits with the child's status (128 + N when a
 signal N ended it).
 """
@@ -15,14 +16,21 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ._support import CLIError
 
 __all__ = ["CHILD_VARIABLES", "new_token", "run_with_proxy"]
 
-#: What the child's environment gets: the OpenAI SDKs' base URL (new and legacy names) and key.
-CHILD_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_API_KEY")
+#: What the child's environment gets: the OpenAI SDKs' base URL (new and legacy names) and key,
+#: and the Anthropic SDK's.
+CHILD_VARIABLES = (
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+)
 #: Signals passed on to the child.
 _FORWARDED = tuple(
     getattr(signal, name)
@@ -51,14 +59,20 @@ def _terminal_delivers_to_child() -> bool:
     return False
 
 
-async def run_with_proxy(command: Sequence[str], base_url: str, token: str) -> int:
-    """Run ``command`` with the proxy's variables; returns its exit status.
+async def run_with_proxy(
+    command: Sequence[str], base_url: str, token: str, extra_env: Mapping[str, str] | None = None
+) -> int:
+    """Run ``command`` with the proxy's variables (and ``extra_env``: the egress guard's);
+    returns its exit status.
 
     Raises:
         CLIError: the command cannot be started (exit code 127 not found, 126 not executable).
     """
     env = dict(os.environ)
     env.update({"OPENAI_BASE_URL": base_url, "OPENAI_API_BASE": base_url, "OPENAI_API_KEY": token})
+    # Anthropic's SDK appends /v1/messages itself.
+    env.update({"ANTHROPIC_BASE_URL": base_url.removesuffix("/v1"), "ANTHROPIC_API_KEY": token})
+    env.update(extra_env or {})
     try:
         child = await asyncio.create_subprocess_exec(*command, env=env)
     except FileNotFoundError:

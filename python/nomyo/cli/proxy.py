@@ -161,8 +161,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "proxy",
         parents=[common],
         help="a local OpenAI-compatible endpoint that forwards end-to-end encrypted",
-        description="Serve POST /v1/chat/completions (streaming too), GET /v1/models and "
-        "GET /healthz on a local address; every completion is encrypted to the NOMYO router. "
+        description="Serve POST /v1/chat/completions, POST /v1/responses (OpenAI's Responses "
+        "API), POST /v1/messages (Anthropic's Messages API), streaming too, GET /v1/models and "
+        "GET /healthz on a local address; every completion is encrypted to the NOMYO router, "
+        "other routes are refused (501, nothing sent). "
         "Without --auth-token (or $NOMYO_PROXY_TOKEN) any local user who can reach the port "
         "uses the proxy, and with it your API key: set a token on a shared host.",
         epilog=EPILOG,
@@ -177,7 +179,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     proxy.add_argument(
         "--auth-token",
         metavar="TOKEN",
-        help="require 'Authorization: Bearer TOKEN' from callers (default $NOMYO_PROXY_TOKEN); "
+        help="require 'Authorization: Bearer TOKEN' (or 'x-api-key: TOKEN') from callers "
+        "(default $NOMYO_PROXY_TOKEN); "
         "never forwarded to the router",
     )
     add_forwarding_args(proxy, callers=True)
