@@ -54,6 +54,7 @@ import httpx
 
 from ._chat import SecureChatCompletion, SyncSecureChatCompletion
 from ._exceptions import APIConnectionError, APITimeoutError, KeyFormatError, NomyoError
+from ._receipts import streamed
 from ._relay import (
     EVENT_STREAM,
     ChatCall,
@@ -253,7 +254,8 @@ class OpenAITransport(_OpenAIRouting, httpx.BaseTransport):
         if not isinstance(call, ChatCall):
             return call
         try:
-            reply = self.chat.create(call.model, call.messages, **call.options)
+            with streamed(call.stream):
+                reply = self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
         return self._reply(request, call, reply)
@@ -275,7 +277,8 @@ class AsyncOpenAITransport(_OpenAIRouting, httpx.AsyncBaseTransport):
         if not isinstance(call, ChatCall):
             return call
         try:
-            reply = await self.chat.create(call.model, call.messages, **call.options)
+            with streamed(call.stream):
+                reply = await self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
         return self._reply(request, call, reply)
