@@ -293,6 +293,8 @@ def test_tofu_refuses_a_changed_measurement_until_trusted(
     history = store.load()["history"]
     assert [h["event"] for h in history] == ["first_use", "trust"]
     assert history[1]["old"] == first[url]["pcrs"] and history[1]["new"] == new
+    remembered = [r["verification"]["pcr_remembered"] for r in lines(receipts)]
+    assert remembered == ["first_use", "matched", "changed", "changed", "matched"]
     outcomes = [(r["outcome"], r["pcr_policy"]) for r in lines(receipts)]
     assert (
         outcomes == [("accepted", "tofu")] * 2 + [("refused", "tofu")] + [("accepted", "tofu")] * 2

@@ -113,8 +113,9 @@ def check_remembered(
 ) -> None:
     """Compare a verified quote's PCR values with the ones remembered for ``url``.
 
-    An unverified quote is left alone (``require`` refused it already). A change marks the
-    verification invalid (``pcr_policy_mismatch``).
+    An unverified quote is left alone (``require`` refused it already). The result gets
+    ``pcr_remembered`` (``first_use``, ``matched`` or ``changed``); a change marks it invalid
+    (``pcr_policy_mismatch``).
 
     Raises:
         SecurityError: ``require`` and the values changed (naming the PCRs and the file), or
@@ -123,8 +124,9 @@ def check_remembered(
     result = metadata.get("attestation_verification")
     if not isinstance(result, dict) or not result.get("valid"):
         return
-    refusal = known.check(url, result["pcr_values"])
-    if refusal is None:
+    outcome, refusal = known.check(url, result["pcr_values"])
+    result["pcr_remembered"] = outcome
+    if outcome != "changed":
         result["pcr_policy_matched"] = True
         return
     result.update(valid=False, reason="pcr_policy_mismatch", detail=refusal)

@@ -123,12 +123,12 @@ class KnownPcrs:
     def _save(self, data: dict[str, Any]) -> None:
         replace_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
-    def check(self, url: str, quoted: Mapping[str, Mapping[Any, Any]]) -> str | None:
+    def check(self, url: str, quoted: Mapping[str, Mapping[Any, Any]]) -> tuple[str, str]:
         """Compare verified PCR values with the ones remembered for ``url``.
 
-        Remembers them on first use. Returns None when they match (or were just
-        remembered), else the reason to refuse (naming the changed PCRs and the file); the
-        values are then kept as pending for ``nomyo attest trust``.
+        Returns ``("first_use", "")`` when they were just remembered, ``("matched", "")``,
+        or ``("changed", why)`` with the reason to refuse (naming the changed PCRs and the
+        file); changed values are kept as pending for ``nomyo attest trust``.
 
         Raises:
             SecurityError: the file cannot be trusted (see :meth:`load`).
@@ -151,15 +151,15 @@ class KnownPcrs:
                     }
                 )
                 self._save(data)
-                return None
+                return "first_use", ""
             known = _normalised(entry["pcrs"])
             changed = changed_pcrs(known, values)
             if not changed:
-                return None
+                return "matched", ""
             if entry.get("pending", {}).get("pcrs") != values:
                 entry["pending"] = {"pcrs": values, "seen": _now()}
                 self._save(data)
-        return (
+        return "changed", (
             f"the measured software of {url} changed: PCR {', '.join(changed)} differ from "
             f"the values remembered in {self.path}; if the change is expected, accept it "
             f"with: {self._trust_hint(url)}"

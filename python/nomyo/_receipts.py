@@ -61,6 +61,7 @@ _CHECKS = (
     "bound_to_request",
     "pcr_digest_valid",
     "pcr_policy_matched",
+    "pcr_remembered",
     "aik_type",
     "aik_fingerprint",
     "signature_scheme",
@@ -116,9 +117,9 @@ class ReceiptWriter:
     """Appends receipts to one file (see the module docstring for its rules)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).expanduser()
-        if not str(path):
+        if not os.fspath(path):
             raise ConfigurationError("receipts must name a file")
+        self.path = Path(path).expanduser()
 
     def __repr__(self) -> str:
         return f"ReceiptWriter({str(self.path)!r})"
