@@ -26,6 +26,7 @@ import nomyo
 from nomyo import _core
 from nomyo._keys import save_key_pair
 from nomyo._known_pcrs import KnownPcrs
+from nomyo._proxy import ChatProxy
 from nomyo._receipts import receipt_digest, verify_receipt
 from nomyo.testing import DevRouter, Fault, RouterThread, SwtpmAttestation
 
@@ -124,6 +125,36 @@ def test_one_receipt_per_request_native_httpx_streamed(
         assert verify_receipt(record)["ok"], verify_receipt(record)
         assert oracle_verify(record["tpm_attestation"], record["payload_id"])
     assert len({r["client_key"] for r in records}) == 1
+
+
+def test_proxy_marks_streamed_receipts(router: RouterThread, key_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "proxy.jsonl"
+    body = {"model": "m", "messages": [{"role": "user", "content": CANARY}]}
+
+    async def go() -> list[int]:
+        async with nomyo.SecureChatCompletion(
+            router.url, allow_http=True, key_dir=key_dir, receipts=path
+        ) as chat:
+            proxy = ChatProxy(chat, "127.0.0.1", 0, model="m")
+            await proxy.start()
+            try:
+                async with httpx.AsyncClient() as http:
+                    url = f"{proxy.url}/v1/chat/completions"
+                    streamed = await http.post(url, json=body | {"stream": True})
+                    plain = await http.post(url, json=body)
+            finally:
+                await proxy.stop()
+        assert CANARY in streamed.text and streamed.text.endswith("data: [DONE]\n\n")
+        return [streamed.status_code, plain.status_code]
+
+    assert asyncio.run(go()) == [200, 200]
+    records = lines(path)
+    assert [r["streamed"] for r in records] == [True, False]
+    assert CANARY not in path.read_text()
+    assert all(
+        verify_receipt(r)["ok"] and oracle_verify(r["tpm_attestation"], r["payload_id"])
+        for r in records
+    )
 
 
 def test_refused_replies_get_receipts(router: RouterThread, key_dir: Path, tmp_path: Path) -> None:

@@ -62,7 +62,9 @@ class SecureCompletionClient(
             plaintext, a key or a token): key fingerprints, payload id, model, tier, SHA-256
             of the sealed request and reply, the TPM block and nomyo's checks, streamed and
             refused replies marked. None: ``$NOMYO_RECEIPTS`` if set; False: none. Check
-            them later with ``nomyo verify`` (docs/security.md, "Receipts").
+            them later with ``nomyo verify`` (docs/security.md, "Receipts"). A receipt that
+            cannot be written (a symbolic link, another user's or a group-writable file)
+            fails the request with ``SecurityError``/``ConfigurationError``.
         trusted_aik: one or more ``sha256:<hex>`` fingerprints of attestation keys (over the
             AIK's SubjectPublicKeyInfo DER, as ``attestation_verification["aik_fingerprint"]``
             reports it); a quote signed by any other key fails (needs ``attestation=``

@@ -649,7 +649,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         reply = yield from self._transport.post_sealed(request)
         self._log_reply(payload_id, attempt, reply)
         if reply.opener is not None:
-            receipt = self._receipt_context(request, reply)
+            receipt = ReceiptContext.of(self, request, reply.digests)
             try:
                 value, processed_at, algorithm = yield from reply.opener()
             except (SecurityError, EnvelopeError) as exc:
@@ -666,26 +666,6 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
             raise KeyRotated
         sent = reply.timings.sent_bytes
         raise self._status_error(reply.status, details, reply.headers, payload_id, sent)
-
-    def _receipt_context(self, request: SealedRequest, reply: Reply) -> ReceiptContext | None:
-        """What the receipt of this 200 reply needs (None without ``receipts=``)."""
-        if self._receipts is None or reply.digests is None:
-            return None
-        sent, received = reply.digests()
-        return ReceiptContext(
-            self._receipts,
-            self.router_url,
-            request.server_key.fingerprint(),
-            request.client_key.public_key().fingerprint(),
-            request.payload_id,
-            request.payload.get("model"),
-            next((v for k, v in request.headers.items() if k.lower() == "x-security-tier"), None),
-            sent,
-            received,
-            self.attestation,
-            "tofu" if self._known_pcrs is not None else "fixed" if self.expected_pcrs else "none",
-            ReceiptContext.now_streaming(),
-        )
 
     def _log_reply(self, payload_id: str, attempt: int, reply: Reply) -> None:
         if logger.isEnabledFor(logging.DEBUG):

@@ -25,7 +25,7 @@ import contextvars
 import hashlib
 import json
 import os
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,9 +184,32 @@ class ReceiptContext:
     streamed: bool
 
     @classmethod
-    def now_streaming(cls) -> bool:
-        """True inside :func:`streamed` (``stream=True`` calls)."""
-        return _streaming.get()
+    def of(
+        cls, client: Any, request: Any, digests: Callable[[], tuple[bytes, bytes]] | None
+    ) -> ReceiptContext | None:
+        """The context of a 200 reply to ``request`` (a ``SealedRequest``) of ``client`` (a
+        ``PipelineClient``); None without ``receipts=``."""
+        writer: ReceiptWriter | None = client._receipts
+        if writer is None or digests is None:
+            return None
+        sent, received = digests()
+        headers: Mapping[str, str] = request.headers
+        tier = next((v for k, v in headers.items() if k.lower() == "x-security-tier"), None)
+        policy = "fixed" if client.expected_pcrs else "none"
+        return cls(
+            writer,
+            client.router_url,
+            request.server_key.fingerprint(),
+            request.client_key.public_key().fingerprint(),
+            request.payload_id,
+            request.payload.get("model"),
+            tier,
+            sent,
+            received,
+            client.attestation,
+            "tofu" if client._known_pcrs is not None else policy,
+            _streaming.get(),
+        )
 
     def write(
         self,
