@@ -181,7 +181,19 @@ def test_refused_replies_get_receipts(router: RouterThread, key_dir: Path, tmp_p
         pytest.raises((nomyo.SecurityError, nomyo.EnvelopeError)),
     ):
         ask(c)
-    first, second = lines(path)
+    with nomyo.SyncSecureChatCompletion(
+        router.url, allow_http=True, key_dir=key_dir, receipts=path, reply_binding="require"
+    ) as c:
+        ask(c)
+        router.router.reply_binding = False  # a router without the extension
+        try:
+            with pytest.raises(nomyo.SecurityError, match="reply binding"):
+                ask(c)
+        finally:
+            router.router.reply_binding = True
+    first, second, bound, unbound = lines(path)
+    assert (bound["outcome"], bound["reply_binding"]) == ("accepted", "ok")
+    assert (unbound["outcome"], unbound["reply_binding"]) == ("refused", "failed")
     assert CANARY not in path.read_text()
     assert (first["outcome"], first["refused_by"], first["streamed"]) == (
         "refused",

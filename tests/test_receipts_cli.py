@@ -165,7 +165,7 @@ def test_readme_walkthrough_then_verify_run_and_altered_receipts(tmp_path: Path)
     assert nomyo("attest", "forget", url, env=env).returncode == 1
 
 
-def test_serve_dev_tpm_measure_and_verify_usage(tmp_path: Path) -> None:
+def test_usage_errors_and_a_missing_swtpm(tmp_path: Path) -> None:
     assert nomyo("verify").returncode == 2
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -176,6 +176,10 @@ def test_serve_dev_tpm_measure_and_verify_usage(tmp_path: Path) -> None:
     result = nomyo("verify", str(junk))
     assert result.returncode == 1 and "not a receipt" in result.stdout
     assert nomyo("chat", "--expected-pcrs", "{bad", "x").returncode == 2
+    missing = nomyo("serve-dev", "--tpm", "--port", "0", env={"PATH": str(tmp_path)})
+    assert missing.returncode == 1
+    assert "--tpm needs swtpm and tpm2-tools" in missing.stderr
+    assert "install-system-deps.sh" in missing.stderr
 
 
 def _free_port() -> int:

@@ -582,7 +582,12 @@ class BaseSecureClient:
             EnvelopeError / SecurityError: see :func:`complete_metadata`; SecurityError also
                 when ``reply_binding="require"`` or ``attestation="require"`` fails.
         """
-        reply = complete_metadata(value, payload_id, processed_at, algorithm)
+        try:
+            reply = complete_metadata(value, payload_id, processed_at, algorithm)
+        except (SecurityError, EnvelopeError) as exc:
+            if receipt is not None:
+                receipt.write(None, "off" if binding is None else "not_checked", exc)
+            raise
         metadata = reply["_metadata"]
         bound = "off"
         try:

@@ -654,7 +654,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
                 value, processed_at, algorithm = yield from reply.opener()
             except (SecurityError, EnvelopeError) as exc:
                 if receipt is not None:  # a 200 reply that does not open: refused
-                    receipt.write(None, "off" if binding is None else "failed", exc)
+                    receipt.write(None, "off" if binding is None else "not_checked", exc)
                 raise
             if logger.isEnabledFor(logging.DEBUG):
                 self._log_opened(payload_id, reply.timings.open_seconds)

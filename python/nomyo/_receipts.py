@@ -3,10 +3,11 @@
 A receipt says that a request went sealed to a given server key and came back with a given
 TPM quote: router URL, both key fingerprints, ``payload_id``, model, security tier, SHA-256
 of the sealed request and reply bodies as sent and received, the ``tpm_attestation`` block as
-received, nomyo's verification result per check, the reply-binding result and nomyo's
-version. It never holds plaintext, a key or a token. Streamed replies (``stream=True``, emulated
-from one sealed reply) and refused replies (a 200 reply nomyo refused: attestation, remembered
-PCR values, reply binding, or a reply that does not open) get one too, marked as such.
+received, nomyo's verification result per check, the reply-binding result (``off``, ``ok``,
+``failed``, or ``not_checked`` for a reply that did not open) and nomyo's version. It never
+holds plaintext, a key or a token. Streamed replies (``stream=True``, emulated from one sealed
+reply) and refused replies (a 200 reply nomyo refused: attestation, remembered PCR values,
+reply binding, or a reply that does not open) get one too, marked as such.
 
 The file follows the known_hosts rules (``nomyo._private_files``): created 0600, never
 opened through a symbolic link, refused when another user owns it or others can write it, and
