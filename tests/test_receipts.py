@@ -275,6 +275,15 @@ def test_receipts_file_rules(router: RouterThread, key_dir: Path, tmp_path: Path
     ):
         ask(c)
     assert shared.read_text() == ""
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo, 0o600)
+    with (
+        nomyo.SyncSecureChatCompletion(
+            router.url, allow_http=True, key_dir=key_dir, receipts=fifo
+        ) as c,
+        pytest.raises(nomyo.ConfigurationError),  # never blocks on a FIFO nobody reads
+    ):
+        ask(c)
 
 
 def test_env_receipts(

@@ -30,6 +30,8 @@ __all__ = ["append_line", "check_owned", "locked", "read_text", "replace_text"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: A FIFO would block the open; it is refused (not a regular file) right after.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _lock = threading.Lock()
 
 
@@ -55,7 +57,7 @@ def check_owned(fd: int, path: Path, what: str) -> None:
 
 def _open(path: Path, flags: int, what: str) -> int:
     try:
-        return os.open(path, flags | _NOFOLLOW | _CLOEXEC, 0o600)
+        return os.open(path, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, 0o600)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SecurityError(f"the {what} {path} is a symbolic link; refusing it") from None
