@@ -17,7 +17,7 @@ import os
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from . import _core
@@ -27,7 +27,9 @@ from ._attestation import (
     ReplyBindingMode,
     apply_attestation_policy,
     check_mode,
+    check_remembered,
     check_reply_binding,
+    remembered_pcrs,
 )
 from ._config import resolve_base_url
 from ._constants import (
@@ -58,6 +60,7 @@ from ._known_hosts import KnownHosts, normalise_fingerprints
 from ._memory import SecureMemoryMode, SecureMemoryOption, secure_memory_mode
 from ._params import NotGiven, is_given
 from ._ratelimit import RateLimiter, make_rate_limiter
+from ._receipts import ReceiptContext, receipts_writer
 from ._response import ChatCompletion, to_response
 from ._retry import is_permanent_network_failure, parse_retry_after, should_retry
 from ._transport import check_base_url
@@ -171,12 +174,14 @@ class BaseSecureClient:
         server_key_fingerprint: str | Iterable[str] | None,
         known_hosts: bool | str | os.PathLike[str] | None,
         attestation: AttestationMode,
-        expected_pcrs: PcrPolicy | None,
+        expected_pcrs: PcrPolicy | Literal["tofu"] | None,
         max_response_size: int,
         rate_limit: bool | RateLimiter | None,
         trusted_aik: str | Iterable[str] | None = None,
         reply_binding: ReplyBindingMode = "off",
         max_request_size: int = MAX_REQUEST_BYTES,
+        receipts: bool | str | os.PathLike[str] | None = None,
+        known_pcrs: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_retries < 0:
             raise ConfigurationError("max_retries must be >= 0")
@@ -212,7 +217,11 @@ class BaseSecureClient:
             else KnownHosts(None if known_hosts is True else known_hosts)
         )
         self.attestation = check_mode(attestation)
-        self.expected_pcrs = expected_pcrs
+        self._known_pcrs = remembered_pcrs(expected_pcrs, known_pcrs, self.attestation)
+        self.expected_pcrs: PcrPolicy | None = (
+            None if self._known_pcrs is not None or expected_pcrs == "tofu" else expected_pcrs
+        )
+        self._receipts = receipts_writer(receipts)
         self.trusted_aiks = normalise_fingerprints(trusted_aik)
         if self.trusted_aiks and self.attestation == "off":
             raise ConfigurationError(
@@ -564,27 +573,42 @@ class BaseSecureClient:
         processed_at: Any,
         algorithm: str,
         binding: str | None = None,
+        receipt: ReceiptContext | None = None,
     ) -> ChatCompletion:
-        """Complete ``_metadata``, check the reply binding, apply the attestation policy,
-        convert to ``ChatCompletion``.
+        """Complete ``_metadata``, check the reply binding, apply the attestation policy
+        (and remembered PCR values), write the receipt, convert to ``ChatCompletion``.
 
         Raises:
             EnvelopeError / SecurityError: see :func:`complete_metadata`; SecurityError also
                 when ``reply_binding="require"`` or ``attestation="require"`` fails.
         """
-        reply = complete_metadata(value, payload_id, processed_at, algorithm)
-        returned = reply["_metadata"].pop("reply_binding", None)
-        if self.reply_binding == "require":
-            expected = (binding or "").encode("ascii")
-            got = returned.encode("utf-8", "replace") if isinstance(returned, str) else b""
-            # Constant time; an empty expected secret (no binding was sent) never matches.
-            if not hmac.compare_digest(got, expected) or not expected:
-                raise SecurityError("the reply does not carry this request's reply binding")
-        apply_attestation_policy(
-            reply["_metadata"],
-            payload_id,
-            self.attestation,
-            self.expected_pcrs,
-            self.trusted_aiks,
-        )
+        try:
+            reply = complete_metadata(value, payload_id, processed_at, algorithm)
+        except (SecurityError, EnvelopeError) as exc:
+            if receipt is not None:
+                receipt.write(None, "off" if binding is None else "not_checked", exc)
+            raise
+        metadata = reply["_metadata"]
+        bound = "off"
+        try:
+            returned = metadata.pop("reply_binding", None)
+            if self.reply_binding == "require":
+                bound = "failed"
+                expected = (binding or "").encode("ascii")
+                got = returned.encode("utf-8", "replace") if isinstance(returned, str) else b""
+                # Constant time; an empty expected secret (no binding was sent) never matches.
+                if not hmac.compare_digest(got, expected) or not expected:
+                    raise SecurityError("the reply does not carry this request's reply binding")
+                bound = "ok"
+            apply_attestation_policy(
+                metadata, payload_id, self.attestation, self.expected_pcrs, self.trusted_aiks
+            )
+            if self._known_pcrs is not None:
+                check_remembered(metadata, self._known_pcrs, self.router_url, self.attestation)
+        except SecurityError as exc:
+            if receipt is not None:
+                receipt.write(metadata, bound, exc)
+            raise
+        if receipt is not None:
+            receipt.write(metadata, bound)
         return to_response(reply, ChatCompletion)

@@ -39,6 +39,7 @@ from ._params import (
     given_parameters,
 )
 from ._ratelimit import RateLimiter, make_rate_limiter
+from ._receipts import streamed
 from ._response import ChatCompletion
 from ._signature import takes_arguments_of
 from ._stream import AsyncStream, Stream
@@ -138,15 +139,19 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         server_key_fingerprint: str | Iterable[str] | None = None,
         known_hosts: bool | str | os.PathLike[str] | None = None,
         attestation: AttestationMode = "off",
-        expected_pcrs: PcrPolicy | None = None,
+        expected_pcrs: PcrPolicy | Literal["tofu"] | None = None,
         transport: TransportT | None = None,
         http_client: HttpClientT | None = None,
         rate_limit: bool | RateLimiter | None = None,
         trusted_aik: str | Iterable[str] | None = None,
         reply_binding: ReplyBindingMode = "off",
         max_request_size: int = MAX_REQUEST_BYTES,
+        receipts: bool | str | os.PathLike[str] | None = None,
+        known_pcrs: str | os.PathLike[str] | None = None,
     ) -> None:
         options: dict[str, Any] = {
+            "receipts": receipts,
+            "known_pcrs": known_pcrs,
             "max_request_size": max_request_size,
             "known_hosts": known_hosts,
             "attestation": attestation,
@@ -397,7 +402,9 @@ class AsyncCompletions:
     ) -> ChatCompletion | AsyncStream:
         """``await client.chat.completions.create(model=..., messages=..., ...)``"""
         streaming = _stream_arguments(stream, stream_options)
-        return _as_stream(await self._owner.create(*args, **kwargs), streaming, AsyncStream)
+        with streamed(streaming[0]):
+            completion = await self._owner.create(*args, **kwargs)
+        return _as_stream(completion, streaming, AsyncStream)
 
 
 class AsyncChat:
@@ -445,7 +452,9 @@ class SyncCompletions:
     ) -> ChatCompletion | Stream:
         """``client.chat.completions.create(model=..., messages=..., ...)``"""
         streaming = _stream_arguments(stream, stream_options)
-        return _as_stream(self._owner.create(*args, **kwargs), streaming, Stream)
+        with streamed(streaming[0]):
+            completion = self._owner.create(*args, **kwargs)
+        return _as_stream(completion, streaming, Stream)
 
 
 class SyncChat:
@@ -488,7 +497,7 @@ class SecureChatCompletion(
             larger request raises :class:`~nomyo.RequestTooLargeError` before it is
             encrypted. Keep it at most 3/4 of the router's body limit (sealing adds 1/3).
         timeout, verify, server_key_fingerprint, known_hosts, attestation, expected_pcrs,
-            trusted_aik, reply_binding, transport, http_client: see
+            known_pcrs, trusted_aik, reply_binding, receipts, transport, http_client: see
             :class:`~nomyo.SecureCompletionClient`.
 
     Attributes:

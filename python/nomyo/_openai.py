@@ -56,6 +56,7 @@ import httpx
 
 from ._chat import SecureChatCompletion, SyncSecureChatCompletion
 from ._exceptions import APIConnectionError, APITimeoutError, KeyFormatError, NomyoError
+from ._receipts import streamed
 from ._relay import (
     CHAT,
     Api,
@@ -248,7 +249,8 @@ class OpenAITransport(_OpenAIRouting, httpx.BaseTransport):
             return routed
         api, call = routed
         try:
-            reply = self.chat.create(call.model, call.messages, **call.options)
+            with streamed(call.stream):
+                reply = self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
         return self._reply(request, api, call, reply)
@@ -271,7 +273,8 @@ class AsyncOpenAITransport(_OpenAIRouting, httpx.AsyncBaseTransport):
             return routed
         api, call = routed
         try:
-            reply = await self.chat.create(call.model, call.messages, **call.options)
+            with streamed(call.stream):
+                reply = await self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
         return self._reply(request, api, call, reply)

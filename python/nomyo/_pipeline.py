@@ -19,12 +19,13 @@ with ``_core``) both answer ``get_key(url)`` and ``post_sealed(request)`` with a
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from . import _aio, _core
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
@@ -48,6 +49,7 @@ from ._memory import SecureMemoryOption
 from ._native import NativeTransport, native_trust
 from ._params import NOT_GIVEN, NotGiven
 from ._ratelimit import RateLimiter
+from ._receipts import ReceiptContext
 from ._response import ChatCompletion
 from ._retry import retry_delay
 from ._transport import (
@@ -297,6 +299,8 @@ class Reply:
     timings: Timings = field(default_factory=lambda: Timings(0, 0, 0.0, 0.0, 0.0, 0.0))
     #: Opens a 200 reply: ``(value, processed_at, algorithm)``.
     opener: Callable[[], Flow[tuple[Any, Any, str]]] | None = field(default=None, repr=False)
+    #: SHA-256 of the sealed request as sent and of the sealed reply as received.
+    digests: Callable[[], tuple[bytes, bytes]] | None = field(default=None, repr=False)
 
     @property
     def opened(self) -> bool:
@@ -366,6 +370,7 @@ class NativeSealedTransport:
                 exchange.open_seconds,
             ),
             opener=opener if opened else None,
+            digests=lambda: (exchange.request_sha256, exchange.reply_sha256),
         )
 
 
@@ -412,6 +417,7 @@ class HttpxSealedTransport:
             timings=Timings(
                 len(body), len(data), sealed - started, waited, time.perf_counter() - sending, 0.0
             ),
+            digests=lambda: (hashlib.sha256(body).digest(), hashlib.sha256(data).digest()),
         )
 
         def opener() -> Flow[tuple[Any, Any, str]]:
@@ -455,7 +461,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         server_key_fingerprint: str | Iterable[str] | None = None,
         known_hosts: bool | str | os.PathLike[str] | None = None,
         attestation: AttestationMode = "off",
-        expected_pcrs: PcrPolicy | None = None,
+        expected_pcrs: PcrPolicy | Literal["tofu"] | None = None,
         transport: TransportT | None = None,
         http_client: HttpClientT | None = None,
         max_response_size: int = MAX_RESPONSE_BYTES,
@@ -463,6 +469,8 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         rate_limit: bool | RateLimiter | None = None,
         trusted_aik: str | Iterable[str] | None = None,
         reply_binding: ReplyBindingMode = "off",
+        receipts: bool | str | os.PathLike[str] | None = None,
+        known_pcrs: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(
             router_url,
@@ -478,6 +486,8 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
             trusted_aik=trusted_aik,
             reply_binding=reply_binding,
             max_request_size=max_request_size,
+            receipts=receipts,
+            known_pcrs=known_pcrs,
         )
         check_caller_http(transport, http_client)
         trust = native_trust(verify, transport is not None or http_client is not None)
@@ -639,10 +649,16 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         reply = yield from self._transport.post_sealed(request)
         self._log_reply(payload_id, attempt, reply)
         if reply.opener is not None:
-            value, processed_at, algorithm = yield from reply.opener()
+            receipt = ReceiptContext.of(self, request, reply.digests)
+            try:
+                value, processed_at, algorithm = yield from reply.opener()
+            except (SecurityError, EnvelopeError) as exc:
+                if receipt is not None:  # a 200 reply that does not open: refused
+                    receipt.write(None, "off" if binding is None else "not_checked", exc)
+                raise
             if logger.isEnabledFor(logging.DEBUG):
                 self._log_opened(payload_id, reply.timings.open_seconds)
-            return self._finish_reply(value, payload_id, processed_at, algorithm, binding)
+            return self._finish_reply(value, payload_id, processed_at, algorithm, binding, receipt)
         details = error_details(reply.body)
         if self._is_decrypt_failure(reply.status, details) and (
             yield from self._key_changed_flow(used_key)

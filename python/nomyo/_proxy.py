@@ -34,6 +34,7 @@ from ._chat import SecureChatCompletion
 from ._config import is_loopback_host
 from ._exceptions import ConfigurationError, NomyoError, SecureMemoryError
 from ._http_server import Connections, HTTPRequest, HTTPResponse, Limits
+from ._receipts import streamed
 from ._relay import (
     CHAT,
     EVENT_STREAM,
@@ -280,7 +281,8 @@ class ChatProxy:
             call.options["api_key"] = api_key
         self.requests += 1
         try:
-            reply = await self.chat.create(call.model, call.messages, **call.options)
+            with streamed(call.stream):
+                reply = await self.chat.create(call.model, call.messages, **call.options)
         except SecureMemoryError as exc:
             logger.error("request refused: %s", exc)  # sizes and the fix; never content
             return _error(self._failure(exc), api.error_body)

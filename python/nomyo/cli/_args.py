@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "common",
     "memory_kwargs",
     "model",
+    "pcr_policy",
     "positive_int",
     "temperature",
     "trust_kwargs",
@@ -34,7 +36,8 @@ KEY_SIZES = (2048, 3072, 4096)
 EPILOG = f"""\
 environment: NOMYO_BASE_URL, NOMYO_API_KEY, NOMYO_MODEL (defaults for --base-url, --api-key,
 --model), {ENV_KEY_PASSWORD} (password of the key in --key-dir), NOMYO_PROXY_TOKEN
-(the proxy's --auth-token), HTTPS_PROXY/NO_PROXY, SSL_CERT_FILE.
+(the proxy's --auth-token), NOMYO_RECEIPTS (--receipts), NOMYO_KNOWN_HOSTS, NOMYO_KNOWN_PCRS,
+HTTPS_PROXY/NO_PROXY, SSL_CERT_FILE.
 exit codes: 0 ok, 1 failure, 2 usage, 3 server unreachable, 4 plain HTTP or TLS certificate
 refused or security check failed, 5 bad key or wrong password, 6 server answered 4xx/5xx,
 130 interrupted."""
@@ -112,6 +115,26 @@ def add_trust_args(parser: argparse.ArgumentParser) -> None:
         "SubjectPublicKeyInfo); repeatable; implies --attestation require",
     )
     group.add_argument(
+        "--expected-pcrs",
+        type=pcr_policy_or_tofu,
+        metavar="JSON|tofu",
+        help='PCR values the quote must hold, as JSON ({"sha256": {"7": "<hex>"}}), or tofu: '
+        "remember each router's first verified values in the known-PCRs file and refuse a "
+        "change until 'nomyo attest trust URL'; implies --attestation require",
+    )
+    group.add_argument(
+        "--known-pcrs",
+        metavar="PATH",
+        help="the known-PCRs file (implies --expected-pcrs tofu; default $NOMYO_KNOWN_PCRS, "
+        "else known_pcrs beside the known-hosts file)",
+    )
+    group.add_argument(
+        "--receipts",
+        metavar="FILE",
+        help="append one JSON receipt per answered request to FILE (0600; no plaintext, keys "
+        "or tokens; default $NOMYO_RECEIPTS); check them with 'nomyo verify FILE'",
+    )
+    group.add_argument(
         "--reply-binding",
         choices=("off", "require"),
         default="off",
@@ -124,13 +147,37 @@ def trust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The client keyword arguments of :func:`add_trust_args`' options."""
     known_hosts: str | bool | None = args.known_hosts or (True if args.tofu else None)
     trusted = args.trusted_aiks or None
+    expected = args.expected_pcrs or ("tofu" if args.known_pcrs else None)
     return {
         "server_key_fingerprint": args.pins or None,
         "known_hosts": known_hosts,
-        "attestation": args.attestation or ("require" if trusted else "off"),
+        "attestation": args.attestation or ("require" if trusted or expected else "off"),
         "trusted_aik": trusted,
+        "expected_pcrs": expected,
+        "known_pcrs": args.known_pcrs,
+        "receipts": args.receipts,
         "reply_binding": args.reply_binding,
     }
+
+
+def pcr_policy(text: str) -> dict[str, dict[int, str]]:
+    """``--expected-pcrs`` JSON: ``{"sha256": {"7": "<hex>"}}`` (indexes as strings or ints)."""
+    shape = 'expected PCR values as JSON, e.g. {"sha256": {"7": "<64 hex digits>"}}'
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(shape)
+        return {
+            str(bank): {int(index): str(digest) for index, digest in pcrs.items()}
+            for bank, pcrs in value.items()
+        }
+    except (ValueError, TypeError, AttributeError):
+        raise argparse.ArgumentTypeError(f"not {shape}: {text!r}") from None
+
+
+def pcr_policy_or_tofu(text: str) -> dict[str, dict[int, str]] | str:
+    """:func:`pcr_policy`, or ``tofu``."""
+    return "tofu" if text == "tofu" else pcr_policy(text)
 
 
 def add_memory_arg(parser: argparse.ArgumentParser) -> None:
