@@ -30,7 +30,7 @@ async def _run_child(args: argparse.Namespace, command: list[str]) -> int:
     token = new_token()
     async with serving_proxy(args, "127.0.0.1", 0, auth_token=token) as proxy:
         err(f"nomyo run: proxy on {proxy.url}/v1 -> {display_url(proxy.chat.client.router_url)}")
-        return await run_with_proxy(command, proxy.url + "/v1", token)
+        return await run_with_proxy(command, proxy.url + "/v1", token, pass_env=args.pass_env)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -42,10 +42,21 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Start the proxy on a free loopback port with a fresh random token, run "
         "CMD with OPENAI_BASE_URL, OPENAI_API_BASE and OPENAI_API_KEY pointing at it, forward "
         "signals to it, and exit with its status. The program's requests are encrypted end to "
-        "end without a code change.",
+        "end without a code change. CMD does not get NOMYO_API_KEY, NOMYO_KEY_PASSWORD, "
+        "NOMYO_PROXY_TOKEN or NOMYO_BASE_URL (--pass-env hands one over), and on Linux it "
+        "cannot outlive nomyo run: it is killed when nomyo run dies, and whatever it leaves "
+        "running is ended when nomyo run exits.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_forwarding_args(run, callers=False)
     run.set_defaults(handler=cmd_run, auth_token=None)
+    run.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="hand this withheld variable (NOMYO_API_KEY, NOMYO_KEY_PASSWORD, "
+        "NOMYO_PROXY_TOKEN, NOMYO_BASE_URL) to CMD on purpose; repeatable",
+    )
     run.add_argument("child", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
