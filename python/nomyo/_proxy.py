@@ -9,7 +9,9 @@ use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 Access: with an ``auth_token`` every request must carry ``Authorization: Bearer <token>``
 (compared in constant time; never forwarded, never logged). Without one, any local user who
 can reach the port uses the proxy and with it the configured API key. The caller's own bearer
-token is forwarded to the router only when ``forward_api_key`` is set.
+token is forwarded to the router only when ``forward_api_key`` is set. Requests from web
+pages (an ``Origin`` header) are refused unless their origin is in ``allowed_origins``, with
+or without ``allow_remote``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -38,7 +40,7 @@ from ._relay import (
     reply_headers,
 )
 
-__all__ = ["ChatProxy"]
+__all__ = ["ChatProxy", "normalise_origin"]
 
 logger = logging.getLogger("nomyo.proxy")
 
@@ -76,9 +78,11 @@ class ChatProxy:
         host: address to bind; port: port to bind (0 picks a free one).
         model: the model listed by ``/v1/models`` and used when a request names none.
         security_tier: tier for requests without an ``X-Security-Tier`` header.
-        allow_remote: accept any ``Host`` header and browser (``Origin``) requests. When
-            false, only loopback host names are accepted (against DNS rebinding) and requests
-            from web pages are refused (against cross-site use of the API key).
+        allow_remote: accept any ``Host`` header. When false, only loopback host names are
+            accepted (against DNS rebinding).
+        allowed_origins: web origins (``scheme://host[:port]``) whose pages may call the
+            proxy; a request with any other ``Origin`` is refused (against cross-site use of
+            the API key), and so is every browser request when there are none.
         auth_token: require ``Authorization: Bearer <auth_token>`` on every request.
         forward_api_key: without an API key of the client's own, forward the caller's bearer
             token to the router as its API key (off: a tool's ``OPENAI_API_KEY`` stays
@@ -98,6 +102,7 @@ class ChatProxy:
         auth_token: str | None = None,
         forward_api_key: bool = False,
         limits: Limits | None = None,
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         if auth_token is not None and not auth_token:
             raise ConfigurationError("the proxy's auth token must not be empty")
@@ -112,6 +117,7 @@ class ChatProxy:
         self.model = model
         self.security_tier = security_tier
         self.allow_remote = allow_remote
+        self.allowed_origins = frozenset(normalise_origin(o) for o in allowed_origins)
         self.forward_api_key = forward_api_key
         self._auth_token = auth_token.encode("utf-8") if auth_token is not None else None
         self.limits = limits or Limits(
@@ -164,6 +170,7 @@ class ChatProxy:
         except Exception:
             logger.exception("proxy request failed")
             response = _error(error_reply(500, "internal error in the nomyo proxy"))
+        _allow_origin(request, response, self.allowed_origins)
         logger.debug(
             "%s %s -> %d (%.0f ms)",
             request.method,
@@ -174,7 +181,10 @@ class ChatProxy:
         return response
 
     async def _dispatch(self, request: HTTPRequest) -> HTTPResponse:
-        refused = self._refuse_foreign(request) or self._refuse_unauthorized(request)
+        refused = self._refuse_foreign(request)
+        if refused is None and request.method == "OPTIONS" and request.header("origin"):
+            return _preflight()  # from an allowed origin (browsers send no token here)
+        refused = refused or self._refuse_unauthorized(request)
         if refused is not None:
             return refused
         path = request.path.rstrip("/") or "/"
@@ -204,15 +214,22 @@ class ChatProxy:
         )
 
     def _refuse_foreign(self, request: HTTPRequest) -> HTTPResponse | None:
-        if self.allow_remote:
-            return None
-        host = request.header("host")
-        name = urlsplit("//" + host).hostname if host else None
-        if host is not None and (name is None or not is_loopback_host(name)):
-            return _error(error_reply(403, "the proxy only answers loopback host names"))
-        if request.header("origin") is not None:
+        if not self.allow_remote:
+            host = request.header("host")
+            try:
+                name = urlsplit("//" + host).hostname if host else None
+            except ValueError:
+                name = None
+            if host is not None and (name is None or not is_loopback_host(name)):
+                return _error(error_reply(403, "the proxy only answers loopback host names"))
+        origin = request.header("origin")
+        if origin is not None and not _origin_allowed(origin, self.allowed_origins):
             return _error(
-                error_reply(403, "requests from web pages are refused by the nomyo proxy")
+                error_reply(
+                    403,
+                    "requests from web pages are refused by the nomyo proxy (allow an "
+                    "origin with --allow-origin)",
+                )
             )
         return None
 
@@ -271,6 +288,58 @@ def _answer(call: ChatCall, reply: dict[str, object]) -> HTTPResponse:
     body = event_stream(reply, include_usage=call.include_usage)
     headers["cache-control"] = "no-cache"
     return HTTPResponse(200, body, EVENT_STREAM, headers=list(headers.items()))
+
+
+def normalise_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case without a default port.
+
+    Raises:
+        ConfigurationError: not an http(s) origin (a path, a query, ``null``, ...).
+    """
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"not a web origin: {origin!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigurationError(f"not a web origin (scheme://host[:port]): {origin!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError(f"not a web origin (scheme://host[:port]): {origin!r}")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    default = {"https": 443, "http": 80}[scheme]
+    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+def _origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
+    if not allowed:
+        return False
+    try:
+        return normalise_origin(origin) in allowed
+    except ConfigurationError:
+        return False
+
+
+def _allow_origin(request: HTTPRequest, response: HTTPResponse, allowed: frozenset[str]) -> None:
+    """CORS headers on a reply to an allowed origin's page (it could not read it otherwise)."""
+    origin = request.header("origin")
+    if origin is None or not _origin_allowed(origin, allowed):
+        return
+    response.headers.append(("Access-Control-Allow-Origin", origin))
+    response.headers.append(("Vary", "Origin"))
+
+
+def _preflight() -> HTTPResponse:
+    return HTTPResponse(
+        204,
+        content_type=None,
+        headers=[
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+            ("Access-Control-Allow-Headers", "authorization, content-type, x-security-tier"),
+            ("Access-Control-Max-Age", "600"),
+        ],
+    )
 
 
 def _bearer_token(request: HTTPRequest) -> str | None:
