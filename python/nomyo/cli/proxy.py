@@ -76,8 +76,11 @@ async def serving_proxy(
     args: argparse.Namespace, host: str, port: int, *, auth_token: str | None
 ) -> AsyncIterator[ChatProxy]:
     """The client and the running proxy of ``nomyo proxy`` and ``nomyo run``."""
+    from .._heap import keep_large_buffers_mapped
     from .._http_server import Limits
     from .._proxy import MAX_BUFFERED_BYTES, MAX_REQUEST_BYTES, ChatProxy
+
+    keep_large_buffers_mapped()  # replies held for slow readers are given back when freed
 
     url = resolve_base_url(args.base_url)
     chat = SecureChatCompletion(
