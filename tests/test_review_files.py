@@ -28,6 +28,7 @@ from nomyo._files import (
     open_checked,
     open_lock,
     read_text,
+    replace_file,
 )
 from nomyo._keys import save_key_pair
 from nomyo._known_hosts import KnownHosts
@@ -102,6 +103,19 @@ def test_the_helper_refuses_symlinks_and_open_modes(tmp_path: Path) -> None:
         check_directory(tmp_path / "open")
     (tmp_path / "open").chmod(0o1777)  # sticky: only a file's owner may replace it
     check_directory(tmp_path / "open")
+
+
+@posix
+def test_replace_file_replaces_a_symlink_instead_of_following_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    target = tmp_path / "receipts"
+    target.symlink_to(victim)
+    replace_file(target, b"new")
+    assert victim.read_text() == "untouched"
+    assert not target.is_symlink() and read_text(target, private=True) == "new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["receipts", "victim"]
 
 
 # -- 6. known_hosts and its lock -------------------------------------------------------------

@@ -15,16 +15,24 @@ A refusal names the fix (``chmod 600 PATH``, ``chown``). Directories are checked
 others unless the sticky bit is set (then only the owner of a file can replace it, and the
 file's own owner check decides).
 
+Writing: :func:`replace_file` (a new 0600 file under a random name beside the target,
+``O_EXCL | O_NOFOLLOW``, fsync'ed, renamed over it: a symlink at the target is replaced, never
+followed); appending: ``open_checked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)``.
+
 Example::
 
-    from nomyo._files import read_text
-    text = read_text(path, what="known-hosts file", error=SecurityError)
+    from nomyo._files import UnsafeFileError, read_text
+    try:
+        text = read_text(path, what="known-hosts file")
+    except UnsafeFileError as exc:
+        raise SecurityError(str(exc)) from None
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import stat
 from collections.abc import Iterator
@@ -38,6 +46,7 @@ __all__ = [
     "open_lock",
     "read_bytes",
     "read_text",
+    "replace_file",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -170,6 +179,27 @@ def open_lock(path: str | os.PathLike[str], *, what: str = "lock file") -> Itera
     fd = open_checked(path, os.O_RDWR | os.O_CREAT, what=what)
     with os.fdopen(fd, "r+b") as f:
         yield f
+
+
+def replace_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (readers see the old file or the new one).
+
+    Raises:
+        OSError: the file cannot be written; ``path`` is left as it was.
+    """
+    target = os.fspath(path)
+    directory, name = os.path.split(target)
+    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def check_directory(path: str | os.PathLike[str], *, what: str = "directory") -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shlex
 import threading
 from collections.abc import Iterable, Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError, SecurityError
-from ._files import UnsafeFileError, open_lock, read_text
+from ._files import UnsafeFileError, open_lock, read_text, replace_file
 
 try:
     import fcntl
@@ -206,20 +205,8 @@ class KnownHosts:
         lines = [f"{url} {fp}" for url in sorted(entries) for fp in sorted(entries[url])]
         # Entries that do not parse stay as they are: dropping them would reset their URL.
         lines += [raw for url in sorted(contents.broken) for _, raw in contents.broken[url]]
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(_HEADER + "\n")
-                f.write("".join(line + "\n" for line in lines))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        text = _HEADER + "\n" + "".join(line + "\n" for line in lines)
+        replace_file(self.path, text.encode("utf-8"))
 
     def check(self, url: str, fingerprint: str) -> None:
         """Accept a known key, remember a first key, refuse a changed one.

@@ -77,7 +77,7 @@ def launch_argv(path: str, command: Sequence[str], parent: int | None = None) ->
     On Linux, the exec wrapper described above; elsewhere ``command`` itself.
     """
     if not SUPPORTED or not sys.executable:
-        return [path, *command[1:]]
+        return list(command)
     parent = os.getpid() if parent is None else parent
     return [sys.executable, "-I", "-S", "-c", _WRAPPER, str(parent), path, *command]
 
