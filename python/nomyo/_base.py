@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
@@ -55,7 +54,7 @@ from ._exceptions import (
     SecurityError,
     error_for_status,
 )
-from ._keys import Password, load_private_key, save_key_pair
+from ._keys import Password, load_private_key, read_public_key_pem, save_key_pair
 from ._known_hosts import KnownHosts, normalise_fingerprints
 from ._memory import SecureMemoryMode, SecureMemoryOption, secure_memory_mode
 from ._params import NotGiven, is_given
@@ -279,7 +278,7 @@ class BaseSecureClient:
         key = load_private_key(private_key_path, password, allow_readable=allow_readable)
         pem = None
         if public_key_path is not None:
-            pem = Path(public_key_path).read_text().strip()
+            pem = read_public_key_pem(public_key_path)
             if _core.PublicKey.from_pem(pem) != key.public_key():
                 raise KeyFormatError(
                     f"{public_key_path} does not hold the public key of {private_key_path}"

@@ -16,7 +16,8 @@ Access: with an ``auth_token`` every request except ``GET /healthz`` must carry
 ``Authorization: Bearer <token>`` or ``x-api-key: <token>`` (compared in constant time; never
 forwarded, never logged). Without one, any local user who can reach the port uses the proxy
 and with it the configured API key. The caller's own token is forwarded to the router only
-when ``forward_api_key`` is set.
+when ``forward_api_key`` is set. Requests from web pages (an ``Origin`` header) are refused
+unless their origin is in ``allowed_origins``, with or without ``allow_remote``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -50,7 +51,7 @@ from ._relay import (
 )
 from ._responses import RESPONSES
 
-__all__ = ["ChatProxy"]
+__all__ = ["ChatProxy", "normalise_origin"]
 
 logger = logging.getLogger("nomyo.proxy")
 
@@ -107,9 +108,11 @@ class ChatProxy:
         host: address to bind; port: port to bind (0 picks a free one).
         model: the model listed by ``/v1/models`` and used when a request names none.
         security_tier: tier for requests without an ``X-Security-Tier`` header.
-        allow_remote: accept any ``Host`` header and browser (``Origin``) requests. When
-            false, only loopback host names are accepted (against DNS rebinding) and requests
-            from web pages are refused (against cross-site use of the API key).
+        allow_remote: accept any ``Host`` header. When false, only loopback host names are
+            accepted (against DNS rebinding).
+        allowed_origins: web origins (``scheme://host[:port]``) whose pages may call the
+            proxy; a request with any other ``Origin`` is refused (against cross-site use of
+            the API key), and so is every browser request when there are none.
         auth_token: require ``Authorization: Bearer <auth_token>`` on every request.
         forward_api_key: without an API key of the client's own, forward the caller's bearer
             token to the router as its API key (off: a tool's ``OPENAI_API_KEY`` stays
@@ -129,6 +132,7 @@ class ChatProxy:
         auth_token: str | None = None,
         forward_api_key: bool = False,
         limits: Limits | None = None,
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         if auth_token is not None and not auth_token:
             raise ConfigurationError("the proxy's auth token must not be empty")
@@ -143,6 +147,7 @@ class ChatProxy:
         self.model = model
         self.security_tier = security_tier
         self.allow_remote = allow_remote
+        self.allowed_origins = frozenset(normalise_origin(o) for o in allowed_origins)
         self.forward_api_key = forward_api_key
         self._auth_token = auth_token.encode("utf-8") if auth_token is not None else None
         self.limits = limits or Limits(
@@ -195,6 +200,7 @@ class ChatProxy:
         except Exception:
             logger.exception("proxy request failed")
             response = _error(error_reply(500, "internal error in the nomyo proxy"))
+        _allow_origin(request, response, self.allowed_origins)
         logger.debug(
             "%s %s -> %d (%.0f ms)",
             request.method,
@@ -209,6 +215,8 @@ class ChatProxy:
         api = ROUTES.get(path)
         shape = api.error_body if api is not None else _error_shape(path)
         refused = self._refuse_foreign(request)
+        if refused is None and request.method == "OPTIONS" and request.header("origin"):
+            return _preflight()  # from an allowed origin (browsers send no token here)
         if refused is None and path != HEALTH_PATH:  # liveness needs no token: it tells nothing
             refused = self._refuse_unauthorized(request)
         if refused is not None:
@@ -243,14 +251,21 @@ class ChatProxy:
         )
 
     def _refuse_foreign(self, request: HTTPRequest) -> ErrorReply | None:
-        if self.allow_remote:
-            return None
-        host = request.header("host")
-        name = urlsplit("//" + host).hostname if host else None
-        if host is not None and (name is None or not is_loopback_host(name)):
-            return error_reply(403, "the proxy only answers loopback host names")
-        if request.header("origin") is not None:
-            return error_reply(403, "requests from web pages are refused by the nomyo proxy")
+        if not self.allow_remote:
+            host = request.header("host")
+            try:
+                name = urlsplit("//" + host).hostname if host else None
+            except ValueError:
+                name = None
+            if host is not None and (name is None or not is_loopback_host(name)):
+                return error_reply(403, "the proxy only answers loopback host names")
+        origin = request.header("origin")
+        if origin is not None and not _origin_allowed(origin, self.allowed_origins):
+            return error_reply(
+                403,
+                "requests from web pages are refused by the nomyo proxy (allow an origin with "
+                "--allow-origin)",
+            )
         return None
 
     def _refuse_unauthorized(self, request: HTTPRequest) -> ErrorReply | None:
@@ -327,6 +342,61 @@ def _caller_tokens(request: HTTPRequest) -> list[str]:
     tokens = [bearer.strip()] if scheme.lower() == "bearer" else []
     tokens.append((request.header("x-api-key") or "").strip())
     return [token for token in tokens if token]
+
+
+def normalise_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case without a default port.
+
+    Raises:
+        ConfigurationError: not an http(s) origin (a path, a query, ``null``, ...).
+    """
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"not a web origin: {origin!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigurationError(f"not a web origin (scheme://host[:port]): {origin!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError(f"not a web origin (scheme://host[:port]): {origin!r}")
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    default = {"https": 443, "http": 80}[scheme]
+    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+def _origin_allowed(origin: str, allowed: frozenset[str]) -> bool:
+    if not allowed:
+        return False
+    try:
+        return normalise_origin(origin) in allowed
+    except ConfigurationError:
+        return False
+
+
+def _allow_origin(request: HTTPRequest, response: HTTPResponse, allowed: frozenset[str]) -> None:
+    """CORS headers on a reply to an allowed origin's page (it could not read it otherwise)."""
+    origin = request.header("origin")
+    if origin is None or not _origin_allowed(origin, allowed):
+        return
+    response.headers.append(("Access-Control-Allow-Origin", origin))
+    response.headers.append(("Vary", "Origin"))
+
+
+def _preflight() -> HTTPResponse:
+    return HTTPResponse(
+        204,
+        content_type=None,
+        headers=[
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+            (
+                "Access-Control-Allow-Headers",
+                "authorization, x-api-key, anthropic-version, content-type, x-security-tier",
+            ),
+            ("Access-Control-Max-Age", "600"),
+        ],
+    )
 
 
 def _not_allowed(

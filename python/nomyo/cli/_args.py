@@ -250,5 +250,6 @@ def add_forwarding_args(parser: argparse.ArgumentParser, *, callers: bool) -> No
         "--max-buffered-mib",
         type=positive_int,
         metavar="MIB",
-        help="request bodies held at once over all connections, MiB (default 64)",
+        help="request bodies held at once over all connections, and apart from them replies "
+        "waiting for slow readers, MiB each (default 64); beyond it: 503 with Retry-After",
     )
