@@ -286,6 +286,15 @@ def test_rotation_interval_sources(monkeypatch: pytest.MonkeyPatch) -> None:
         nomyo.SyncSecureChatCompletion("https://router.invalid", key_rotation_interval=0)
 
 
+def test_doctor_reports_the_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nomyo.cli.doctor import diagnose
+
+    monkeypatch.setenv(ENV_KEY_ROTATION, "600")
+    assert diagnose(4096)["client_keys"]["process_key_rotation_seconds"] == 600.0
+    monkeypatch.setenv(ENV_KEY_ROTATION, "never")
+    assert diagnose(4096)["client_keys"]["process_key_rotation_seconds"] is None
+
+
 def test_cli_option(router: RouterThread) -> None:
     parser = build_parser()
     args = parser.parse_args(["proxy", "--key-rotation", "90"])
