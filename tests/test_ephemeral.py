@@ -25,6 +25,7 @@ import nomyo
 from nomyo._ephemeral import (
     DEFAULT_ROTATION_SECONDS,
     ENV_KEY_ROTATION,
+    ProcessKey,
     process_key,
     resolve_rotation_interval,
 )
@@ -284,6 +285,16 @@ def test_rotation_interval_sources(monkeypatch: pytest.MonkeyPatch) -> None:
             resolve_rotation_interval(bad)  # type: ignore[arg-type]
     with pytest.raises(nomyo.ConfigurationError):
         nomyo.SyncSecureChatCompletion("https://router.invalid", key_rotation_interval=0)
+
+
+def test_a_failed_key_generation_is_raised_and_retried() -> None:
+    key = ProcessKey(None, bits=1000)  # a size aws-lc refuses: generation fails for real
+    for attempt in (1, 2):
+        with pytest.raises(nomyo.KeyFormatError, match="1000"):
+            key.wait()
+        assert key.current() is None and key._pending is None, attempt
+    with pytest.raises(nomyo.KeyFormatError):
+        key.rotate()
 
 
 def test_doctor_reports_the_rotation(monkeypatch: pytest.MonkeyPatch) -> None:

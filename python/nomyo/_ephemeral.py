@@ -146,7 +146,7 @@ class ProcessKey:
         """The pair to seal the next request under, made now if there is none (blocks).
 
         Raises:
-            SecurityError: the key could not be generated.
+            KeyFormatError: the key could not be generated (the next call tries again).
         """
         pair = self.current()
         if pair is not None:
@@ -156,7 +156,7 @@ class ProcessKey:
                 self._start_successor()
             pending = self._pending
         if pending is not None:
-            made = pending.result()
+            made = self._result(pending)
             with self._lock:
                 if self._pair is None:
                     self._install(made, time.monotonic())
@@ -175,11 +175,21 @@ class ProcessKey:
                 self._start_successor()
             pending = self._pending
         assert pending is not None
-        made = pending.result()
+        made = self._result(pending)
         with self._lock:
             if self._pending is pending:
                 self._install(made, time.monotonic())
         return self.wait()
+
+    def _result(self, pending: Future[KeyPair]) -> KeyPair:
+        """The pair ``pending`` makes; if making it failed, the next call starts afresh."""
+        try:
+            return pending.result()
+        except BaseException:
+            with self._lock:
+                if self._pending is pending:
+                    self._pending = None
+            raise
 
     def _start_successor(self) -> None:
         """Make the next pair in a daemon thread (under the lock)."""
