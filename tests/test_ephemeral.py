@@ -22,6 +22,7 @@ import openai
 import pytest
 
 import nomyo
+from nomyo import _core
 from nomyo._ephemeral import (
     DEFAULT_ROTATION_SECONDS,
     ENV_KEY_ROTATION,
@@ -285,6 +286,19 @@ def test_rotation_interval_sources(monkeypatch: pytest.MonkeyPatch) -> None:
             resolve_rotation_interval(bad)  # type: ignore[arg-type]
     with pytest.raises(nomyo.ConfigurationError):
         nomyo.SyncSecureChatCompletion("https://router.invalid", key_rotation_interval=0)
+
+
+def test_decrypt_response_opens_with_the_process_pair() -> None:
+    interval = 7_007.0
+    client = nomyo.SyncSecureCompletionClient(
+        "https://router.invalid", key_rotation_interval=interval
+    )
+    pair = client.process_key.wait()
+    reply = {"id": "r", "object": "chat.completion", "choices": []}
+    sealed = _core.seal_json(reply, pair.private_key.public_key())
+    opened = client.decrypt_response(sealed, "pid")
+    assert opened["id"] == "r" and opened["_metadata"]["payload_id"] == "pid"
+    client.close()
 
 
 def test_a_failed_key_generation_is_raised_and_retried() -> None:

@@ -561,7 +561,12 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
     def _open_flow(
         self, encrypted_response: object, payload_id: str, reply_binding: str | None
     ) -> Flow[ChatCompletion]:
-        key, _ = yield from self._sealing_key_flow()
+        found = self._sealing_key()
+        if found is None:  # no key of its own, and no process pair yet: nothing was sealed
+            raise SecurityError(
+                "no client key: send a request first, or call generate_keys() or load_keys()"
+            )
+        key = found[0]
         if not isinstance(encrypted_response, (bytes, bytearray, memoryview)):
             raise EnvelopeError("encrypted response must be bytes")
         opener = functools.partial(_core.open_json, secure_memory=self.secure_memory_mode)
