@@ -53,10 +53,12 @@ bench: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py $(BENCH_ARGS)
 	$(PY) benches/engine.py
+	$(PY) benches/new_client.py
 
 bench-smoke: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py --smoke
+	$(PY) benches/new_client.py --smoke --out .cache/bench-smoke
 	$(PY) benches/proxy.py --smoke --out .cache/bench-smoke
 	$(PY) benches/gateway.py --smoke --out .cache/bench-smoke
 

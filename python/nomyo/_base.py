@@ -42,6 +42,7 @@ from ._constants import (
     REPLY_BINDING_KEY,
     SECURITY_TIERS,
 )
+from ._ephemeral import ProcessKey, process_key, resolve_rotation_interval
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -57,7 +58,7 @@ from ._exceptions import (
 from ._keys import Password, load_private_key, read_public_key_pem, save_key_pair
 from ._known_hosts import KnownHosts, normalise_fingerprints
 from ._memory import SecureMemoryMode, SecureMemoryOption, secure_memory_mode
-from ._params import NotGiven, is_given
+from ._params import NOT_GIVEN, NotGiven, is_given
 from ._ratelimit import RateLimiter, make_rate_limiter
 from ._receipts import ReceiptContext, receipts_writer
 from ._response import ChatCompletion, to_response
@@ -181,6 +182,7 @@ class BaseSecureClient:
         max_request_size: int = MAX_REQUEST_BYTES,
         receipts: bool | str | os.PathLike[str] | None = None,
         known_pcrs: str | os.PathLike[str] | None = None,
+        key_rotation_interval: float | NotGiven | None = NOT_GIVEN,
     ) -> None:
         if max_retries < 0:
             raise ConfigurationError("max_retries must be >= 0")
@@ -206,6 +208,9 @@ class BaseSecureClient:
         self.private_key: _core.PrivateKey | None = None
         self.public_key_pem: str | None = None
         self._quoted_public_key: tuple[str, str] | None = None
+        #: Seconds between rotations of the process-wide key (None: never); a client given
+        #: a key of its own (``generate_keys``, ``load_keys``, ``key_dir``) keeps that one.
+        self.key_rotation_interval = resolve_rotation_interval(key_rotation_interval)
         self._secure_memory = secure_memory
         #: The policy of its secret buffers (see :func:`~nomyo._memory.secure_memory_mode`).
         self.secure_memory_mode: SecureMemoryMode = secure_memory_mode(secure_memory)
@@ -303,9 +308,27 @@ class BaseSecureClient:
             raise ClientClosedError("Cannot send a request, as the client has been closed.")
 
     def _require_keys(self) -> _core.PrivateKey:
-        if self.private_key is None:
-            raise SecurityError("no client key: call generate_keys() or load_keys() first")
-        return self.private_key
+        """This client's own key, else the process-wide one (made now if needed: blocks)."""
+        if self.private_key is not None:
+            return self.private_key
+        return self.process_key.wait().private_key
+
+    @property
+    def process_key(self) -> ProcessKey:
+        """The process-wide key pair this client seals under while it has none of its own."""
+        return process_key(self.key_rotation_interval, self.key_size)
+
+    def _sealing_key(self) -> tuple[_core.PrivateKey, str] | None:
+        """The key to seal the next request under and its ``X-Public-Key`` header value.
+
+        This client's own key, else the process-wide pair; None while that is still being
+        made. A request keeps what this returns until its reply is opened, so a rotation in
+        between never fails it.
+        """
+        if self.private_key is not None:
+            return self.private_key, self._public_key_header(self.private_key)
+        pair = self.process_key.current()
+        return None if pair is None else (pair.private_key, pair.quoted_public_key)
 
     @property
     def server_public_key(self) -> _core.PublicKey | None:
@@ -398,16 +421,17 @@ class BaseSecureClient:
         api_key: str | None,
         security_tier: str | None,
         extra_headers: Mapping[str, object] | None = None,
+        public_key: str | None = None,
     ) -> dict[str, str]:
         """The headers of one request; checks everything that can be checked before sending.
 
         ``extra_headers`` are added (or replace ``Authorization``/``X-Security-Tier``), as
         the openai SDK's are; a None or ``NOT_GIVEN`` value removes the header.
+        ``public_key`` is the ``X-Public-Key`` value (default: this client's key's).
 
         Raises:
             ConfigurationError: an invalid security tier or payload id, or an extra header
                 that the envelope protocol sets itself or whose value is not a string.
-            SecurityError: no client key yet.
         """
         extra: dict[str, str | None] = {}
         for name, value in (extra_headers or {}).items():
@@ -429,10 +453,11 @@ class BaseSecureClient:
             )
         if not payload_id or not (payload_id.isascii() and payload_id.isprintable()):
             raise ConfigurationError("payload_id must be non-empty printable ASCII (a header)")
-        private_key = self._require_keys()
+        if public_key is None:
+            public_key = self._public_key_header(self._require_keys())
         headers = {
             "X-Payload-ID": payload_id,
-            "X-Public-Key": self._public_key_header(private_key),
+            "X-Public-Key": public_key,
             "Content-Type": "application/octet-stream",
             "Accept-Encoding": "identity",
         }

@@ -148,6 +148,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         max_request_size: int = MAX_REQUEST_BYTES,
         receipts: bool | str | os.PathLike[str] | None = None,
         known_pcrs: str | os.PathLike[str] | None = None,
+        key_rotation_interval: float | NotGiven | None = NOT_GIVEN,
     ) -> None:
         options: dict[str, Any] = {
             "receipts": receipts,
@@ -166,6 +167,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
             "server_key_fingerprint": server_key_fingerprint,
             "transport": transport,
             "rate_limit": rate_limit,
+            "key_rotation_interval": key_rotation_interval,
         }
         self._setup(base_url, api_key, key_dir, key_password, http_client, options)
         # A thread lock (taken on a worker thread by the async twin): unlike an async lock it
@@ -187,6 +189,8 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         self.client = self._new_client(base_url, http_client)
         self.api_key = resolve_api_key(api_key)
         self._key_dir = None if key_dir is None else Path(key_dir)
+        if self._key_dir is None:
+            self.client.process_key.prepare()  # made in the background, ready for the first call
         self._key_password = key_password if key_password is not None else password_from_env()
         self._other_clients: dict[str, ClientT] = {}
         self._clients_lock = threading.Lock()
@@ -210,9 +214,11 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
     # -- keys -----------------------------------------------------------------------------
 
     def _load_or_generate(self) -> None:
-        """Load the key dir's key (a failure is an error, never a silent regeneration)."""
+        """Load the key dir's key (a failure is an error, never a silent regeneration).
+
+        Without a key dir, nothing: the client seals under the process-wide pair.
+        """
         if self._key_dir is None:
-            self.client.generate_keys()
             return
         private_path = self._key_dir / PRIVATE_KEY_FILE
         if private_path.exists():
@@ -487,7 +493,11 @@ class SecureChatCompletion(
             when they cannot be locked; False: not locked (still zeroed). See
             :class:`~nomyo.SecureCompletionClient`.
         key_dir: load the key pair from this directory, or generate and save one there.
-            None: a fresh in-memory key pair for this client.
+            None: the process-wide in-memory key pair, shared by every client without a
+            key of its own and rotated every ``key_rotation_interval`` (docs/security.md).
+        key_rotation_interval: seconds between rotations of that process-wide pair
+            (default ``$NOMYO_KEY_ROTATION``, else 24 hours; None: never). A request in
+            flight across a rotation still opens its reply.
         max_retries: retries on 429/5xx and network errors.
         key_password: password (or a callable returning it) of the key in ``key_dir``;
             default: the ``NOMYO_KEY_PASSWORD`` environment variable, if set.
@@ -508,12 +518,9 @@ class SecureChatCompletion(
     _chat_class = AsyncChat
     _client_class = SecureCompletionClient
 
-    async def _ensure_keys(self) -> _core.PrivateKey:
-        if self.client.private_key is not None:
-            return self.client.private_key
-        await _aio.run_sync(self._load_or_generate_once)
-        assert self.client.private_key is not None
-        return self.client.private_key
+    async def _ensure_keys(self) -> None:
+        if self.client.private_key is None and self._key_dir is not None:
+            await _aio.run_sync(self._load_or_generate_once)
 
     def _load_or_generate_once(self) -> None:
         with self._keys_lock:
@@ -575,15 +582,11 @@ class SyncSecureChatCompletion(
     _chat_class = SyncChat
     _client_class = SyncSecureCompletionClient
 
-    def _ensure_keys(self) -> _core.PrivateKey:
-        key = self.client.private_key
-        if key is None:
+    def _ensure_keys(self) -> None:
+        if self.client.private_key is None and self._key_dir is not None:
             with self._keys_lock:
                 if self.client.private_key is None:
                     self._load_or_generate()
-                key = self.client.private_key
-        assert key is not None
-        return key
 
     @takes_arguments_of(BaseSecureChat._prepare)
     def create(self, *args: Any, **kwargs: Any) -> ChatCompletion:

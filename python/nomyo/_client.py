@@ -83,6 +83,10 @@ class SecureCompletionClient(
             at most three quarters of the router's request body limit.
         rate_limit: True keeps every request of this client to the router's public limits
             (2/s, bursts of 4 once per 10 s); a :class:`~nomyo.RateLimiter` can be shared.
+        key_rotation_interval: until ``generate_keys``/``load_keys`` gives the client a key
+            of its own, it seals under the process-wide pair, made once per process and
+            rotated every this many seconds (default ``$NOMYO_KEY_ROTATION``, else 24 hours;
+            None: never).
 
     Raises:
         SecurityError: an ``http://`` URL without ``allow_http=True``.

@@ -471,6 +471,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         reply_binding: ReplyBindingMode = "off",
         receipts: bool | str | os.PathLike[str] | None = None,
         known_pcrs: str | os.PathLike[str] | None = None,
+        key_rotation_interval: float | NotGiven | None = NOT_GIVEN,
     ) -> None:
         super().__init__(
             router_url,
@@ -488,6 +489,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
             max_request_size=max_request_size,
             receipts=receipts,
             known_pcrs=known_pcrs,
+            key_rotation_interval=key_rotation_interval,
         )
         check_caller_http(transport, http_client)
         trust = native_trust(verify, transport is not None or http_client is not None)
@@ -558,10 +560,23 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         sealed: bytes = yield OffLoop(seal, payload, server_key)
         return sealed
 
+    def _sealing_key_flow(self) -> Flow[tuple[_core.PrivateKey, str]]:
+        """The key a request is sealed under (waiting off the loop for the process key)."""
+        found = self._sealing_key()
+        if found is None:
+            pair = yield OffLoop(self.process_key.wait)
+            found = pair.private_key, pair.quoted_public_key
+        return found
+
     def _open_flow(
         self, encrypted_response: object, payload_id: str, reply_binding: str | None
     ) -> Flow[ChatCompletion]:
-        key = self._require_keys()
+        found = self._sealing_key()
+        if found is None:  # no key of its own, and no process pair yet: nothing was sealed
+            raise SecurityError(
+                "no client key: send a request first, or call generate_keys() or load_keys()"
+            )
+        key = found[0]
         if not isinstance(encrypted_response, (bytes, bytearray, memoryview)):
             raise EnvelopeError("encrypted response must be bytes")
         opener = functools.partial(_core.open_json, secure_memory=self.secure_memory_mode)
@@ -589,17 +604,23 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         """
         retries = self._retries(max_retries)
         self._check_request_size(payload)
-        headers = self._request_headers(payload_id, api_key, security_tier, extra_headers)
+        headers = self._request_headers(
+            payload_id, api_key, security_tier, extra_headers, public_key=""
+        )
         url = self._completion_url(extra_query)
         payload, binding = self._bind_request(payload)
         yield Ready()
+        # Every attempt of this request is sealed under this key, which it keeps until its
+        # reply is opened (a rotation in between does not fail it).
+        key, public_key = yield from self._sealing_key_flow()
+        headers["X-Public-Key"] = public_key
         refetched = False
         attempt = 0
         while True:
             try:
                 return (
                     yield from self._attempt_flow(
-                        payload, payload_id, headers, attempt, timeout, binding, url
+                        payload, payload_id, headers, attempt, timeout, binding, url, key
                     )
                 )
             except KeyRotated:
@@ -630,8 +651,9 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         timeout: TimeoutTypes | NotGiven,
         binding: str | None,
         url: str,
+        key: _core.PrivateKey,
     ) -> Flow[ChatCompletion]:
-        """One attempt: seal, send, read, open (or map the error status)."""
+        """One attempt: seal, send, read, open (or map the error status) under ``key``."""
         self._check_payload(payload)
         used_key = yield from self._server_key_flow()
         request = SealedRequest(
@@ -639,7 +661,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
             headers,
             payload,
             used_key,
-            self._require_keys(),
+            key,
             self._max_response,
             self.secure_memory_mode,
             timeout,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from typing import Any
 
 from .._constants import SECURITY_TIERS
+from .._ephemeral import ENV_KEY_ROTATION
+from .._params import NOT_GIVEN
 from ._support import ENV_API_KEY, ENV_KEY_PASSWORD, ENV_MODEL
 
 __all__ = [
@@ -16,11 +19,13 @@ __all__ = [
     "EPILOG",
     "KEY_SIZES",
     "add_forwarding_args",
+    "add_key_rotation_arg",
     "add_memory_arg",
     "add_server_args",
     "add_trust_args",
     "api_key",
     "common",
+    "key_rotation_kwargs",
     "memory_kwargs",
     "model",
     "pcr_policy",
@@ -37,7 +42,7 @@ EPILOG = f"""\
 environment: NOMYO_BASE_URL, NOMYO_API_KEY, NOMYO_MODEL (defaults for --base-url, --api-key,
 --model), {ENV_KEY_PASSWORD} (password of the key in --key-dir), NOMYO_PROXY_TOKEN
 (the proxy's --auth-token), NOMYO_RECEIPTS (--receipts), NOMYO_KNOWN_HOSTS, NOMYO_KNOWN_PCRS,
-HTTPS_PROXY/NO_PROXY, SSL_CERT_FILE.
+NOMYO_KEY_ROTATION (--key-rotation), HTTPS_PROXY/NO_PROXY, SSL_CERT_FILE.
 exit codes: 0 ok, 1 failure, 2 usage, 3 server unreachable, 4 plain HTTP or TLS certificate
 refused or security check failed, 5 bad key or wrong password, 6 server answered 4xx/5xx,
 130 interrupted."""
@@ -200,6 +205,37 @@ def memory_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"secure_memory": {"require": "require", "best-effort": True, "off": False}[choice]}
 
 
+def _rotation(text: str) -> float | None:
+    if text.strip().lower() in ("none", "never", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def add_key_rotation_arg(parser: argparse.ArgumentParser) -> None:
+    """``--key-rotation`` (``chat``, ``proxy``, ``run``); see :func:`key_rotation_kwargs`."""
+    parser.add_argument(
+        "--key-rotation",
+        type=_rotation,
+        default=NOT_GIVEN,
+        metavar="SECONDS",
+        help="rotate the process's in-memory client key pair every SECONDS ('never': keep "
+        f"one; default ${ENV_KEY_ROTATION}, else 86400); a --key-dir key never rotates",
+    )
+
+
+def key_rotation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The client keyword argument of ``--key-rotation`` (none when not given)."""
+    if getattr(args, "key_rotation", NOT_GIVEN) is NOT_GIVEN:
+        return {}
+    return {"key_rotation_interval": args.key_rotation}
+
+
 def temperature(text: str) -> float:
     try:
         value = float(text)
@@ -228,6 +264,7 @@ def add_forwarding_args(parser: argparse.ArgumentParser, *, callers: bool) -> No
     add_server_args(parser)
     add_trust_args(parser)
     add_memory_arg(parser)
+    add_key_rotation_arg(parser)
     parser.add_argument(
         "--model", help=f"model listed and used by default (default {DEFAULT_MODEL})"
     )

@@ -13,10 +13,12 @@ from .._keys import password_from_env
 from ._args import (
     DEFAULT_MODEL,
     EPILOG,
+    add_key_rotation_arg,
     add_memory_arg,
     add_server_args,
     add_trust_args,
     api_key,
+    key_rotation_kwargs,
     memory_kwargs,
     model,
     positive_int,
@@ -104,6 +106,7 @@ async def _chat_once(
         transport=client_transport(url, args.ca_file),
         **trust_kwargs(args),
         **memory_kwargs(args),
+        **key_rotation_kwargs(args),
     )
     async with chat:
         options: dict[str, Any] = {}
@@ -182,6 +185,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add_server_args(chat)
     add_trust_args(chat)
     add_memory_arg(chat)
+    add_key_rotation_arg(chat)
     chat.add_argument("--model", help=f"model name ($NOMYO_MODEL, default {DEFAULT_MODEL})")
     chat.add_argument("--system", metavar="TEXT", help="a system message")
     chat.add_argument(

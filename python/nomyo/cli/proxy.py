@@ -17,6 +17,7 @@ from ._args import (
     EPILOG,
     add_forwarding_args,
     api_key,
+    key_rotation_kwargs,
     memory_kwargs,
     model,
     trust_kwargs,
@@ -91,6 +92,7 @@ async def serving_proxy(
         transport=client_transport(url, args.ca_file),
         **trust_kwargs(args),
         **memory_kwargs(args),
+        **key_rotation_kwargs(args),
     )
     limits = Limits(
         max_body=MAX_REQUEST_BYTES,
@@ -102,7 +104,7 @@ async def serving_proxy(
         ),
     )
     async with chat:
-        await asyncio.to_thread(chat.client.generate_keys)
+        await asyncio.to_thread(chat.client.process_key.wait)
         try:
             await chat.client.fetch_server_public_key()
         except NomyoError as exc:
