@@ -465,6 +465,15 @@ class _Connection:
                     finally:
                         view.release()
             await self._write(self.conn.send(h11.EndOfMessage()))
+            if isinstance(response.body, bytearray):
+                await self._flush()
+        except BaseException:
+            if (
+                isinstance(response.body, bytearray)
+                and self.writer.transport.get_write_buffer_size()
+            ):
+                self.writer.transport.abort()  # views of the body wait in it: drop them first
+            raise
         finally:
             _wipe(response.body)  # the caller's wipeable copy
 
@@ -486,6 +495,24 @@ class _Connection:
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size():
             await self._drain()
+
+    async def _flush(self) -> None:
+        """Wait until the transport holds nothing more of ours.
+
+        From Python 3.12 asyncio's transports keep views of what they have not sent yet (no
+        copy), and ``drain()`` returns once the buffer is below its low-water mark, not empty:
+        a body zeroed then would send zeros as its last bytes.
+        """
+        transport = self.writer.transport
+        if not transport.get_write_buffer_size():
+            return
+        high, low = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0, low=0)  # drain() now waits for empty
+        try:
+            await self._drain()
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
 
     async def _drain(self) -> None:
         """Wait until the peer took our buffered bytes; drop it if it takes none for the
