@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
+use super::demand::{Demand, Held};
 use super::dns;
 use super::proxy::Proxy;
 use crate::error::{Cause, Error, Phase, Result};
@@ -51,7 +52,7 @@ enum Inner {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// One connection; counted in `open` while it lives.
+/// One connection; counted in `open` and in its route's demand while it lives.
 pub struct Stream {
     inner: Inner,
     proxied: bool,
@@ -59,6 +60,7 @@ pub struct Stream {
     /// Through a proxy: acknowledge every read at once (see `quick_ack`).
     via_proxy: bool,
     open: Arc<AtomicUsize>,
+    _counted: Held,
 }
 
 impl Stream {
@@ -179,6 +181,13 @@ pub struct Connector {
     tls: tokio_rustls::TlsConnector,
     proxy: Option<Arc<Proxy>>,
     open: Arc<AtomicUsize>,
+    demand: Arc<Demand>,
+}
+
+/// `scheme://authority` of a connection's destination (as `Client::send` names origins).
+pub(crate) fn origin_of(dst: &Uri) -> String {
+    let authority = dst.authority().map_or("", |a| a.as_str());
+    format!("{}://{authority}", dst.scheme_str().unwrap_or_default())
 }
 
 impl Connector {
@@ -186,8 +195,14 @@ impl Connector {
         tls: tokio_rustls::TlsConnector,
         proxy: Option<Arc<Proxy>>,
         open: Arc<AtomicUsize>,
+        demand: Arc<Demand>,
     ) -> Self {
-        Connector { tls, proxy, open }
+        Connector {
+            tls,
+            proxy,
+            open,
+            demand,
+        }
     }
 
     async fn tcp(host: &str, port: u16, what: impl FnOnce() -> String) -> Result<TcpStream> {
@@ -253,6 +268,7 @@ impl Connector {
             h2,
             via_proxy: self.proxy.is_some(),
             open: self.open.clone(),
+            _counted: self.demand.opened(&origin_of(&dst)),
         })
     }
 }
@@ -370,6 +386,18 @@ impl tower_service::Service<Uri> for Connector {
             let Some(attempt) = attempt else {
                 return this.connect(dst).await.map(TokioIo::new);
             };
+            // Outside the request's task (hyper-util finishes a connect its request no longer
+            // waits for in the background), the request has taken the returned connection.
+            let in_request = || ATTEMPT.try_with(|_| ()).is_ok();
+            if !this
+                .demand
+                .wait_for_returning(&origin_of(&dst), in_request)
+                .await
+            {
+                return Err(Error::Closed(
+                    "not needed: an idle connection came back to the pool".into(),
+                ));
+            }
             attempt
                 .progress
                 .lock()

@@ -11,6 +11,7 @@
 
 mod body;
 mod connect;
+mod demand;
 mod dns;
 mod proxy;
 mod tls;
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::error::{Cause, Error, Phase, Result};
 use connect::{Attempt, Connector, Progress, ATTEMPT};
+use demand::Demand;
 
 /// Per-phase timeouts (`None`: wait forever), as in httpx: `connect` covers TCP and TLS,
 /// `read` the wait for the reply head and every wait between body chunks (for a request
@@ -105,6 +107,7 @@ type Engine = legacy::Client<Connector, Full<Bytes>>;
 struct Route {
     engine: Engine,
     proxy: Option<Arc<Proxy>>,
+    demand: Arc<Demand>,
 }
 
 /// Until the first request to an `https` origin has its reply head, further requests to it
@@ -346,7 +349,13 @@ impl Client {
             return Ok(route.clone());
         }
         let proxy = proxy.map(Proxy::parse).transpose()?.map(Arc::new);
-        let connector = Connector::new(self.tls.clone(), proxy.clone(), self.open.clone());
+        let demand = Arc::new(Demand::default());
+        let connector = Connector::new(
+            self.tls.clone(),
+            proxy.clone(),
+            self.open.clone(),
+            demand.clone(),
+        );
         let engine = legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(self.keepalive)
             .pool_max_idle_per_host(self.max_idle)
@@ -357,7 +366,11 @@ impl Client {
             .retry_canceled_requests(true)
             .set_host(true)
             .build(connector);
-        let route = Arc::new(Route { engine, proxy });
+        let route = Arc::new(Route {
+            engine,
+            proxy,
+            demand,
+        });
         Ok(self.lock().routes.entry(key).or_insert(route).clone())
     }
 
@@ -403,6 +416,7 @@ impl Client {
         let route = self.route(req.proxy)?;
         let request = build(&req, target.uri.clone(), &route)?;
         let _slot = self.slot(req.timeouts.pool).await?;
+        let _in_flight = route.demand.enter(&target.origin);
         let held = self.enter_gate(req.proxy, &target).await;
         let attempt = Attempt {
             timeout: req.timeouts.connect,

@@ -89,8 +89,10 @@ fn build_refuses_bad_headers_and_sets_the_length_of_a_post() {
             client().tls.clone(),
             None,
             Arc::default(),
+            Arc::default(),
         )),
         proxy: None,
+        demand: Arc::default(),
     };
     let bad = [("bad name".to_owned(), "v".to_owned())];
     let err = build(
