@@ -191,10 +191,10 @@ class NativeCall(Effect):
     name: str
     args: tuple[Any, ...]
 
-    def run(self, io: Any) -> _core.Exchange:
+    def run(self, io: Any) -> _core.Reply:
         return getattr(self.transport, self.name)(*self.args)  # type: ignore[no-any-return]
 
-    async def arun(self, io: Any) -> _core.Exchange:
+    async def arun(self, io: Any) -> _core.Reply:
         return await getattr(self.transport, "a" + self.name)(*self.args)  # type: ignore[no-any-return]
 
 

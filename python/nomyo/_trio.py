@@ -77,7 +77,7 @@ def _completions() -> _LoopCompletions | None:
     return found
 
 
-async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exchange:
+async def run(transport: _core.Transport, request: _core._Request) -> _core.Reply:
     """Start ``request`` on ``transport`` and wait for its exchange; cancelling the wait
     (a cancel scope, a timeout) stops the request."""
     waiter = _Waiter()
@@ -85,7 +85,7 @@ async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exch
     token = 0
     if completions is not None:
         token = next(_TOKENS)
-        pending = transport.start(completions.queue, token=token, **request)
+        pending = transport.start(completions.queue, request, token=token)
         completions.futures[token] = waiter
     else:
         trio_token = trio.lowlevel.current_trio_token()
@@ -94,7 +94,7 @@ async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exch
             with contextlib.suppress(trio.RunFinishedError):
                 trio_token.run_sync_soon(_settle, waiter, ok, value)
 
-        pending = transport.start(done, **request)
+        pending = transport.start(done, request)
     try:
         await waiter.event.wait()
     except BaseException:  # trio.Cancelled, KeyboardInterrupt
@@ -104,5 +104,5 @@ async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exch
         raise
     if not waiter.ok:
         raise waiter.value
-    exchange: _core.Exchange = waiter.value
-    return exchange
+    reply: _core.Reply = waiter.value
+    return reply
