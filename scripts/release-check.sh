@@ -19,7 +19,7 @@
 #                                      passing scripts/check_wheel.py
 #   sdist-install DIR                  pip install DIR/*.tar.gz in a fresh venv, import it
 #   stage WHEEL DIR                    the wheel and what the tests read (tests/, scripts/,
-#                                      benches/, docs/, README.md, pyproject.toml,
+#                                      benches/, docs/, the top-level .md files, pyproject.toml,
 #                                      requirements-dev.txt, .github/) copied to DIR, never python/
 #   test-staged DIR PYTHON [ARGS...]   the wheel test job: a fresh venv DIR/.venv of PYTHON,
 #                                      no Rust on PATH, the wheel + tests/requirements.txt
@@ -132,7 +132,8 @@ stage() {
     rm -rf "$dir"
     mkdir -p "$dir"
     cp "$wheel" "$dir/"
-    for item in tests scripts benches docs README.md pyproject.toml requirements-dev.txt .github; do
+    for item in tests scripts benches docs README.md RELEASING.md CHANGELOG.md pyproject.toml \
+        requirements-dev.txt .github; do
         [ -e "$ROOT/$item" ] && cp -R "$ROOT/$item" "$dir/$item"
     done
     find "$dir" -name __pycache__ -type d -prune -exec rm -rf {} +
@@ -210,7 +211,8 @@ find_pythons() {
 }
 
 full() {
-    local short="${1:-}" t0 t_build t_check t_sdist wheel pythons=() tests=() summary="" id py t
+    local short="${1:-}" t0 t_build t_check t_sdist wheel pythons=() tests=() summary="" id py
+    local failed=0
     cd "$ROOT"
     tools
     t0="$(now)"
@@ -243,15 +245,23 @@ full() {
         t0="$(now)"
         stage "$wheel" "$stage_dir"
         # shellcheck disable=SC2086 # PYTEST_ARGS is a word list
-        (test_staged "$stage_dir" "$py" "${tests[@]}" ${PYTEST_ARGS:-}) || die "the wheel test job failed on Python $id"
-        t=$(($(now) - t0))
-        summary+="  Python $id: passed in $t s"$'\n'
+        if (test_staged "$stage_dir" "$py" "${tests[@]}" ${PYTEST_ARGS:-}); then
+            summary+="  Python $id: passed in $(($(now) - t0)) s"$'\n'
+        else
+            summary+="  Python $id: FAILED after $(($(now) - t0)) s"$'\n'
+            failed=1
+        fi
     done
-    log "release-check passed"
+    if [ "$failed" = 1 ]; then
+        log "release-check FAILED"
+    else
+        log "release-check passed"
+    fi
     sed -n 's/^OK /wheel: /p' "$ROOT/.cache/release-check-wheels.txt"
     echo "dist/: $(cd "$DIST" && ls nomyo_rs-* | tr '\n' ' ')"
     echo "times: build $t_build s; wheel check $t_check s; sdist install $t_sdist"
     printf '%s' "$summary"
+    return "$failed"
 }
 
 case "${1:-}" in
