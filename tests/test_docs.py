@@ -15,6 +15,8 @@ from nomyo.testing import DevRouter, RouterThread, make_test_certificates
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ["migration.md", "security.md"]
+if not DOCS.is_dir():
+    pytest.skip(f"no docs/ beside tests/ in {DOCS.parent}", allow_module_level=True)
 
 
 def blocks(page: str, lang: str = "python") -> list[str]:

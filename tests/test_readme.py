@@ -19,6 +19,8 @@ import pytest
 from nomyo.testing import DevRouter, RouterThread, make_test_certificates
 
 REPO = Path(__file__).resolve().parents[1]
+if not (REPO / "README.md").is_file():
+    pytest.skip(f"no README.md beside tests/ in {REPO}", allow_module_level=True)
 README = (REPO / "README.md").read_text()
 
 
@@ -55,6 +57,34 @@ def env_for(url: str, ca: str) -> dict[str, str]:
 def test_readme_has_the_two_commands() -> None:
     bash = blocks("bash")
     assert bash[:2] == ["make demo\n", "make test\n"]
+
+
+def test_readme_is_for_users_and_short() -> None:
+    assert len(README.splitlines()) <= 300
+    assert blocks("sh")[0] == "pip install nomyo-rs\n"  # the first command a user sees
+    for page in ("docs/migration.md", "docs/security.md", "docs/benchmarks.md", "RELEASING.md"):
+        assert f"]({page}" in README, page
+        assert (REPO / page).is_file(), page
+    assert "![latency vs payload size](docs/latency_vs_size.png)" in README
+
+
+def test_readme_platform_table_matches_the_release_workflow() -> None:
+    """The wheels the README promises are the ones the release workflow builds."""
+    install = section("Install")
+    table = [line for line in install.splitlines() if line.startswith("| Linux")]
+    for tag in ("manylinux_2_17", "musllinux_1_2"):
+        row = next(line for line in table if tag in line)
+        assert "x86_64" in row and "aarch64" in row and "3.10+" in row and "3.14t" in row
+    workflow = REPO / ".github" / "workflows" / "release.yml"
+    if not workflow.is_file():
+        pytest.skip(f"no .github/workflows/release.yml in {REPO}")
+    text = workflow.read_text()
+    built = set(re.findall(r"\{ libc: (\w+), manylinux: ([\w\"]+), target: (\w+) \}", text))
+    names = {'"2014"': "manylinux_2_17", "musllinux_1_2": "musllinux_1_2"}
+    assert {(names[m], t) for _, m, t in built} == {
+        (tag, arch) for tag in ("manylinux_2_17", "musllinux_1_2") for arch in ("x86_64", "aarch64")
+    }
+    assert 'python: ["3.10", "3.14", "3.14t"]' in text  # the abi3 wheel's oldest, newest, 3.14t
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))

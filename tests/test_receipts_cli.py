@@ -37,7 +37,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 def _readme_lines() -> list[str]:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (block,) = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, flags=re.S) if "--tpm" in b]
     return [line.removeprefix("$ ").split("  #")[0].strip() for line in block.splitlines()]
 
 
