@@ -9,10 +9,12 @@ the ``stream=True`` refusal, the request body, and loading or generating the key
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 
@@ -33,23 +35,23 @@ from ._lifecycle import AsyncCloseable, Closeable
 from ._memory import SecureMemoryOption
 from ._params import (
     NOT_GIVEN,
-    OPENAI_PARAMETERS,
+    CreateArguments,
     NotGiven,
-    SecurityTier,
-    given_parameters,
+    RequestOptions,
+    create_signature,
+    split_arguments,
 )
 from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion
-from ._signature import takes_arguments_of
 from ._stream import AsyncStream, Stream
 from ._sync_client import SyncSecureCompletionClient
 from ._transport import TimeoutTypes, VerifyTypes
 
 if TYPE_CHECKING:
     import httpx  # noqa: F401  (the twins' generic arguments name it)
+    from typing_extensions import Unpack
 
 __all__ = [
-    "CLIENT_ARGUMENTS",
     "AsyncChat",
     "AsyncCompletions",
     "BaseSecureChat",
@@ -60,31 +62,18 @@ __all__ = [
     "checked_messages",
 ]
 
-#: Arguments of ``create`` that configure the request instead of going into its body: nomyo's
-#: own, and the official SDK's per-call options (honoured as the SDK does).
-CLIENT_ARGUMENTS = (
-    "security_tier",
-    "api_key",
-    "base_url",
-    "extra_body",
-    "timeout",
-    "max_retries",
-    "extra_headers",
-    "extra_query",
-)
-
 ClientT = TypeVar("ClientT", bound=BaseSecureClient)
 TransportT = TypeVar("TransportT")
 HttpClientT = TypeVar("HttpClientT")
 
 
 class PreparedRequest(NamedTuple):
-    """A checked ``create`` call: the router override, then ``send_secure_request``'s
-    positional and keyword arguments."""
+    """A checked ``create`` call: its plaintext body, payload id and options (``api_key``
+    resolved to the client's when not given)."""
 
-    base_url: str | None
-    arguments: tuple[dict[str, Any], str, str | None, str | None]
-    options: dict[str, Any]
+    payload: dict[str, Any]
+    payload_id: str
+    options: RequestOptions
 
 
 Messages = Iterable[Mapping[str, Any]]
@@ -274,39 +263,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         return payload
 
     def _prepare(
-        self,
-        /,
-        model: str,
-        messages: Messages,
-        *,
-        frequency_penalty: float | NotGiven | None = NOT_GIVEN,
-        logit_bias: Mapping[str, int] | NotGiven | None = NOT_GIVEN,
-        logprobs: bool | NotGiven | None = NOT_GIVEN,
-        max_completion_tokens: int | NotGiven | None = NOT_GIVEN,
-        max_tokens: int | NotGiven | None = NOT_GIVEN,
-        n: int | NotGiven | None = NOT_GIVEN,
-        parallel_tool_calls: bool | NotGiven = NOT_GIVEN,
-        presence_penalty: float | NotGiven | None = NOT_GIVEN,
-        reasoning_effort: str | NotGiven | None = NOT_GIVEN,
-        response_format: Mapping[str, Any] | NotGiven = NOT_GIVEN,
-        seed: int | NotGiven | None = NOT_GIVEN,
-        stop: str | Sequence[str] | NotGiven | None = NOT_GIVEN,
-        stream: bool | NotGiven | None = NOT_GIVEN,
-        temperature: float | NotGiven | None = NOT_GIVEN,
-        tool_choice: str | Mapping[str, Any] | NotGiven = NOT_GIVEN,
-        tools: Iterable[Mapping[str, Any]] | NotGiven = NOT_GIVEN,
-        top_logprobs: int | NotGiven | None = NOT_GIVEN,
-        top_p: float | NotGiven | None = NOT_GIVEN,
-        user: str | NotGiven = NOT_GIVEN,
-        security_tier: SecurityTier | str | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        extra_headers: Mapping[str, str | None] | None = None,
-        extra_query: Mapping[str, object] | None = None,
-        **kwargs: Any,
+        self, model: str, messages: Messages, stream: object, kwargs: Mapping[str, Any]
     ) -> PreparedRequest:
         """Check the arguments of ``create`` (both twins) and build the request.
 
@@ -314,22 +271,13 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
             TypeError / InvalidRequestError: see ``create``; RuntimeError: the client is
                 closed.
         """
-        parameters = given_parameters(locals(), OPENAI_PARAMETERS)
-        payload = self._payload(model, messages, parameters, extra_body, kwargs)
-        self._client_for(base_url)
-        return PreparedRequest(
-            base_url,
-            (payload, _new_payload_id(), self._api_key_for(api_key), security_tier),
-            {
-                "timeout": timeout,
-                "max_retries": max_retries,
-                "extra_headers": extra_headers,
-                "extra_query": extra_query,
-            },
-        )
-
-    def _api_key_for(self, api_key: str | None) -> str | None:
-        return api_key if api_key is not None else self.api_key
+        given = {**kwargs, "stream": stream} if stream is not NOT_GIVEN else kwargs
+        parameters, options, other = split_arguments(given)
+        payload = self._payload(model, messages, parameters, options.extra_body, other)
+        self._client_for(options.base_url)
+        if options.api_key is None and self.api_key is not None:
+            options = dataclasses.replace(options, api_key=self.api_key)
+        return PreparedRequest(payload, _new_payload_id(), options)
 
 
 def _stream_arguments(
@@ -373,31 +321,38 @@ class AsyncCompletions:
     @overload
     async def create(
         self,
-        *args: Any,
+        model: str,
+        messages: Messages,
+        *,
         stream: Literal[True],
         stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[CreateArguments],
     ) -> AsyncStream: ...
 
     @overload
     async def create(
         self,
-        *args: Any,
+        model: str,
+        messages: Messages,
+        *,
         stream: Literal[False] | NotGiven | None = NOT_GIVEN,
         stream_options: None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[CreateArguments],
     ) -> ChatCompletion: ...
 
     async def create(
         self,
-        *args: Any,
+        model: str,
+        messages: Messages,
+        *,
         stream: bool | NotGiven | None = NOT_GIVEN,
         stream_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> ChatCompletion | AsyncStream:
         """``await client.chat.completions.create(model=..., messages=..., ...)``"""
         streaming = _stream_arguments(stream, stream_options)
-        return _as_stream(await self._owner.create(*args, **kwargs), streaming, AsyncStream)
+        completion = await self._owner.create(model, messages, **kwargs)
+        return _as_stream(completion, streaming, AsyncStream)
 
 
 class AsyncChat:
@@ -421,31 +376,37 @@ class SyncCompletions:
     @overload
     def create(
         self,
-        *args: Any,
+        model: str,
+        messages: Messages,
+        *,
         stream: Literal[True],
         stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[CreateArguments],
     ) -> Stream: ...
 
     @overload
     def create(
         self,
-        *args: Any,
+        model: str,
+        messages: Messages,
+        *,
         stream: Literal[False] | NotGiven | None = NOT_GIVEN,
         stream_options: None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[CreateArguments],
     ) -> ChatCompletion: ...
 
     def create(
         self,
-        *args: Any,
+        model: str,
+        messages: Messages,
+        *,
         stream: bool | NotGiven | None = NOT_GIVEN,
         stream_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> ChatCompletion | Stream:
         """``client.chat.completions.create(model=..., messages=..., ...)``"""
         streaming = _stream_arguments(stream, stream_options)
-        return _as_stream(self._owner.create(*args, **kwargs), streaming, Stream)
+        return _as_stream(self._owner.create(model, messages, **kwargs), streaming, Stream)
 
 
 class SyncChat:
@@ -457,6 +418,19 @@ class SyncChat:
 
 def _new_payload_id() -> str:
     return str(uuid.uuid4())
+
+
+CreateT = TypeVar("CreateT", bound=Callable[..., Any])
+
+
+def _create_signature(create: CreateT) -> CreateT:
+    """Show every keyword of ``create`` in ``help()`` and ``inspect.signature``: its typed
+    ``**kwargs`` stand for the OpenAI parameters and request options of ``_params``."""
+    signature = inspect.signature(create)
+    owner = [p for p in signature.parameters.values() if p.name in ("self", "model", "messages")]
+    parameters = create_signature(owner)
+    create.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return create
 
 
 class SecureChatCompletion(
@@ -511,8 +485,15 @@ class SecureChatCompletion(
             if self.client.private_key is None:
                 self._load_or_generate()
 
-    @takes_arguments_of(BaseSecureChat._prepare)
-    async def create(self, *args: Any, **kwargs: Any) -> ChatCompletion:
+    @_create_signature
+    async def create(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: bool | NotGiven | None = NOT_GIVEN,
+        **kwargs: Unpack[CreateArguments],
+    ) -> ChatCompletion:
         """Create an encrypted chat completion.
 
         The OpenAI parameters go into the encrypted request only when given (``NOT_GIVEN``
@@ -536,10 +517,10 @@ class SecureChatCompletion(
             SecurityError, EnvelopeError, APIError, APIConnectionError: see
                 :meth:`SecureCompletionClient.send_secure_request`.
         """
-        request = self._prepare(*args, **kwargs)
+        request = self._prepare(model, messages, stream, kwargs)
         await self._ensure_keys()
-        client = self._client_for(request.base_url)
-        return await client.send_secure_request(*request.arguments, **request.options)
+        client = self._client_for(request.options.base_url)
+        return await client._drive(client._call_flow(*request))
 
     async def acreate(self, model: str, messages: Messages, **kwargs: Any) -> ChatCompletion:
         """Alias of :meth:`create`."""
@@ -576,13 +557,20 @@ class SyncSecureChatCompletion(
         assert key is not None
         return key
 
-    @takes_arguments_of(BaseSecureChat._prepare)
-    def create(self, *args: Any, **kwargs: Any) -> ChatCompletion:
+    @_create_signature
+    def create(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: bool | NotGiven | None = NOT_GIVEN,
+        **kwargs: Unpack[CreateArguments],
+    ) -> ChatCompletion:
         """Create an encrypted chat completion (blocking); see ``SecureChatCompletion.create``."""
-        request = self._prepare(*args, **kwargs)
+        request = self._prepare(model, messages, stream, kwargs)
         self._ensure_keys()
-        client = self._client_for(request.base_url)
-        return client.send_secure_request(*request.arguments, **request.options)
+        client = self._client_for(request.options.base_url)
+        return client._drive(client._call_flow(*request))
 
     def close(self) -> None:
         """Close the connection pools."""

@@ -46,7 +46,7 @@ from ._exceptions import (
 )
 from ._memory import SecureMemoryOption
 from ._native import NativeTransport, native_trust
-from ._params import NOT_GIVEN, NotGiven
+from ._params import NOT_GIVEN, NotGiven, RequestOptions
 from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
 from ._retry import retry_delay
@@ -573,14 +573,28 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         extra_headers: Mapping[str, str | None] | None = None,
         extra_query: Mapping[str, object] | None = None,
     ) -> Flow[ChatCompletion]:
-        """Check everything, then attempt, back off and retry, re-fetch a rotated key.
+        """``send_secure_request`` (both clients): see :meth:`_call_flow`."""
+        options = RequestOptions(
+            security_tier=security_tier,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+        )
+        return (yield from self._call_flow(payload, payload_id, options))
 
-        Its arguments are ``send_secure_request``'s, for both clients.
-        """
-        retries = self._retries(max_retries)
+    def _call_flow(
+        self, payload: dict[str, Any], payload_id: str, options: RequestOptions
+    ) -> Flow[ChatCompletion]:
+        """Check everything, then attempt, back off and retry, re-fetch a rotated key."""
+        retries = self._retries(options.max_retries)
         self._check_request_size(payload)
-        headers = self._request_headers(payload_id, api_key, security_tier, extra_headers)
-        url = self._completion_url(extra_query)
+        headers = self._request_headers(
+            payload_id, options.api_key, options.security_tier, options.extra_headers
+        )
+        url = self._completion_url(options.extra_query)
+        timeout = options.timeout
         payload, binding = self._bind_request(payload)
         yield Ready()
         refetched = False

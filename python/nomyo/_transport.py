@@ -18,7 +18,7 @@ from ._constants import (
     WRITE_TIMEOUT,
 )
 from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError, SecurityError
-from ._params import NotGiven, is_given
+from ._params import NotGiven, TimeoutTypes, is_given
 
 if TYPE_CHECKING:
     import httpx
@@ -46,7 +46,6 @@ __all__ = [
 logger = logging.getLogger("nomyo")
 
 # httpx is imported only where the httpx transport is used (not on the native path).
-TimeoutTypes: TypeAlias = "float | httpx.Timeout | None"
 VerifyTypes: TypeAlias = "bool | str | ssl.SSLContext"
 
 
