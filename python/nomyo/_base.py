@@ -15,27 +15,20 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from . import _core
 from ._attestation import (
-    AttestationMode,
-    PcrPolicy,
-    ReplyBindingMode,
     apply_attestation_policy,
-    check_mode,
-    check_reply_binding,
 )
-from ._config import resolve_base_url
+from ._config import ClientOptions
 from ._constants import (
     COMPLETION_PATH,
     KEY_SIZE,
     MAX_DETAIL_CHARS,
-    MAX_REQUEST_BYTES,
-    MAX_RESPONSE_LIMIT,
     MAX_RETRY_AFTER,
     PUBLIC_KEY_PATH,
     REPLY_BINDING_KEY,
@@ -55,12 +48,10 @@ from ._exceptions import (
 )
 from ._keys import Password, load_private_key, save_key_pair
 from ._known_hosts import KnownHosts, normalise_fingerprints
-from ._memory import SecureMemoryMode, SecureMemoryOption, secure_memory_mode
+from ._memory import SecureMemoryMode
 from ._params import NotGiven, is_given
-from ._ratelimit import RateLimiter, make_rate_limiter
 from ._response import ChatCompletion, to_response
 from ._retry import is_permanent_network_failure, parse_retry_after, should_retry
-from ._transport import check_base_url
 
 __all__ = ["BaseSecureClient", "KeyRotated", "error_details", "normalise_fingerprints"]
 
@@ -161,67 +152,32 @@ def complete_metadata(
 class BaseSecureClient:
     """Shared state and logic of the secure-completion clients (see their docstrings)."""
 
-    def __init__(
-        self,
-        router_url: str | None,
-        allow_http: bool,
-        secure_memory: SecureMemoryOption,
-        max_retries: int,
-        *,
-        server_key_fingerprint: str | Iterable[str] | None,
-        known_hosts: bool | str | os.PathLike[str] | None,
-        attestation: AttestationMode,
-        expected_pcrs: PcrPolicy | None,
-        max_response_size: int,
-        rate_limit: bool | RateLimiter | None,
-        trusted_aik: str | Iterable[str] | None = None,
-        reply_binding: ReplyBindingMode = "off",
-        max_request_size: int = MAX_REQUEST_BYTES,
-    ) -> None:
-        if max_retries < 0:
-            raise ConfigurationError("max_retries must be >= 0")
-        if (
-            isinstance(max_request_size, bool)
-            or not isinstance(max_request_size, int)
-            or max_request_size <= 0
-        ):
-            raise ConfigurationError("max_request_size must be a positive int (bytes)")
-        if (
-            isinstance(max_response_size, bool)
-            or not isinstance(max_response_size, int)
-            or not 1 <= max_response_size <= MAX_RESPONSE_LIMIT
-        ):
-            raise ConfigurationError(
-                f"max_response_size must be an int from 1 to {MAX_RESPONSE_LIMIT} bytes (1 GiB)"
-            )
-        self.router_url = check_base_url(resolve_base_url(router_url), allow_http)
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self.router_url = options.url
         self._closed = False
-        self.allow_http = allow_http
-        self.max_retries = max_retries
+        self.allow_http = options.allow_http
+        self.max_retries = options.max_retries
         self.key_size = KEY_SIZE
         self.private_key: _core.PrivateKey | None = None
         self.public_key_pem: str | None = None
         self._quoted_public_key: tuple[str, str] | None = None
-        self._secure_memory = secure_memory
         #: The policy of its secret buffers (see :func:`~nomyo._memory.secure_memory_mode`).
-        self.secure_memory_mode: SecureMemoryMode = secure_memory_mode(secure_memory)
-        self._pins = normalise_fingerprints(server_key_fingerprint)
+        self.secure_memory_mode: SecureMemoryMode = options.secure_memory_mode
+        self._pins = options.pins
+        known_hosts = options.known_hosts
         self._known_hosts = (
             None
             if known_hosts is None or known_hosts is False
             else KnownHosts(None if known_hosts is True else known_hosts)
         )
-        self.attestation = check_mode(attestation)
-        self.expected_pcrs = expected_pcrs
-        self.trusted_aiks = normalise_fingerprints(trusted_aik)
-        if self.trusted_aiks and self.attestation == "off":
-            raise ConfigurationError(
-                "trusted_aik needs attestation='require' (or 'verify' to only report it)"
-            )
-        self.reply_binding = check_reply_binding(reply_binding)
-        self.rate_limiter = make_rate_limiter(rate_limit)
-        self._max_response = max_response_size
-        self.max_request_size = max_request_size
+        self.attestation = options.attestation
+        self.expected_pcrs = options.expected_pcrs
+        self.trusted_aiks = options.trusted_aiks
+        self.reply_binding = options.reply_binding
+        self.rate_limiter = options.rate_limiter
+        self._max_response = options.max_response_size
+        self.max_request_size = options.max_request_size
         self._server_key: _core.PublicKey | None = None
         self._server_key_pem: str | None = None
         self.server_key_fetches = 0

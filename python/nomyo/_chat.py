@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, ca
 
 from . import _aio, _core
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
-from ._base import BaseSecureClient
 from ._client import SecureCompletionClient
-from ._config import normalise_base_url, resolve_api_key
+from ._config import ClientOptions, VerifyTypes, normalise_base_url, resolve_api_key
 from ._constants import (
     DEFAULT_MAX_RETRIES,
     MAX_REQUEST_BYTES,
@@ -38,14 +37,15 @@ from ._params import (
     CreateArguments,
     NotGiven,
     RequestOptions,
+    TimeoutTypes,
     create_signature,
     split_arguments,
 )
-from ._ratelimit import RateLimiter, make_rate_limiter
+from ._pipeline import PipelineClient
+from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
 from ._stream import AsyncStream, Stream
 from ._sync_client import SyncSecureCompletionClient
-from ._transport import TimeoutTypes, VerifyTypes
 
 if TYPE_CHECKING:
     import httpx  # noqa: F401  (the twins' generic arguments name it)
@@ -62,7 +62,7 @@ __all__ = [
     "checked_messages",
 ]
 
-ClientT = TypeVar("ClientT", bound=BaseSecureClient)
+ClientT = TypeVar("ClientT", bound="PipelineClient[Any, Any]")
 TransportT = TypeVar("TransportT")
 HttpClientT = TypeVar("HttpClientT")
 
@@ -135,53 +135,39 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         reply_binding: ReplyBindingMode = "off",
         max_request_size: int = MAX_REQUEST_BYTES,
     ) -> None:
-        options: dict[str, Any] = {
-            "max_request_size": max_request_size,
-            "known_hosts": known_hosts,
-            "attestation": attestation,
-            "expected_pcrs": expected_pcrs,
-            "trusted_aik": trusted_aik,
-            "reply_binding": reply_binding,
-            "allow_http": allow_http,
-            "secure_memory": secure_memory,
-            "max_retries": max_retries,
-            "timeout": timeout,
-            "verify": verify,
-            "server_key_fingerprint": server_key_fingerprint,
-            "transport": transport,
-            "rate_limit": rate_limit,
-        }
-        self._setup(base_url, api_key, key_dir, key_password, http_client, options)
-        # A thread lock (taken on a worker thread by the async twin): unlike an async lock it
-        # is not tied to one event loop (or backend).
-        self._keys_lock = threading.Lock()
-        self.chat = self._chat_class(self)
-
-    def _setup(
-        self,
-        base_url: str | None,
-        api_key: str | None,
-        key_dir: str | os.PathLike[str] | None,
-        key_password: Password,
-        http_client: object,
-        options: dict[str, Any],
-    ) -> None:
-        options["rate_limit"] = make_rate_limiter(options.get("rate_limit"))
-        self._options = options
-        self.client = self._new_client(base_url, http_client)
+        options = ClientOptions(
+            base_url,
+            allow_http,
+            secure_memory,
+            max_retries,
+            timeout=timeout,
+            verify=verify,
+            server_key_fingerprint=server_key_fingerprint,
+            known_hosts=known_hosts,
+            attestation=attestation,
+            expected_pcrs=expected_pcrs,
+            transport=transport,
+            http_client=http_client,
+            rate_limit=rate_limit,
+            trusted_aik=trusted_aik,
+            reply_binding=reply_binding,
+            max_request_size=max_request_size,
+        )
+        self.client = self._client_class.from_options(options)
         self.api_key = resolve_api_key(api_key)
         self._key_dir = None if key_dir is None else Path(key_dir)
         self._key_password = key_password if key_password is not None else password_from_env()
         self._other_clients: dict[str, ClientT] = {}
         self._clients_lock = threading.Lock()
+        # A thread lock (taken on a worker thread by the async twin): unlike an async lock it
+        # is not tied to one event loop (or backend).
+        self._keys_lock = threading.Lock()
+        self.chat = self._chat_class(self)
 
     #: The class of ``client`` (and of the per-call ``base_url`` clients).
-    _client_class: Callable[..., ClientT]
+    _client_class: type[ClientT]
     #: The class of ``chat`` (``client.chat.completions.create(...)``).
     _chat_class: Callable[[Any], Any]
-
-    def _new_client(self, base_url: str | None, http_client: object = None) -> ClientT:
-        return self._client_class(base_url, http_client=http_client, **self._options)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.client.router_url}>"
@@ -226,7 +212,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         with self._clients_lock:
             other = self._other_clients.get(url)
             if other is None:
-                other = self._new_client(url)
+                other = self._client_class.from_options(self.client.options.for_router(url))
                 self._other_clients[url] = other
         if other.private_key is None and self.client.private_key is not None:
             other._set_key(self.client.private_key, self.client.public_key_pem)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import _core
+from ._config import Timeouts
 from ._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
 from ._exceptions import ConfigurationError
 from ._signature import takes_arguments_of
@@ -47,8 +48,6 @@ __all__ = [
 
 _PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
 _USER_AGENT = f"nomyo-rs/{_core.__version__}"
-
-Timeouts = tuple[float | None, float | None, float | None, float | None]
 
 #: Pools inherited from a parent process: kept alive, never used (see NativeTransport).
 _ORPHANED: list[_core.Transport] = []
@@ -315,7 +314,7 @@ class NativeTransport:
     def _options(self, timeouts: Timeouts | None) -> dict[str, Any]:
         chosen = self.timeouts if timeouts is None else timeouts
         # Like the httpx path: the whole body within the client's read timeout.
-        return {"timeouts": chosen, "body_deadline": self.timeouts[1] or READ_TIMEOUT}
+        return {"timeouts": chosen.seconds(), "body_deadline": self.timeouts.read or READ_TIMEOUT}
 
     @staticmethod
     def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from . import _aio, _core
-from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
 from ._base import BaseSecureClient, KeyRotated, error_details, logger
+from ._config import ClientOptions, Timeouts
 from ._constants import (
-    DEFAULT_MAX_RETRIES,
     MAX_ERROR_BODY_BYTES,
     MAX_KEY_BYTES,
-    MAX_REQUEST_BYTES,
-    MAX_RESPONSE_BYTES,
     PUBLIC_KEY_PATH,
 )
 from ._exceptions import (
@@ -44,21 +40,18 @@ from ._exceptions import (
     EnvelopeError,
     SecurityError,
 )
-from ._memory import SecureMemoryOption
 from ._native import NativeTransport, native_trust
 from ._params import NOT_GIVEN, NotGiven, RequestOptions
 from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
 from ._retry import retry_delay
+from ._signature import takes_arguments_of
 from ._transport import (
     IDENTITY,
     TimeoutTypes,
-    VerifyTypes,
     asend_streamed,
     check_caller_http,
-    native_timeouts,
     send_streamed,
-    timeout_seconds,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +69,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+ClientT = TypeVar("ClientT", bound="PipelineClient[Any, Any]")
 TransportT = TypeVar("TransportT")
 HttpClientT = TypeVar("HttpClientT")
 
@@ -342,7 +336,7 @@ class NativeSealedTransport:
                 request.server_key,
                 request.client_key,
                 request.max_response,
-                native_timeouts(request.timeout),
+                Timeouts.of_call(request.timeout),
             )
         except _core.TransportError as exc:
             raise transport_error(exc, request.payload_id) from exc
@@ -443,58 +437,34 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
 
     _server_key_lock: Any
 
-    def __init__(
-        self,
-        router_url: str | None = None,
-        allow_http: bool = False,
-        secure_memory: SecureMemoryOption = True,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        *,
-        timeout: TimeoutTypes = None,
-        verify: VerifyTypes = True,
-        server_key_fingerprint: str | Iterable[str] | None = None,
-        known_hosts: bool | str | os.PathLike[str] | None = None,
-        attestation: AttestationMode = "off",
-        expected_pcrs: PcrPolicy | None = None,
-        transport: TransportT | None = None,
-        http_client: HttpClientT | None = None,
-        max_response_size: int = MAX_RESPONSE_BYTES,
-        max_request_size: int = MAX_REQUEST_BYTES,
-        rate_limit: bool | RateLimiter | None = None,
-        trusted_aik: str | Iterable[str] | None = None,
-        reply_binding: ReplyBindingMode = "off",
-    ) -> None:
-        super().__init__(
-            router_url,
-            allow_http,
-            secure_memory,
-            max_retries,
-            server_key_fingerprint=server_key_fingerprint,
-            known_hosts=known_hosts,
-            attestation=attestation,
-            expected_pcrs=expected_pcrs,
-            max_response_size=max_response_size,
-            rate_limit=rate_limit,
-            trusted_aik=trusted_aik,
-            reply_binding=reply_binding,
-            max_request_size=max_request_size,
-        )
+    @takes_arguments_of(ClientOptions.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._configure(ClientOptions(*args, **kwargs))
+
+    @classmethod
+    def from_options(cls: type[ClientT], options: ClientOptions) -> ClientT:
+        """A client of ``options`` (made once, e.g. by the chat client)."""
+        client = cls.__new__(cls)
+        client._configure(options)
+        return client
+
+    def _configure(self, options: ClientOptions) -> None:
+        super().__init__(options)
+        transport, http_client = options.transport, options.http_client
         check_caller_http(transport, http_client)
-        trust = native_trust(verify, transport is not None or http_client is not None)
+        trust = native_trust(options.verify, transport is not None or http_client is not None)
         self._native = (
             None
             if trust is None
-            else NativeTransport(
-                trust, timeout_seconds(timeout), secure_memory=self.secure_memory_mode
-            )
+            else NativeTransport(trust, options.timeouts, secure_memory=self.secure_memory_mode)
         )
         self._transport: SealedTransport = (
             HttpxSealedTransport() if self._native is None else NativeSealedTransport(self._native)
         )
         self._owns_http = http_client is None
         self._http_options: dict[str, Any] = {
-            "timeout": timeout,
-            "verify": verify,
+            "timeout": options.timeout,
+            "verify": options.verify,
             "transport": transport,
         }
         self._http: HttpClientT | None = None

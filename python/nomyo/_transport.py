@@ -8,17 +8,17 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ._config import VerifyTypes
 from ._constants import (
     CONNECT_TIMEOUT,
     POOL_TIMEOUT,
     READ_TIMEOUT,
     WRITE_TIMEOUT,
 )
-from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError, SecurityError
-from ._params import NotGiven, TimeoutTypes, is_given
+from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError
+from ._params import TimeoutTypes, is_given
 
 if TYPE_CHECKING:
     import httpx
@@ -30,23 +30,17 @@ __all__ = [
     "aread_limited",
     "asend_streamed",
     "body_deadline",
-    "check_base_url",
     "check_caller_http",
     "default_timeout",
     "http2_available",
     "make_async_client",
     "make_sync_client",
-    "native_timeouts",
     "read_limited",
     "request_timeout",
     "send_streamed",
-    "timeout_seconds",
 ]
 
 logger = logging.getLogger("nomyo")
-
-# httpx is imported only where the httpx transport is used (not on the native path).
-VerifyTypes: TypeAlias = "bool | str | ssl.SSLContext"
 
 
 def default_timeout() -> httpx.Timeout:
@@ -61,29 +55,6 @@ def default_timeout() -> httpx.Timeout:
 def http2_available() -> bool:
     """True when the optional ``h2`` package is installed (``pip install nomyo-rs[http2]``)."""
     return importlib.util.find_spec("h2") is not None
-
-
-def check_base_url(base_url: str, allow_http: bool) -> str:
-    """Validate and normalise a router URL; refuse plain HTTP unless explicitly allowed.
-
-    Raises:
-        SecurityError: an ``http://`` URL without ``allow_http=True``.
-        ConfigurationError: not an http(s) URL.
-    """
-    url = base_url.rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError("base_url must be an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(
-            "base_url must not carry credentials (user:password@); pass api_key instead"
-        )
-    if parts.scheme == "http" and not allow_http:
-        raise SecurityError(
-            "refusing plain HTTP: the server key would be fetched unauthenticated. "
-            "Use https://, or allow_http=True for local development only."
-        )
-    return url
 
 
 def _verify(verify: VerifyTypes) -> bool | ssl.SSLContext:
@@ -198,29 +169,6 @@ def make_sync_client(**options: Any) -> httpx.Client:
     import httpx
 
     return httpx.Client(**_client_options(**options))
-
-
-Seconds = tuple[float | None, float | None, float | None, float | None]
-
-
-def timeout_seconds(timeout: TimeoutTypes) -> Seconds:
-    """A client's ``timeout=`` as ``(connect, read, write, pool)`` seconds (None: default)."""
-    if timeout is None:
-        return (CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT, POOL_TIMEOUT)
-    if isinstance(timeout, (int, float)):
-        seconds = float(timeout)
-        return (seconds, seconds, seconds, seconds)
-    return (timeout.connect, timeout.read, timeout.write, timeout.pool)
-
-
-def native_timeouts(timeout: TimeoutTypes | NotGiven) -> Seconds | None:
-    """A per-request ``timeout=`` for the native transport, as httpx reads it: not given
-    means the client's, ``None`` means no limit."""
-    if isinstance(timeout, NotGiven):
-        return None
-    if timeout is None:
-        return (None, None, None, None)
-    return timeout_seconds(timeout)
 
 
 def request_timeout(timeout: object) -> Any:
