@@ -4,8 +4,10 @@ none is dropped (the second list of parameters once dropped one silently)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 import nomyo
-from nomyo import _core
+from nomyo import _core, _pipeline
 from nomyo._params import (
     NOT_GIVEN,
     OPENAI_PARAMETERS,
@@ -23,7 +25,7 @@ from nomyo._params import (
     RequestOptions,
     split_arguments,
 )
-from nomyo.testing import DevRouter, RouterThread
+from nomyo.testing import DevRouter, Fault, RouterThread
 
 CHATS = [nomyo.SecureChatCompletion, nomyo.SyncSecureChatCompletion]
 USER = [{"role": "user", "content": "hello"}]
@@ -164,3 +166,165 @@ def test_create_is_typed_on_both_clients(tmp_path: Path) -> None:
     expected = sorted(i + 1 for i, line in enumerate(lines) if "# E:" in line)
     assert flagged == expected, out
     assert status == 1
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+TRANSPORTS = ["native", "httpx"]
+
+
+@pytest.fixture
+def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("NOMYO_"):
+            monkeypatch.delenv(name)
+    router.router.faults.clear()
+    yield
+    router.router.faults.clear()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Retry after 10 ms instead of the backoff; records the delays asked for."""
+    asked: list[float] = []
+
+    def fast(attempt: int, retry_after: float | None = None) -> float:
+        asked.append(attempt)
+        return 0.01
+
+    monkeypatch.setattr(_pipeline, "retry_delay", fast)
+    return asked
+
+
+def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
+    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
+    client.client._set_key(key)
+    return client
+
+
+def async_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SecureChatCompletion:
+    client = nomyo.SecureChatCompletion(base_url=url, allow_http=True, **kwargs)
+    client.client._set_key(key)
+    return client
+
+
+@pytest.mark.usefixtures("_clean")
+def test_per_call_options_never_reach_the_payload(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str
+) -> None:
+    with sync_chat(router.url, client_key) as client:
+        reply = client.create(
+            "m",
+            HELLO,
+            timeout=30,
+            max_retries=0,
+            extra_headers={"X-Trace-Id": "trace-19", "X-Security-Tier": "high"},
+            extra_query={"route": "eu", "tag": ["a", "b"], "fast": True, "skip": None},
+            extra_body={"vendor_option": {"k": 1}},
+            temperature=0.5,
+            my_vendor_parameter="passes through",
+        )
+    assert reply.choices[0].message.content == "hello"
+    recorded = router.router.requests[-1]
+    # The decrypted body holds the request, the typed and the unknown parameters, and
+    # extra_body; none of the per-call options.
+    assert recorded.body == {
+        "model": "m",
+        "messages": HELLO,
+        "temperature": 0.5,
+        "my_vendor_parameter": "passes through",
+        "vendor_option": {"k": 1},
+    }
+    assert recorded.headers["x-trace-id"] == "trace-19"
+    assert recorded.headers["x-security-tier"] == "high"
+    assert recorded.query == "route=eu&tag=a&tag=b&fast=true"
+
+
+@pytest.mark.usefixtures("_clean")
+def test_async_per_call_options_too(router: RouterThread, client_key: _core.PrivateKey) -> None:
+    async def go() -> nomyo.ChatCompletion:
+        async with async_chat(router.url, client_key, api_key="sk-client") as client:
+            return await client.chat.completions.create(
+                model="m",
+                messages=HELLO,
+                timeout=30.0,
+                max_retries=1,
+                extra_headers={"Authorization": "Bearer sk-per-call"},
+                extra_query={"q": "1"},
+            )
+
+    assert asyncio.run(go()).choices[0].message.content == "hello"
+    recorded = router.router.requests[-1]
+    assert recorded.body == {"model": "m", "messages": HELLO}
+    assert recorded.headers["authorization"] == "Bearer sk-per-call"
+    assert recorded.query == "q=1"
+
+
+@pytest.mark.usefixtures("_clean")
+def test_per_call_max_retries_is_honoured(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str, fast_retries: list[float]
+) -> None:
+    with sync_chat(router.url, client_key, max_retries=2) as client:
+        router.router.faults.push(Fault(status=503, times=5))
+        before = router.router.secure_requests
+        with pytest.raises(nomyo.ServiceUnavailableError):
+            client.create("m", HELLO, max_retries=0)
+        assert router.router.secure_requests - before == 1, "max_retries=0: one try"
+        router.router.faults.clear()
+        router.router.faults.push(Fault(status=503, times=1))
+        before = router.router.secure_requests
+        assert client.create("m", HELLO, max_retries=1).choices[0].message.content == "hello"
+        assert router.router.secure_requests - before == 2
+        router.router.faults.push(Fault(status=503, times=5))
+        before = router.router.secure_requests
+        with pytest.raises(nomyo.ServiceUnavailableError):
+            client.create("m", HELLO)  # the client's own max_retries=2
+        assert router.router.secure_requests - before == 3
+
+
+@pytest.mark.usefixtures("_clean")
+def test_per_call_timeout_is_honoured(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str
+) -> None:
+    router.router.faults.push(Fault(delay=3.0))
+    before = router.router.secure_requests
+    with (
+        sync_chat(router.url, client_key, max_retries=2) as client,
+        pytest.raises(nomyo.APITimeoutError) as info,
+    ):
+        client.create("m", HELLO, timeout=0.3, max_retries=0)
+    assert info.value.payload_id is not None
+    assert router.router.secure_requests - before == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"max_retries": -1}, nomyo.ConfigurationError, "max_retries"),
+        ({"max_retries": "2"}, nomyo.ConfigurationError, "max_retries"),
+        ({"extra_headers": {"X-Public-Key": "x"}}, nomyo.ConfigurationError, "may not set"),
+        ({"extra_headers": {"X-Payload-ID": "x"}}, nomyo.ConfigurationError, "may not set"),
+        ({"extra_headers": {"X-A": 1}}, nomyo.ConfigurationError, "must be a string"),
+        ({"extra_headers": {"X-Security-Tier": "ultra"}}, nomyo.ConfigurationError, "tier"),
+        ({"extra_body": ["not", "a", "mapping"]}, TypeError, "extra_body"),
+    ],
+)
+@pytest.mark.usefixtures("_clean")
+def test_invalid_per_call_options_refused_before_sending(
+    router: RouterThread,
+    client_key: _core.PrivateKey,
+    options: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    before = router.router.secure_requests
+    with sync_chat(router.url, client_key) as client, pytest.raises(error, match=match):
+        client.create("m", HELLO, **options)
+    assert router.router.secure_requests == before

@@ -23,6 +23,7 @@ from nomyo._relay import (
     reply_body,
     reply_headers,
 )
+from nomyo.testing import DevRouter
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -170,3 +171,18 @@ def test_reply_body_and_headers() -> None:
     assert reply_headers(COMPLETION) == {"x-request-id": "p-1"}
     assert reply_headers({"_metadata": {"payload_id": 5}}) == {}
     assert reply_headers({}) == {}
+
+
+def test_relays_refuse_client_settings_in_the_body() -> None:
+
+    with DevRouter(key_bits=2048).run_in_thread() as handle:
+        http = nomyo.openai_http_client(handle.url, allow_http=True)
+        for field in ("timeout", "extra_body", "api_key", "base_url"):
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}], field: None}
+            response = http.post("https://nomyo.invalid/v1/chat/completions", json=body)
+            assert response.status_code == 400, field
+            assert response.json()["error"]["param"] == field
+        http.close()
+        from nomyo._openai import sdk_http
+
+        assert isinstance(http, sdk_http().Client)

@@ -5,17 +5,19 @@
 from __future__ import annotations
 
 import email.utils
+import logging
+import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 import nomyo
-from nomyo import _core, _pipeline
+from nomyo import _core, _pipeline, _retry
 from nomyo._constants import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 from nomyo._retry import (
     is_certificate_failure,
@@ -24,6 +26,7 @@ from nomyo._retry import (
     retry_delay,
     should_retry,
 )
+from nomyo.testing import DevRouter, Fault, RouterThread, make_test_certificates
 
 KEY = _core.PrivateKey.generate(2048)
 SERVER_KEY = _core.PrivateKey.generate(2048)
@@ -51,13 +54,14 @@ def http_date(seconds_from_now: float) -> str:
         ("0.25", 0.25, 0.25),
         (" 7 ", 7.0, 7.0),
         ("-5", 0.0, 0.0),  # never a negative wait
-        (http_date(-3600), 0.0, 0.0),  # a date in the past: now
-        (http_date(120), 100.0, 121.0),  # a date: about two minutes from now
+        (-3600, 0.0, 0.0),  # a date in the past: now
+        (3600, 1.0, 3600.0),  # a date: within the hour
     ],
     ids=["seconds", "fraction", "spaces", "negative", "past-date", "future-date"],
 )
-def test_parse_retry_after(value: str, low: float, high: float) -> None:
-    seconds = parse_retry_after({"retry-after": value})
+def test_parse_retry_after(value: str | int, low: float, high: float) -> None:
+    text = http_date(value) if isinstance(value, int) else value
+    seconds = parse_retry_after({"retry-after": text})
     assert seconds is not None and low <= seconds <= high
 
 
@@ -225,3 +229,142 @@ def test_per_call_max_retries_overrides_the_clients(no_sleep: list[float]) -> No
     with sync_client(handler, max_retries=4) as client, pytest.raises(nomyo.APIError):
         client.send_secure_request(PAYLOAD, "p-4", max_retries=1)
     assert len(made) == 2
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+TRANSPORTS = ["native", "httpx"]
+
+
+@pytest.fixture(scope="module")
+def client_key() -> _core.PrivateKey:
+    return _core.PrivateKey.generate(2048)
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[RouterThread]:
+    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture
+def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("NOMYO_"):
+            monkeypatch.delenv(name)
+    router.router.faults.clear()
+    yield
+    router.router.faults.clear()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Retry after 10 ms instead of the backoff; records the delays asked for."""
+    asked: list[float] = []
+
+    def fast(attempt: int, retry_after: float | None = None) -> float:
+        asked.append(attempt)
+        return 0.01
+
+    monkeypatch.setattr(_pipeline, "retry_delay", fast)
+    return asked
+
+
+def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
+    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
+    client.client._set_key(key)
+    return client
+
+
+@pytest.fixture(scope="module")
+def tls_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterThread]:
+    certs = make_test_certificates(tmp_path_factory.mktemp("certs"))
+    router = DevRouter(key_bits=2048, tls_cert=certs.cert, tls_key=certs.key)
+    with router.run_in_thread() as handle:
+        yield handle
+
+
+@pytest.mark.usefixtures("_clean")
+def test_untrusted_certificate_is_not_retried(
+    tls_router: RouterThread,
+    client_key: _core.PrivateKey,
+    transport: str,
+    fast_retries: list[float],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nomyo")
+    # No verify=: the system/certifi store does not hold the test CA.
+    with nomyo.SyncSecureChatCompletion(tls_router.url, max_retries=2) as client:
+        client.client._set_key(client_key)
+        with pytest.raises(nomyo.APIConnectionError) as info:
+            client.create("m", HELLO)
+    assert fast_retries == [], "no retry was scheduled"
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+    text = str(info.value).lower()
+    assert "certificate" in text or "verify" in text
+    assert _retry.is_certificate_failure(info.value)  # what the CLI's exit code 4 needs
+    assert tls_router.router.key_fetches == 0
+
+
+@pytest.mark.usefixtures("_clean")
+def test_failed_tls_handshake_is_not_retried(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str, fast_retries: list[float]
+) -> None:
+    """https:// to a server that speaks plain HTTP: the handshake cannot succeed."""
+    url = router.url.replace("http://", "https://")
+    before = router.router.connections
+    with nomyo.SyncSecureChatCompletion(url, max_retries=2) as client:
+        client.client._set_key(client_key)
+        with pytest.raises(nomyo.APIConnectionError) as info:
+            client.create("m", HELLO)
+    assert router.router.connections - before == 1
+    assert fast_retries == []
+    assert not _retry.is_certificate_failure(info.value)
+
+
+@pytest.mark.usefixtures("_clean")
+def test_unresolvable_host_is_not_retried(
+    client_key: _core.PrivateKey, transport: str, fast_retries: list[float]
+) -> None:
+    # RFC 6761: .invalid names never resolve ("no such name"). A machine whose resolver
+    # cannot be reached answers EAI_AGAIN instead, which can change, and is retried.
+    host = "nomyo-router.invalid"
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror as exc:
+        transient = exc.errno == socket.EAI_AGAIN
+    else:
+        pytest.fail(f"{host} resolved")
+    with nomyo.SyncSecureChatCompletion(f"https://{host}", max_retries=2) as client:
+        client.client._set_key(client_key)
+        with pytest.raises(nomyo.APIConnectionError) as info:
+            client.create("m", HELLO)
+    assert fast_retries == ([0, 1] if transient else []), str(info.value)
+
+
+@pytest.mark.usefixtures("_clean")
+def test_what_can_change_is_still_retried(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str, fast_retries: list[float]
+) -> None:
+    # A dropped connection, then a refused one (nothing listens on the port any more).
+    router.router.faults.push(Fault(drop_connection=True))
+    with sync_chat(router.url, client_key, max_retries=1) as client:
+        assert client.create("m", HELLO).choices[0].message.content == "hello"
+    assert fast_retries == [0]
+    spare = DevRouter(key_bits=2048)
+    with spare.run_in_thread() as handle:
+        url = handle.url
+    fast_retries.clear()
+    with (
+        sync_chat(url, client_key, max_retries=2) as client,
+        pytest.raises(nomyo.APIConnectionError),
+    ):
+        client.create("m", HELLO)
+    assert fast_retries == [0, 1], "connection refused is retried"
