@@ -28,6 +28,7 @@ import pytest
 
 import nomyo
 from nomyo import _core
+from nomyo._transports import NativeTransport
 from nomyo.testing import DevCertificates, DevRouter, Fault, RouterThread, make_test_certificates
 
 
@@ -62,7 +63,9 @@ def user(text: str) -> list[dict[str, Any]]:
 
 
 def native(client: nomyo.SecureChatCompletion | nomyo.SyncSecureChatCompletion) -> Any:
-    return client.client._native
+    """The client's native pool; None when it was given the httpx transport."""
+    transport = client.client._transport
+    return transport.pool if isinstance(transport, NativeTransport) else None
 
 
 #: Body limits and timeouts for requests started on a bare ``_core.Transport``.
@@ -304,7 +307,7 @@ def test_a_forked_child_uses_its_own_pool(
 def test_concurrent_replies_reach_their_own_requests_through_the_loop_queue(
     tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
 ) -> None:
-    from nomyo import _native
+    from nomyo._transports import native as _native
 
     async def scenario() -> None:
         async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
@@ -324,7 +327,7 @@ def test_concurrent_replies_reach_their_own_requests_through_the_loop_queue(
 def test_a_loop_that_cannot_watch_descriptors_gets_callbacks(
     tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
 ) -> None:
-    from nomyo import _native
+    from nomyo._transports import native as _native
 
     class NoReaders(asyncio.SelectorEventLoop):  # like the proactor loop on Windows
         def add_reader(self, *args: Any, **kwargs: Any) -> None:
@@ -469,7 +472,7 @@ def test_a_loop_closed_with_a_request_in_flight_is_not_kept_alive(
     import gc
     import weakref
 
-    from nomyo import _native
+    from nomyo._transports import native as _native
 
     gc.collect()
     queues = len(_native._COMPLETIONS)

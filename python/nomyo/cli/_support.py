@@ -171,7 +171,7 @@ def client_transport(url: str, ca_file: str | None) -> httpx.AsyncBaseTransport 
     configured. httpx ignores ``HTTP(S)_PROXY`` when a transport is given, so its TLS
     settings go here.
     """
-    from .._native import proxy_configured
+    from .._transports.native import proxy_configured
 
     host = urlsplit(url).hostname
     if host is None or not is_loopback_host(host) or not proxy_configured():

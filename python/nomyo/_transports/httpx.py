@@ -1,30 +1,33 @@
-"""HTTP plumbing: one pooled ``httpx`` client per nomyo client, and bounded body reads."""
+"""The ``httpx`` transport (:class:`HttpxTransport`): one pooled ``httpx`` client per nomyo
+client, bounded body reads, and the checks of a caller's httpx transport or client."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import ssl
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._config import VerifyTypes
-from ._constants import (
-    CONNECT_TIMEOUT,
-    POOL_TIMEOUT,
-    READ_TIMEOUT,
-    WRITE_TIMEOUT,
-)
-from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError
-from ._params import TimeoutTypes, is_given
+from .. import _aio, _core
+from .._config import Timeouts, VerifyTypes
+from .._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
+from .._effects import Effect, Flow, OffLoop, RateWait
+from .._exceptions import APITimeoutError, ConfigurationError, EnvelopeError
+from .._params import NOT_GIVEN, TimeoutTypes, is_given
+from .base import Reply, SealedRequest, Timings, Transport
 
 if TYPE_CHECKING:
     import httpx
 
 __all__ = [
     "IDENTITY",
+    "HttpSend",
+    "HttpxTransport",
     "TimeoutTypes",
     "VerifyTypes",
     "aread_limited",
@@ -45,11 +48,7 @@ logger = logging.getLogger("nomyo")
 
 def default_timeout() -> httpx.Timeout:
     """Connect fast, allow long inference."""
-    import httpx
-
-    return httpx.Timeout(
-        connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
-    )
+    return Timeouts().to_httpx()
 
 
 def http2_available() -> bool:
@@ -312,3 +311,135 @@ async def asend_streamed(
                 raise
             body = b""
     return response, body
+
+
+@dataclass
+class HttpSend(Effect):
+    """One request on the transport's ``httpx`` pool; the outcome is ``(response, body)``."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    content: bytes | None = None
+    timeout: Any = NOT_GIVEN
+    ok_limit: int = MAX_KEY_BYTES
+    error_limit: int = MAX_KEY_BYTES
+    #: An error body too large (or undecodable) reads as empty instead of raising.
+    error_body_optional: bool = False
+
+    def run(self, transport: Transport) -> tuple[httpx.Response, bytes]:
+        assert isinstance(transport, HttpxTransport)
+        return send_streamed(transport.http, self)
+
+    async def arun(self, transport: Transport) -> tuple[httpx.Response, bytes]:
+        assert isinstance(transport, HttpxTransport)
+        return await asend_streamed(transport.http, self)
+
+
+class HttpxTransport(Transport):
+    """The ``httpx`` transport: sealed and opened with ``_core``, sent by an httpx pool it
+    makes (or a caller's ``http_client``, which it never closes).
+
+    Args:
+        asynchronous: an ``httpx.AsyncClient`` pool (else an ``httpx.Client``).
+        http_client: the caller's pool, used as is.
+        options: ``timeout``, ``verify`` and ``transport`` of the pool it makes.
+    """
+
+    def __init__(self, asynchronous: bool, http_client: Any = None, **options: Any) -> None:
+        self._asynchronous = asynchronous
+        self._options = options
+        self._owns = http_client is None
+        self.http: Any = http_client if http_client is not None else self._new_pool()
+
+    def __repr__(self) -> str:
+        kind = "async" if self._asynchronous else "blocking"
+        return f"<HttpxTransport {kind}{'' if self._owns else ' (caller' + chr(39) + 's pool)'}>"
+
+    def _new_pool(self) -> Any:
+        make = make_async_client if self._asynchronous else make_sync_client
+        return make(**self._options)
+
+    @staticmethod
+    def _failure(exc: httpx.TransportError, payload_id: str | None, what: str) -> Exception:
+        import httpx
+
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        return Transport.connection_error(timed_out, exc, payload_id, what)
+
+    def get_key(self, url: str) -> Flow[Reply]:
+        import httpx
+
+        try:
+            response, body = yield HttpSend("GET", url, IDENTITY)
+        except httpx.TransportError as exc:
+            raise self._failure(exc, None, "fetching the server key") from exc
+        return Reply(response.status_code, response.headers, body, response.encoding or "utf-8")
+
+    def post_sealed(self, request: SealedRequest) -> Flow[Reply]:
+        import httpx
+
+        started = time.perf_counter()
+        seal = functools.partial(_core.seal_json, secure_memory=request.secure_memory)
+        body = yield OffLoop(seal, request.payload, request.server_key)
+        sealed = time.perf_counter()
+        limiter = request.rate_limiter
+        waited = (yield RateWait(limiter)) if limiter is not None else 0.0
+        sending = time.perf_counter()
+        send = HttpSend(
+            "POST",
+            request.url,
+            request.headers,
+            content=body,
+            timeout=request.timeout,
+            ok_limit=request.max_response,
+            error_limit=MAX_ERROR_BODY_BYTES,
+            error_body_optional=True,
+        )
+        try:
+            response, data = yield send
+        except httpx.TransportError as exc:
+            raise self._failure(exc, request.payload_id, "request") from exc
+        reply = Reply(
+            response.status_code,
+            response.headers,
+            data,
+            timings=Timings(
+                len(body), len(data), sealed - started, waited, time.perf_counter() - sending, 0.0
+            ),
+        )
+
+        def opener() -> Flow[tuple[Any, Any, str]]:
+            opening = time.perf_counter()
+            open_json = functools.partial(_core.open_json, secure_memory=request.secure_memory)
+            opened = yield OffLoop(open_json, data, request.client_key, request.max_response)
+            reply.timings = reply.timings._replace(open_seconds=time.perf_counter() - opening)
+            return opened  # type: ignore[no-any-return]
+
+        if reply.status == 200:
+            reply.opener = opener
+        return reply
+
+    def _on_new_loop(self, previous: object | None) -> None:
+        """Connections belong to the loop that opened them: on a new loop (a second
+        ``asyncio.run`` or ``trio.run``), a fresh pool replaces the orphaned one."""
+        if previous is not None and self._owns:
+            self.http = self._new_pool()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._owns and not self._asynchronous:
+            self.http.close()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if not self._owns:
+            return
+        if not self._asynchronous:
+            self.http.close()
+        elif self._loop is not None and self._loop is not _aio.current_loop():
+            # The pool belongs to an event loop that has ended; its connections went with it.
+            self.http = self._new_pool()
+            self._loop = None
+        else:
+            await self.http.aclose()

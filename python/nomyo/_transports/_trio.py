@@ -1,4 +1,4 @@
-"""The native transport under trio (imported only there, see ``NativeTransport._run``).
+"""The native transport under trio (imported only there, see ``NativePool._run``).
 
 As under asyncio, finished requests reach the run through a ``_core.Completions`` queue: the
 native workers queue them and write a wake byte, never waiting for the GIL. Each trio run
@@ -17,18 +17,18 @@ from typing import Any
 
 import trio
 
-from . import _core
-from ._native import _TOKENS, _LoopCompletions, _settle
+from .. import _core
+from ._completions import TOKENS, LoopCompletions, settle
 
 __all__ = ["run"]
 
 logger = logging.getLogger("nomyo")
 
-_QUEUE: trio.lowlevel.RunVar[_LoopCompletions | None] = trio.lowlevel.RunVar("nomyo_completions")
+_QUEUE: trio.lowlevel.RunVar[LoopCompletions | None] = trio.lowlevel.RunVar("nomyo_completions")
 
 
 class _Waiter:
-    """One request's outcome, settled like an ``asyncio.Future`` (see ``_native._settle``)."""
+    """One request's outcome, settled like an ``asyncio.Future`` (see ``_completions.settle``)."""
 
     __slots__ = ("__weakref__", "event", "ok", "value")
 
@@ -49,7 +49,7 @@ class _Waiter:
         self.event.set()
 
 
-async def _deliver(found: _LoopCompletions) -> None:
+async def _deliver(found: LoopCompletions) -> None:
     """The run's system task: wake the waiting tasks whenever requests have finished."""
     fd = found.queue.fileno()
     while True:
@@ -63,12 +63,12 @@ async def _deliver(found: _LoopCompletions) -> None:
             await trio.lowlevel.checkpoint()
 
 
-def _completions() -> _LoopCompletions | None:
+def _completions() -> LoopCompletions | None:
     """This run's queue (made, with its system task, on first use); None: use callbacks."""
     try:
         found = _QUEUE.get()
     except LookupError:
-        found = _LoopCompletions() if hasattr(_core, "Completions") else None
+        found = LoopCompletions() if hasattr(_core, "Completions") else None
         _QUEUE.set(found)
         if found is not None:
             trio.lowlevel.spawn_system_task(_deliver, found, name="nomyo completions")
@@ -84,7 +84,7 @@ async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exch
     completions = _completions()
     token = 0
     if completions is not None:
-        token = next(_TOKENS)
+        token = next(TOKENS)
         pending = transport.start(completions.queue, token=token, **request)
         completions.futures[token] = waiter
     else:
@@ -92,7 +92,7 @@ async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exch
 
         def done(ok: bool, value: Any) -> None:  # runs on a native worker thread
             with contextlib.suppress(trio.RunFinishedError):
-                trio_token.run_sync_soon(_settle, waiter, ok, value)
+                trio_token.run_sync_soon(settle, waiter, ok, value)
 
         pending = transport.start(done, **request)
     try:
