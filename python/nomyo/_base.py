@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from . import _core
 from ._attestation import (
     apply_attestation_policy,
 )
@@ -34,6 +33,7 @@ from ._constants import (
     REPLY_BINDING_KEY,
     SECURITY_TIERS,
 )
+from ._core import PrivateKey, PublicKey
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -159,7 +159,7 @@ class BaseSecureClient:
         self.allow_http = options.allow_http
         self.max_retries = options.max_retries
         self.key_size = KEY_SIZE
-        self.private_key: _core.PrivateKey | None = None
+        self.private_key: PrivateKey | None = None
         self.public_key_pem: str | None = None
         self._quoted_public_key: tuple[str, str] | None = None
         #: The policy of its secret buffers (see :func:`~nomyo._memory.secure_memory_mode`).
@@ -178,7 +178,7 @@ class BaseSecureClient:
         self.rate_limiter = options.rate_limiter
         self._max_response = options.max_response_size
         self.max_request_size = options.max_request_size
-        self._server_key: _core.PublicKey | None = None
+        self._server_key: PublicKey | None = None
         self._server_key_pem: str | None = None
         self.server_key_fetches = 0
 
@@ -187,7 +187,7 @@ class BaseSecureClient:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def _set_key(self, key: _core.PrivateKey, public_key_pem: str | None = None) -> None:
+    def _set_key(self, key: PrivateKey, public_key_pem: str | None = None) -> None:
         self.private_key = key
         self.public_key_pem = public_key_pem or key.public_key().to_pem()
 
@@ -204,7 +204,7 @@ class BaseSecureClient:
         Raises:
             FileExistsError: a key file exists in ``key_dir`` and ``overwrite`` is false.
         """
-        key = _core.PrivateKey.generate(self.key_size)
+        key = PrivateKey.generate(self.key_size)
         if save_to_file:
             save_key_pair(key, key_dir, password, overwrite=overwrite)
         self._set_key(key)
@@ -227,13 +227,13 @@ class BaseSecureClient:
         pem = None
         if public_key_path is not None:
             pem = Path(public_key_path).read_text().strip()
-            if _core.PublicKey.from_pem(pem) != key.public_key():
+            if PublicKey.from_pem(pem) != key.public_key():
                 raise KeyFormatError(
                     f"{public_key_path} does not hold the public key of {private_key_path}"
                 )
         self._set_key(key, pem)
 
-    def _public_key_header(self, private_key: _core.PrivateKey) -> str:
+    def _public_key_header(self, private_key: PrivateKey) -> str:
         """The URL-quoted public key PEM, quoted once per key."""
         pem = self.public_key_pem or private_key.public_key().to_pem()
         cached = self._quoted_public_key
@@ -250,13 +250,13 @@ class BaseSecureClient:
         if self._closed:
             raise ClientClosedError("Cannot send a request, as the client has been closed.")
 
-    def _require_keys(self) -> _core.PrivateKey:
+    def _require_keys(self) -> PrivateKey:
         if self.private_key is None:
             raise SecurityError("no client key: call generate_keys() or load_keys() first")
         return self.private_key
 
     @property
-    def server_public_key(self) -> _core.PublicKey | None:
+    def server_public_key(self) -> PublicKey | None:
         """The cached server key, once fetched."""
         return self._server_key
 
@@ -276,7 +276,7 @@ class BaseSecureClient:
                 error_for_status(status, error_details(body)), PUBLIC_KEY_PATH
             )
         try:
-            key = _core.PublicKey.from_pem(text)
+            key = PublicKey.from_pem(text)
         except KeyFormatError as exc:
             raise KeyFormatError(f"the server returned an invalid public key: {exc}") from None
         if self._pins and key.fingerprint() not in self._pins:

@@ -14,11 +14,21 @@ import inspect
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
 
-from . import _aio, _core
+from . import _aio
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
 from ._client import SecureCompletionClient
 from ._config import ClientOptions, VerifyTypes, normalise_base_url, resolve_api_key
@@ -28,6 +38,7 @@ from ._constants import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
 )
+from ._core import PrivateKey
 from ._exceptions import InvalidRequestError
 from ._keys import Password, password_from_env, save_key_pair
 from ._lifecycle import AsyncCloseable, Closeable
@@ -41,7 +52,7 @@ from ._params import (
     create_signature,
     split_arguments,
 )
-from ._pipeline import PipelineClient
+from ._pipeline import ClientT, HttpClientT, TransportT
 from ._ratelimit import RateLimiter
 from ._response import ChatCompletion
 from ._stream import AsyncStream, Stream
@@ -61,10 +72,6 @@ __all__ = [
     "SyncSecureChatCompletion",
     "checked_messages",
 ]
-
-ClientT = TypeVar("ClientT", bound="PipelineClient[Any, Any]")
-TransportT = TypeVar("TransportT")
-HttpClientT = TypeVar("HttpClientT")
 
 
 class PreparedRequest(NamedTuple):
@@ -193,7 +200,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
                 password=self._key_password,
             )
             return
-        key = _core.PrivateKey.generate(self.client.key_size)
+        key = PrivateKey.generate(self.client.key_size)
         # FileExistsError: another process created the pair first; use that one.
         with contextlib.suppress(FileExistsError):
             save_key_pair(key, self._key_dir, self._key_password)
@@ -293,6 +300,37 @@ def _as_stream(
     return stream_class(completion, include_usage=include_usage) if stream else completion
 
 
+CompletionT = TypeVar("CompletionT", covariant=True)
+ChunksT = TypeVar("ChunksT", covariant=True)
+
+
+class CreateCall(Protocol[CompletionT, ChunksT]):
+    """``chat.completions.create`` of either client, typed once: ``stream=True`` gives the
+    chunks (a stream), anything else the completion; ``**kwargs`` are ``CreateArguments``."""
+
+    @overload
+    def __call__(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: Literal[True],
+        stream_options: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[CreateArguments],
+    ) -> ChunksT: ...
+
+    @overload
+    def __call__(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
+        stream_options: None = None,
+        **kwargs: Unpack[CreateArguments],
+    ) -> CompletionT: ...
+
+
 class AsyncCompletions:
     """``client.chat.completions`` of :class:`SecureChatCompletion`.
 
@@ -301,42 +339,17 @@ class AsyncCompletions:
     answers once; the stream gives that reply back as OpenAI's chunks, see ``nomyo._stream``).
     """
 
+    create: CreateCall[Awaitable[ChatCompletion], Awaitable[AsyncStream]]
+
     def __init__(self, owner: SecureChatCompletion) -> None:
         self._owner = owner
+        self.create = self._create
 
-    @overload
-    async def create(
-        self,
-        model: str,
-        messages: Messages,
-        *,
-        stream: Literal[True],
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Unpack[CreateArguments],
-    ) -> AsyncStream: ...
-
-    @overload
-    async def create(
-        self,
-        model: str,
-        messages: Messages,
-        *,
-        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
-        stream_options: None = None,
-        **kwargs: Unpack[CreateArguments],
-    ) -> ChatCompletion: ...
-
-    async def create(
-        self,
-        model: str,
-        messages: Messages,
-        *,
-        stream: bool | NotGiven | None = NOT_GIVEN,
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> ChatCompletion | AsyncStream:
+    async def _create(self, model: str, messages: Messages, **kwargs: Any) -> Any:
         """``await client.chat.completions.create(model=..., messages=..., ...)``"""
-        streaming = _stream_arguments(stream, stream_options)
+        streaming = _stream_arguments(
+            kwargs.pop("stream", NOT_GIVEN), kwargs.pop("stream_options", None)
+        )
         completion = await self._owner.create(model, messages, **kwargs)
         return _as_stream(completion, streaming, AsyncStream)
 
@@ -356,42 +369,17 @@ class SyncCompletions:
     :class:`AsyncCompletions`).
     """
 
+    create: CreateCall[ChatCompletion, Stream]
+
     def __init__(self, owner: SyncSecureChatCompletion) -> None:
         self._owner = owner
+        self.create = self._create
 
-    @overload
-    def create(
-        self,
-        model: str,
-        messages: Messages,
-        *,
-        stream: Literal[True],
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Unpack[CreateArguments],
-    ) -> Stream: ...
-
-    @overload
-    def create(
-        self,
-        model: str,
-        messages: Messages,
-        *,
-        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
-        stream_options: None = None,
-        **kwargs: Unpack[CreateArguments],
-    ) -> ChatCompletion: ...
-
-    def create(
-        self,
-        model: str,
-        messages: Messages,
-        *,
-        stream: bool | NotGiven | None = NOT_GIVEN,
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> ChatCompletion | Stream:
+    def _create(self, model: str, messages: Messages, **kwargs: Any) -> Any:
         """``client.chat.completions.create(model=..., messages=..., ...)``"""
-        streaming = _stream_arguments(stream, stream_options)
+        streaming = _stream_arguments(
+            kwargs.pop("stream", NOT_GIVEN), kwargs.pop("stream_options", None)
+        )
         return _as_stream(self._owner.create(model, messages, **kwargs), streaming, Stream)
 
 
@@ -459,7 +447,7 @@ class SecureChatCompletion(
     _chat_class = AsyncChat
     _client_class = SecureCompletionClient
 
-    async def _ensure_keys(self) -> _core.PrivateKey:
+    async def _ensure_keys(self) -> PrivateKey:
         if self.client.private_key is not None:
             return self.client.private_key
         await _aio.run_sync(self._load_or_generate_once)
@@ -533,7 +521,7 @@ class SyncSecureChatCompletion(
     _chat_class = SyncChat
     _client_class = SyncSecureCompletionClient
 
-    def _ensure_keys(self) -> _core.PrivateKey:
+    def _ensure_keys(self) -> PrivateKey:
         key = self.client.private_key
         if key is None:
             with self._keys_lock:

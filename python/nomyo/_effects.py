@@ -2,7 +2,7 @@
 
 A *flow* is a plain generator: it yields an :class:`Effect` and is sent back its outcome.
 Each effect knows how to run blocking (``run``) and awaited (``arun``), given the client's
-transport (:class:`~nomyo._transports.Transport`); :func:`drive` runs a flow blocking and
+transport (``nomyo._transports.Transport``); :func:`drive` runs a flow blocking and
 :func:`adrive` awaiting each effect on the running loop (asyncio, uvloop or trio). The
 transports add their own effects (an httpx send, a native call).
 """
@@ -12,13 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from . import _aio
 from ._ratelimit import RateLimiter
-
-if TYPE_CHECKING:
-    from ._transports.base import Transport
 
 __all__ = [
     "BindLoop",
@@ -29,6 +26,7 @@ __all__ = [
     "RateWait",
     "Sleep",
     "T",
+    "TransportLike",
     "adrive",
     "drive",
 ]
@@ -39,13 +37,20 @@ T = TypeVar("T")
 Flow = Generator["Effect", Any, T]
 
 
+class TransportLike(Protocol):
+    """What effects are run with: the client's transport (``nomyo._transports.Transport``,
+    whose own effects reach its pool)."""
+
+    def bind_loop(self) -> bool: ...
+
+
 class Effect:
     """Something a flow needs done: blocking (:meth:`run`) or awaited (:meth:`arun`)."""
 
-    def run(self, transport: Transport) -> Any:
+    def run(self, transport: TransportLike) -> Any:
         raise NotImplementedError
 
-    async def arun(self, transport: Transport) -> Any:
+    async def arun(self, transport: TransportLike) -> Any:
         raise NotImplementedError
 
 
@@ -53,10 +58,10 @@ class BindLoop(Effect):
     """Before the first I/O of an awaited call: the transport's pool on the running loop.
     The outcome: True when the loop changed (locks of the old loop must be replaced)."""
 
-    def run(self, transport: Transport) -> bool:
+    def run(self, transport: TransportLike) -> bool:
         return False
 
-    async def arun(self, transport: Transport) -> bool:
+    async def arun(self, transport: TransportLike) -> bool:
         return transport.bind_loop()
 
 
@@ -66,10 +71,10 @@ class Sleep(Effect):
 
     seconds: float
 
-    def run(self, transport: Transport) -> None:
+    def run(self, transport: TransportLike) -> None:
         time.sleep(self.seconds)
 
-    async def arun(self, transport: Transport) -> None:
+    async def arun(self, transport: TransportLike) -> None:
         await _aio.sleep(self.seconds)
 
 
@@ -79,10 +84,10 @@ class OffLoop(Effect):
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         self.fn, self.args = fn, args
 
-    def run(self, transport: Transport) -> Any:
+    def run(self, transport: TransportLike) -> Any:
         return self.fn(*self.args)
 
-    async def arun(self, transport: Transport) -> Any:
+    async def arun(self, transport: TransportLike) -> Any:
         return await _aio.run_sync(self.fn, *self.args)
 
 
@@ -92,10 +97,10 @@ class RateWait(Effect):
 
     limiter: RateLimiter
 
-    def run(self, transport: Transport) -> float:
+    def run(self, transport: TransportLike) -> float:
         return self.limiter.wait()
 
-    async def arun(self, transport: Transport) -> float:
+    async def arun(self, transport: TransportLike) -> float:
         return await self.limiter.wait_async()
 
 
@@ -107,11 +112,11 @@ class KeyLock(Effect):
     lock: Any
     flow: Flow[Any]
 
-    def run(self, transport: Transport) -> Any:
+    def run(self, transport: TransportLike) -> Any:
         with self.lock:
             return drive(self.flow, transport)
 
-    async def arun(self, transport: Transport) -> Any:
+    async def arun(self, transport: TransportLike) -> Any:
         async with self.lock:
             return await adrive(self.flow, transport)
 
@@ -135,7 +140,7 @@ class _Stepper(Generic[T]):
             return None
 
 
-def drive(flow: Flow[T], transport: Transport) -> T:
+def drive(flow: Flow[T], transport: TransportLike) -> T:
     """Run ``flow`` to its end, doing each effect blocking; returns what the flow returns."""
     stepper = _Stepper(flow)
     while (effect := stepper.next()) is not None:
@@ -146,7 +151,7 @@ def drive(flow: Flow[T], transport: Transport) -> T:
     return stepper.result
 
 
-async def adrive(flow: Flow[T], transport: Transport) -> T:
+async def adrive(flow: Flow[T], transport: TransportLike) -> T:
     """:func:`drive`, awaiting each effect on the running loop."""
     stepper = _Stepper(flow)
     while (effect := stepper.next()) is not None:

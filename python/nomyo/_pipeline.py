@@ -22,10 +22,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
-from . import _core
 from ._base import BaseSecureClient, KeyRotated, error_details, logger
 from ._config import ClientOptions
 from ._constants import PUBLIC_KEY_PATH
+from ._core import PublicKey, open_json, seal_json
 from ._effects import BindLoop, Effect, Flow, KeyLock, OffLoop, Sleep, adrive, drive
 from ._exceptions import APIConnectionError, APIError, EnvelopeError, SecurityError
 from ._params import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes
@@ -105,7 +105,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         if self._server_key is None:
             yield from self._fetch_key_flow()
 
-    def _server_key_flow(self) -> Flow[_core.PublicKey]:
+    def _server_key_flow(self) -> Flow[PublicKey]:
         """The cached server key, fetched once (under the lock) when there is none."""
         key = self._server_key
         if key is None:
@@ -114,19 +114,19 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         assert key is not None
         return key
 
-    def _key_changed_flow(self, used: _core.PublicKey) -> Flow[bool]:
+    def _key_changed_flow(self, used: PublicKey) -> Flow[bool]:
         """After a 'cannot decrypt' reply, re-fetch the key once and report if it changed."""
         yield KeyLock(self._server_key_lock, self._refetch_flow(used))
         return self._server_key != used
 
-    def _refetch_flow(self, used: _core.PublicKey) -> Flow[None]:
+    def _refetch_flow(self, used: PublicKey) -> Flow[None]:
         if self._server_key is used:
             yield from self._fetch_key_flow()
 
     def _seal_flow(self, payload: dict[str, Any]) -> Flow[bytes]:
         self._check_payload(payload)
         server_key = yield from self._server_key_flow()
-        seal = functools.partial(_core.seal_json, secure_memory=self.secure_memory_mode)
+        seal = functools.partial(seal_json, secure_memory=self.secure_memory_mode)
         sealed: bytes = yield OffLoop(seal, payload, server_key)
         return sealed
 
@@ -136,7 +136,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         key = self._require_keys()
         if not isinstance(encrypted_response, (bytes, bytearray, memoryview)):
             raise EnvelopeError("encrypted response must be bytes")
-        opener = functools.partial(_core.open_json, secure_memory=self.secure_memory_mode)
+        opener = functools.partial(open_json, secure_memory=self.secure_memory_mode)
         value, processed_at, algorithm = yield OffLoop(
             opener, bytes(encrypted_response), key, self._max_response
         )

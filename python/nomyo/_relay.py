@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core
+from ._core import dumps
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -246,7 +246,7 @@ def event_stream(reply: Mapping[str, Any], *, include_usage: bool = False) -> by
     pieces: list[bytearray] = []
     try:
         for chunk in completion_chunks(reply, include_usage=include_usage):
-            with _core.dumps(chunk) as serialised:
+            with dumps(chunk) as serialised:
                 pieces.append(serialised.to_bytearray())
         size = sum(len(_EVENT) + len(p) + len(_EVENT_END) for p in pieces) + len(_DONE)
         stream = bytearray(size)
@@ -265,5 +265,5 @@ def event_stream(reply: Mapping[str, Any], *, include_usage: bool = False) -> by
 def reply_body(reply: Mapping[str, Any]) -> bytearray:
     """The reply as compact JSON, serialised in native memory and copied once into a
     ``bytearray`` the caller can wipe."""
-    with _core.dumps(reply) as serialised:
+    with dumps(reply) as serialised:
         return serialised.to_bytearray()

@@ -10,9 +10,12 @@ import os
 import weakref
 from typing import Any, Protocol
 
-from .. import _core
+try:
+    from .._core import Completions
+except ImportError:  # a build without descriptor queues (Windows): callbacks instead
+    Completions = None  # type: ignore[assignment,misc]
 
-__all__ = ["TOKENS", "LoopCompletions", "Settleable", "settle"]
+__all__ = ["TOKENS", "Completions", "LoopCompletions", "Settleable", "settle"]
 
 #: The token of each started request (its key in ``LoopCompletions.futures``).
 TOKENS = itertools.count(1)
@@ -42,7 +45,8 @@ class LoopCompletions:
     (see ``_trio``); loops that cannot watch a descriptor get a callback per request instead."""
 
     def __init__(self) -> None:
-        self.queue = _core.Completions()
+        assert Completions is not None
+        self.queue = Completions()
         # Weak: a future holds its loop, and this (the loop's entry in _COMPLETIONS) must not;
         # the task awaiting a future keeps it alive for as long as anyone waits.
         self.futures: weakref.WeakValueDictionary[int, Settleable]

@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
-from .. import _core
-from ._completions import TOKENS, LoopCompletions, settle
+from .._core import Exchange, Transport
+from ._completions import TOKENS, Completions, LoopCompletions, settle
 
 __all__ = ["run"]
 
@@ -68,7 +68,7 @@ def _completions() -> LoopCompletions | None:
     try:
         found = _QUEUE.get()
     except LookupError:
-        found = LoopCompletions() if hasattr(_core, "Completions") else None
+        found = LoopCompletions() if Completions is not None else None
         _QUEUE.set(found)
         if found is not None:
             trio.lowlevel.spawn_system_task(_deliver, found, name="nomyo completions")
@@ -77,7 +77,7 @@ def _completions() -> LoopCompletions | None:
     return found
 
 
-async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exchange:
+async def run(transport: Transport, request: dict[str, Any]) -> Exchange:
     """Start ``request`` on ``transport`` and wait for its exchange; cancelling the wait
     (a cancel scope, a timeout) stops the request."""
     waiter = _Waiter()
@@ -104,5 +104,5 @@ async def run(transport: _core.Transport, request: dict[str, Any]) -> _core.Exch
         raise
     if not waiter.ok:
         raise waiter.value
-    exchange: _core.Exchange = waiter.value
+    exchange: Exchange = waiter.value
     return exchange

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .. import _aio, _core
+from .. import _aio
 from .._config import Timeouts
+from .._core import PrivateKey, PublicKey
 from .._effects import Flow
 from .._exceptions import APIConnectionError, APITimeoutError
 from .._params import NotGiven, TimeoutTypes
@@ -33,8 +34,8 @@ class SealedRequest:
     url: str
     headers: dict[str, str]
     payload: dict[str, Any]
-    server_key: _core.PublicKey
-    client_key: _core.PrivateKey
+    server_key: PublicKey
+    client_key: PrivateKey
     max_response: int
     secure_memory: str
     timeout: TimeoutTypes | NotGiven

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import _aio, _core
+from .. import _aio
 from .._config import Timeouts, VerifyTypes
 from .._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
-from .._effects import Effect, Flow, OffLoop, RateWait
+from .._core import open_json, seal_json
+from .._effects import Effect, Flow, OffLoop, RateWait, TransportLike
 from .._exceptions import APITimeoutError, ConfigurationError, EnvelopeError
 from .._params import NOT_GIVEN, TimeoutTypes, is_given
 from .base import Reply, SealedRequest, Timings, Transport
@@ -327,11 +328,11 @@ class HttpSend(Effect):
     #: An error body too large (or undecodable) reads as empty instead of raising.
     error_body_optional: bool = False
 
-    def run(self, transport: Transport) -> tuple[httpx.Response, bytes]:
+    def run(self, transport: TransportLike) -> tuple[httpx.Response, bytes]:
         assert isinstance(transport, HttpxTransport)
         return send_streamed(transport.http, self)
 
-    async def arun(self, transport: Transport) -> tuple[httpx.Response, bytes]:
+    async def arun(self, transport: TransportLike) -> tuple[httpx.Response, bytes]:
         assert isinstance(transport, HttpxTransport)
         return await asend_streamed(transport.http, self)
 
@@ -380,7 +381,7 @@ class HttpxTransport(Transport):
         import httpx
 
         started = time.perf_counter()
-        seal = functools.partial(_core.seal_json, secure_memory=request.secure_memory)
+        seal = functools.partial(seal_json, secure_memory=request.secure_memory)
         body = yield OffLoop(seal, request.payload, request.server_key)
         sealed = time.perf_counter()
         limiter = request.rate_limiter
@@ -411,8 +412,8 @@ class HttpxTransport(Transport):
 
         def opener() -> Flow[tuple[Any, Any, str]]:
             opening = time.perf_counter()
-            open_json = functools.partial(_core.open_json, secure_memory=request.secure_memory)
-            opened = yield OffLoop(open_json, data, request.client_key, request.max_response)
+            opener = functools.partial(open_json, secure_memory=request.secure_memory)
+            opened = yield OffLoop(opener, data, request.client_key, request.max_response)
             reply.timings = reply.timings._replace(open_seconds=time.perf_counter() - opening)
             return opened  # type: ignore[no-any-return]
 

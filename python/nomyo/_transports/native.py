@@ -30,10 +30,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _core
+import nomyo._core as _core  # the native module itself, not the package above it
+
 from .._config import Timeouts
 from .._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
-from .._effects import Effect, Flow, RateWait
+from .._effects import Effect, Flow, RateWait, TransportLike
 from .._exceptions import ConfigurationError
 from .._signature import takes_arguments_of
 from ._completions import TOKENS, LoopCompletions, settle
@@ -387,10 +388,10 @@ class NativeCall(Effect):
     asend: Callable[..., Awaitable[_core.Exchange]]
     args: tuple[Any, ...]
 
-    def run(self, transport: Transport) -> _core.Exchange:
+    def run(self, transport: TransportLike) -> _core.Exchange:
         return self.send(*self.args)
 
-    async def arun(self, transport: Transport) -> _core.Exchange:
+    async def arun(self, transport: TransportLike) -> _core.Exchange:
         return await self.asend(*self.args)
 
 
