@@ -186,3 +186,13 @@ def test_relays_refuse_client_settings_in_the_body() -> None:
         from nomyo._openai import sdk_http
 
         assert isinstance(http, sdk_http().Client)
+
+
+def test_every_call_option_but_the_tier_is_refused_in_a_relayed_body() -> None:
+    """Derived from the options of a call: an option added later is refused until a relay
+    allows it on purpose."""
+    from nomyo._params import REQUEST_OPTIONS
+
+    assert set(REFUSED_FIELDS) == set(REQUEST_OPTIONS) - {"security_tier"}
+    allowed = parse_chat_body(body(security_tier="high"))
+    assert isinstance(allowed, ChatCall) and allowed.options == {"security_tier": "high"}

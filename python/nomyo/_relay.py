@@ -24,6 +24,7 @@ from ._exceptions import (
     SecureMemoryError,
     SecurityError,
 )
+from ._params import REQUEST_OPTIONS
 from ._stream import completion_chunks
 
 __all__ = [
@@ -39,17 +40,10 @@ __all__ = [
     "reply_headers",
 ]
 
-#: Fields of a relayed body that would reconfigure the client: redirect it, swap its API key,
-#: change its timeouts or retries, or add HTTP headers to the router request.
-REFUSED_FIELDS = (
-    "api_key",
-    "base_url",
-    "extra_body",
-    "extra_headers",
-    "extra_query",
-    "timeout",
-    "max_retries",
-)
+#: Fields of a relayed body that would reconfigure the client (redirect it, swap its API key,
+#: change its timeouts or retries, add HTTP headers to the router request): every option of
+#: a call but the security tier, so a new option is refused here until allowed on purpose.
+REFUSED_FIELDS = tuple(name for name in REQUEST_OPTIONS if name != "security_tier")
 #: The content type of a streamed reply.
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 _EVENT, _EVENT_END, _DONE = b"data: ", b"\n\n", b"data: [DONE]\n\n"
