@@ -328,3 +328,18 @@ def test_invalid_per_call_options_refused_before_sending(
     with sync_chat(router.url, client_key) as client, pytest.raises(error, match=match):
         client.create("m", HELLO, **options)
     assert router.router.secure_requests == before
+
+
+def test_a_call_may_name_its_payload_id(router: RouterThread, client_key: _core.PrivateKey) -> None:
+    """``payload_id=`` (a per-call option added in two files: ``_params`` declares it,
+    ``_chat`` uses it): the router sees it, the reply carries it; bad ones are refused."""
+    with nomyo.SyncSecureChatCompletion(base_url=router.url, allow_http=True) as client:
+        client.client._set_key(client_key)
+        reply = client.create("m", USER, payload_id="trace-4711")
+        assert router.router.requests[-1].payload_id == "trace-4711"
+        assert reply._metadata.payload_id == "trace-4711"
+        assert client.create("m", USER)._metadata.payload_id != "trace-4711"  # a fresh one
+        sent = len(router.router.requests)
+        with pytest.raises(nomyo.ConfigurationError, match="payload_id"):
+            client.create("m", USER, payload_id="no\nnewlines")
+        assert len(router.router.requests) == sent  # refused before sending

@@ -270,7 +270,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         self._client_for(options.base_url)
         if options.api_key is None and self.api_key is not None:
             options = dataclasses.replace(options, api_key=self.api_key)
-        return PreparedRequest(payload, _new_payload_id(), options)
+        return PreparedRequest(payload, options.payload_id or _new_payload_id(), options)
 
 
 def _stream_arguments(
@@ -476,7 +476,7 @@ class SecureChatCompletion(
         and never go into its body: ``timeout``, ``max_retries``, ``extra_headers`` (HTTP
         headers to the router; ``Authorization``/``X-Security-Tier`` may be replaced, None
         removes one), ``extra_query`` (the URL's query), and nomyo's ``security_tier``,
-        ``api_key`` and ``base_url``.
+        ``api_key``, ``base_url`` and ``payload_id`` (the request's ``X-Payload-ID``).
 
         Returns:
             The decrypted ``chat.completion`` (a ``dict`` with attribute access), with

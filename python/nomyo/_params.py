@@ -108,6 +108,7 @@ class RequestArguments(TypedDict, total=False):
     max_retries: int | NotGiven
     extra_headers: Mapping[str, str | None] | None
     extra_query: Mapping[str, object] | None
+    payload_id: str | None
 
 
 class CreateArguments(OpenAIParameters, RequestArguments, total=False):
@@ -135,6 +136,9 @@ class RequestOptions:
     max_retries: int | NotGiven = NOT_GIVEN
     extra_headers: Mapping[str, str | None] | None = None
     extra_query: Mapping[str, object] | None = None
+    #: The request's ``X-Payload-ID`` (printable ASCII), e.g. to find it in the router's
+    #: logs; None: a fresh UUID.
+    payload_id: str | None = None
 
 
 #: The names of :class:`RequestOptions`, in order.
