@@ -9,7 +9,7 @@ Every argument given explicitly wins; the environment fills in what is not given
 ``NOMYO_API_KEY``   the bearer API key
 ``NOMYO_LOG``       ``debug``, ``info``, ``warning`` or ``error``: log the ``nomyo`` logger to
                     stderr at that level; any other non-empty value is refused
-``NOMYO_TRANSPORT`` ``native`` (default) or ``httpx`` (see ``nomyo._native``)
+``NOMYO_TRANSPORT`` ``native`` (default) or ``httpx`` (see ``nomyo._transports``)
 =================  =========================================================
 
 Logging follows the Python logging HOWTO for libraries: the ``nomyo`` logger has only a
