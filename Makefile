@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke bench-proxy bench-instructions soak wheel-check fuzz clean
+.PHONY: all venv build system-deps test test-rust test-python lint fmt demo bench bench-smoke bench-proxy bench-gateway bench-instructions bench-reply-flood soak wheel-check fuzz clean
 
 all: test
 
@@ -53,16 +53,23 @@ bench: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py $(BENCH_ARGS)
 	$(PY) benches/engine.py
+	$(PY) benches/new_client.py
 
 bench-smoke: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/compare.py --smoke
+	$(PY) benches/new_client.py --smoke --out .cache/bench-smoke
 	$(PY) benches/proxy.py --smoke --out .cache/bench-smoke
+	$(PY) benches/gateway.py --smoke --out .cache/bench-smoke
 
 # nomyo proxy against the library, same router, same run (needs wrk: installed by system-deps).
 bench-proxy: build system-deps
 	PYTHON=$(PY) bash scripts/install-reference.sh >/dev/null
 	$(PY) benches/proxy.py $(BENCH_ARGS)
+
+# The Responses and Messages APIs of nomyo proxy against its chat completions, same run.
+bench-gateway: build
+	$(PY) benches/gateway.py $(BENCH_ARGS)
 
 # Instructions per request under valgrind (repeatable where CPU time is not; needs valgrind).
 bench-instructions: build
@@ -77,6 +84,14 @@ bench-instructions: build
 soak: build
 	$(PY) benches/soak.py --requests 20000 --json .cache/soak/direct.json $(SOAK_ARGS)
 	$(PY) benches/soak.py --requests 20000 --through-proxy --json .cache/soak/proxy.json $(SOAK_ARGS)
+
+# 24 clients that never read 16 MB replies, against `nomyo proxy --max-buffered-mib 16` (issue
+# 24, finding 5): peak RSS and RSS 15 s after they leave, over the idle proxy (targets +256 and
+# +64 MiB), then the same with glibc's default mmap threshold. About a minute; the short
+# version is tests/test_reply_budget.py.
+bench-reply-flood: build
+	$(PY) benches/reply_flood.py --json .cache/reply-flood/fixed.json
+	-$(PY) benches/reply_flood.py --dynamic-mmap --json .cache/reply-flood/dynamic.json
 
 wheel-check: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHON=$(CURDIR)/$(PY) bash scripts/wheel-check.sh $(PYTEST_ARGS)

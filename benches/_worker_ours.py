@@ -51,6 +51,12 @@ class OursAdapter:
         cls: type = self.nomyo.SecureCompletionClient
         return cls
 
+    def keygen_hook(self) -> tuple[object, str]:
+        """Where a client without a key dir gets its key made: the process-wide pair."""
+        from nomyo import _ephemeral
+
+        return _ephemeral, "_make_pair"
+
     def gen_keys(self, key_dir: str) -> None:
         assert self.nomyo is not None
         self.nomyo.SecureCompletionClient().generate_keys(save_to_file=True, key_dir=key_dir)

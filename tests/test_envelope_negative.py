@@ -476,7 +476,9 @@ def test_reply_with_null_payload_id_is_ours(keys: Keys) -> None:
 
 
 def test_no_client_key_is_a_security_error(valid: bytes) -> None:
-    client = SecureCompletionClient()
+    # No key of its own and no process-wide pair yet (an interval no other test uses): no
+    # request can have been sealed, so there is nothing to open with.
+    client = SecureCompletionClient(key_rotation_interval=7_006.0)
     with pytest.raises(SecurityError, match="generate_keys"):
         asyncio.run(client.decrypt_response(valid, PAYLOAD_ID))
 

@@ -368,8 +368,13 @@ def test_readable_private_key_is_refused(tmp_path: Path, saved_plain: Path, file
     message = _refused(path, None, "chmod 600")
     assert str(path) in message
     client = SecureCompletionClient()
-    client.load_keys(path, allow_readable=True)
-    assert client.private_key is not None
+    if file_mode & 0o022:  # writable by group or others: refused even with allow_readable
+        with pytest.raises(KeyFormatError, match="writable by group or others"):
+            client.load_keys(path, allow_readable=True)
+        assert client.private_key is None
+    else:
+        client.load_keys(path, allow_readable=True)
+        assert client.private_key is not None
     assert mode(path) == file_mode  # not "fixed" behind the user's back
 
 

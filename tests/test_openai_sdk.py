@@ -176,8 +176,9 @@ def test_models_and_unknown_endpoints(router: RouterThread, client_key: _core.Pr
         assert client.models.retrieve("other").id == "other"
         with pytest.raises(openai.NotFoundError):
             client.models.retrieve("missing")
-        with pytest.raises(openai.NotFoundError):
+        with pytest.raises(openai.InternalServerError) as refused:  # 501: never encrypted
             client.embeddings.create(model="m", input="x")
+        assert refused.value.status_code == 501
     with sdk(router.url, client_key) as client, pytest.raises(openai.NotFoundError):
         client.models.list()
 

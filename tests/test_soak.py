@@ -148,5 +148,6 @@ def test_wrong_key_reply_fails_as_a_security_error_for_a_4096_bit_client() -> No
         with pytest.raises(nomyo.SecurityError):
             client.create(model="m", messages=[{"role": "user", "content": "x"}])
         assert handle.router.requests[-1].fault == Fault(wrong_key_reply=True)
-        assert client.client.private_key is not None
-        assert client.client.private_key.key_size == 4096
+        # The client seals under the process-wide pair (no key of its own).
+        assert client.client.private_key is None
+        assert client.client.process_key.wait().private_key.key_size == 4096

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._core import verify_attestation
 from ._exceptions import ConfigurationError, SecurityError
+
+if TYPE_CHECKING:
+    from ._known_pcrs import KnownPcrs
 
 __all__ = [
     "AttestationMode",
@@ -14,7 +18,9 @@ __all__ = [
     "ReplyBindingMode",
     "apply_attestation_policy",
     "check_mode",
+    "check_remembered",
     "check_reply_binding",
+    "remembered_pcrs",
 ]
 
 #: ``off``: pass the block through unread (the reference's behaviour); ``verify``: attach
@@ -75,3 +81,55 @@ def apply_attestation_policy(
     if mode == "require" and not result["valid"]:
         why = "absent" if not result["available"] else f"invalid ({result['reason']})"
         raise SecurityError(f"TPM attestation is required but {why}")
+
+
+def remembered_pcrs(
+    expected_pcrs: object,
+    known_pcrs: str | os.PathLike[str] | None,
+    mode: AttestationMode,
+) -> KnownPcrs | None:
+    """The known-PCRs file of ``expected_pcrs="tofu"`` (or of a ``known_pcrs=`` path), else
+    None.
+
+    Raises:
+        ConfigurationError: ``tofu`` with ``attestation="off"``, or ``known_pcrs`` together
+            with fixed expected values.
+    """
+    if expected_pcrs != "tofu" and known_pcrs is None:
+        return None
+    if expected_pcrs not in ("tofu", None):
+        raise ConfigurationError("known_pcrs cannot be combined with fixed expected_pcrs")
+    if mode == "off":
+        raise ConfigurationError(
+            "expected_pcrs='tofu' needs attestation='require' (or 'verify' to only report it)"
+        )
+    from ._known_pcrs import KnownPcrs
+
+    return KnownPcrs(known_pcrs)
+
+
+def check_remembered(
+    metadata: dict[str, Any], known: KnownPcrs, url: str, mode: AttestationMode
+) -> None:
+    """Compare a verified quote's PCR values with the ones remembered for ``url``.
+
+    An unverified quote is left alone (``require`` refused it already). The result gets
+    ``pcr_remembered`` (``first_use``, ``matched`` or ``changed``); a change marks it invalid
+    (``pcr_policy_mismatch``).
+
+    Raises:
+        SecurityError: ``require`` and the values changed (naming the PCRs and the file), or
+            the known-PCRs file cannot be trusted.
+    """
+    result = metadata.get("attestation_verification")
+    if not isinstance(result, dict) or not result.get("valid"):
+        return
+    outcome, refusal = known.check(url, result["pcr_values"])
+    result["pcr_remembered"] = outcome
+    if outcome != "changed":
+        result["pcr_policy_matched"] = True
+        return
+    result.update(valid=False, reason="pcr_policy_mismatch", detail=refusal)
+    result["pcr_policy_matched"] = False
+    if mode == "require":
+        raise SecurityError(f"TPM attestation is required but invalid: {refusal}")

@@ -16,12 +16,12 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from ._attestation import (
     apply_attestation_policy,
+    check_remembered,
 )
 from ._config import ClientOptions
 from ._constants import (
@@ -34,6 +34,7 @@ from ._constants import (
     SECURITY_TIERS,
 )
 from ._core import PrivateKey, PublicKey
+from ._ephemeral import ProcessKey, process_key
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -46,10 +47,11 @@ from ._exceptions import (
     SecurityError,
     error_for_status,
 )
-from ._keys import Password, load_private_key, save_key_pair
+from ._keys import Password, load_private_key, read_public_key_pem, save_key_pair
 from ._known_hosts import KnownHosts, normalise_fingerprints
 from ._memory import SecureMemoryMode
 from ._params import NotGiven, is_given
+from ._receipts import ReceiptContext
 from ._response import ChatCompletion, to_response
 from ._retry import is_permanent_network_failure, parse_retry_after, should_retry
 
@@ -162,6 +164,9 @@ class BaseSecureClient:
         self.private_key: PrivateKey | None = None
         self.public_key_pem: str | None = None
         self._quoted_public_key: tuple[str, str] | None = None
+        #: Seconds between rotations of the process-wide key (None: never); a client given
+        #: a key of its own (``generate_keys``, ``load_keys``, ``key_dir``) keeps that one.
+        self.key_rotation_interval = options.rotation_interval
         #: The policy of its secret buffers (see :func:`~nomyo._memory.secure_memory_mode`).
         self.secure_memory_mode: SecureMemoryMode = options.secure_memory_mode
         self._pins = options.pins
@@ -172,7 +177,9 @@ class BaseSecureClient:
             else KnownHosts(None if known_hosts is True else known_hosts)
         )
         self.attestation = options.attestation
-        self.expected_pcrs = options.expected_pcrs
+        self._known_pcrs = options.remembered_pcrs
+        self.expected_pcrs = options.pcr_policy
+        self._receipts = options.receipt_writer
         self.trusted_aiks = options.trusted_aiks
         self.reply_binding = options.reply_binding
         self.rate_limiter = options.rate_limiter
@@ -226,7 +233,7 @@ class BaseSecureClient:
         key = load_private_key(private_key_path, password, allow_readable=allow_readable)
         pem = None
         if public_key_path is not None:
-            pem = Path(public_key_path).read_text().strip()
+            pem = read_public_key_pem(public_key_path)
             if PublicKey.from_pem(pem) != key.public_key():
                 raise KeyFormatError(
                     f"{public_key_path} does not hold the public key of {private_key_path}"
@@ -251,9 +258,27 @@ class BaseSecureClient:
             raise ClientClosedError("Cannot send a request, as the client has been closed.")
 
     def _require_keys(self) -> PrivateKey:
-        if self.private_key is None:
-            raise SecurityError("no client key: call generate_keys() or load_keys() first")
-        return self.private_key
+        """This client's own key, else the process-wide one (made now if needed: blocks)."""
+        if self.private_key is not None:
+            return self.private_key
+        return self.process_key.wait().private_key
+
+    @property
+    def process_key(self) -> ProcessKey:
+        """The process-wide key pair this client seals under while it has none of its own."""
+        return process_key(self.key_rotation_interval, self.key_size)
+
+    def _sealing_key(self) -> tuple[PrivateKey, str] | None:
+        """The key to seal the next request under and its ``X-Public-Key`` header value.
+
+        This client's own key, else the process-wide pair; None while that is still being
+        made. A request keeps what this returns until its reply is opened, so a rotation in
+        between never fails it.
+        """
+        if self.private_key is not None:
+            return self.private_key, self._public_key_header(self.private_key)
+        pair = self.process_key.current()
+        return None if pair is None else (pair.private_key, pair.quoted_public_key)
 
     @property
     def server_public_key(self) -> PublicKey | None:
@@ -346,16 +371,17 @@ class BaseSecureClient:
         api_key: str | None,
         security_tier: str | None,
         extra_headers: Mapping[str, object] | None = None,
+        public_key: str | None = None,
     ) -> dict[str, str]:
         """The headers of one request; checks everything that can be checked before sending.
 
         ``extra_headers`` are added (or replace ``Authorization``/``X-Security-Tier``), as
         the openai SDK's are; a None or ``NOT_GIVEN`` value removes the header.
+        ``public_key`` is the ``X-Public-Key`` value (default: this client's key's).
 
         Raises:
             ConfigurationError: an invalid security tier or payload id, or an extra header
                 that the envelope protocol sets itself or whose value is not a string.
-            SecurityError: no client key yet.
         """
         extra: dict[str, str | None] = {}
         for name, value in (extra_headers or {}).items():
@@ -377,10 +403,11 @@ class BaseSecureClient:
             )
         if not payload_id or not (payload_id.isascii() and payload_id.isprintable()):
             raise ConfigurationError("payload_id must be non-empty printable ASCII (a header)")
-        private_key = self._require_keys()
+        if public_key is None:
+            public_key = self._public_key_header(self._require_keys())
         headers = {
             "X-Payload-ID": payload_id,
-            "X-Public-Key": self._public_key_header(private_key),
+            "X-Public-Key": public_key,
             "Content-Type": "application/octet-stream",
             "Accept-Encoding": "identity",
         }
@@ -520,27 +547,42 @@ class BaseSecureClient:
         processed_at: Any,
         algorithm: str,
         binding: str | None = None,
+        receipt: ReceiptContext | None = None,
     ) -> ChatCompletion:
-        """Complete ``_metadata``, check the reply binding, apply the attestation policy,
-        convert to ``ChatCompletion``.
+        """Complete ``_metadata``, check the reply binding, apply the attestation policy
+        (and remembered PCR values), write the receipt, convert to ``ChatCompletion``.
 
         Raises:
             EnvelopeError / SecurityError: see :func:`complete_metadata`; SecurityError also
                 when ``reply_binding="require"`` or ``attestation="require"`` fails.
         """
-        reply = complete_metadata(value, payload_id, processed_at, algorithm)
-        returned = reply["_metadata"].pop("reply_binding", None)
-        if self.reply_binding == "require":
-            expected = (binding or "").encode("ascii")
-            got = returned.encode("utf-8", "replace") if isinstance(returned, str) else b""
-            # Constant time; an empty expected secret (no binding was sent) never matches.
-            if not hmac.compare_digest(got, expected) or not expected:
-                raise SecurityError("the reply does not carry this request's reply binding")
-        apply_attestation_policy(
-            reply["_metadata"],
-            payload_id,
-            self.attestation,
-            self.expected_pcrs,
-            self.trusted_aiks,
-        )
+        try:
+            reply = complete_metadata(value, payload_id, processed_at, algorithm)
+        except (SecurityError, EnvelopeError) as exc:
+            if receipt is not None:
+                receipt.write(None, "off" if binding is None else "not_checked", exc)
+            raise
+        metadata = reply["_metadata"]
+        bound = "off"
+        try:
+            returned = metadata.pop("reply_binding", None)
+            if self.reply_binding == "require":
+                bound = "failed"
+                expected = (binding or "").encode("ascii")
+                got = returned.encode("utf-8", "replace") if isinstance(returned, str) else b""
+                # Constant time; an empty expected secret (no binding was sent) never matches.
+                if not hmac.compare_digest(got, expected) or not expected:
+                    raise SecurityError("the reply does not carry this request's reply binding")
+                bound = "ok"
+            apply_attestation_policy(
+                metadata, payload_id, self.attestation, self.expected_pcrs, self.trusted_aiks
+            )
+            if self._known_pcrs is not None:
+                check_remembered(metadata, self._known_pcrs, self.router_url, self.attestation)
+        except SecurityError as exc:
+            if receipt is not None:
+                receipt.write(metadata, bound, exc)
+            raise
+        if receipt is not None:
+            receipt.write(metadata, bound)
         return to_response(reply, ChatCompletion)

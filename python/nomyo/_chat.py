@@ -54,6 +54,7 @@ from ._params import (
 )
 from ._pipeline import ClientT, HttpClientT, TransportT
 from ._ratelimit import RateLimiter
+from ._receipts import streamed
 from ._response import ChatCompletion
 from ._stream import AsyncStream, Stream
 from ._sync_client import SyncSecureCompletionClient
@@ -134,13 +135,16 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         server_key_fingerprint: str | Iterable[str] | None = None,
         known_hosts: bool | str | os.PathLike[str] | None = None,
         attestation: AttestationMode = "off",
-        expected_pcrs: PcrPolicy | None = None,
+        expected_pcrs: PcrPolicy | Literal["tofu"] | None = None,
         transport: TransportT | None = None,
         http_client: HttpClientT | None = None,
         rate_limit: bool | RateLimiter | None = None,
         trusted_aik: str | Iterable[str] | None = None,
         reply_binding: ReplyBindingMode = "off",
         max_request_size: int = MAX_REQUEST_BYTES,
+        receipts: bool | str | os.PathLike[str] | None = None,
+        known_pcrs: str | os.PathLike[str] | None = None,
+        key_rotation_interval: float | NotGiven | None = NOT_GIVEN,
     ) -> None:
         options = ClientOptions(
             base_url,
@@ -159,10 +163,15 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
             trusted_aik=trusted_aik,
             reply_binding=reply_binding,
             max_request_size=max_request_size,
+            receipts=receipts,
+            known_pcrs=known_pcrs,
+            key_rotation_interval=key_rotation_interval,
         )
         self.client = self._client_class.from_options(options)
         self.api_key = resolve_api_key(api_key)
         self._key_dir = None if key_dir is None else Path(key_dir)
+        if self._key_dir is None:
+            self.client.process_key.prepare()  # made in the background, ready for the first call
         self._key_password = key_password if key_password is not None else password_from_env()
         self._other_clients: dict[str, ClientT] = {}
         self._clients_lock = threading.Lock()
@@ -187,9 +196,11 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
     # -- keys -----------------------------------------------------------------------------
 
     def _load_or_generate(self) -> None:
-        """Load the key dir's key (a failure is an error, never a silent regeneration)."""
+        """Load the key dir's key (a failure is an error, never a silent regeneration).
+
+        Without a key dir, nothing: the client seals under the process-wide pair.
+        """
         if self._key_dir is None:
-            self.client.generate_keys()
             return
         private_path = self._key_dir / PRIVATE_KEY_FILE
         if private_path.exists():
@@ -350,7 +361,8 @@ class AsyncCompletions:
         streaming = _stream_arguments(
             kwargs.pop("stream", NOT_GIVEN), kwargs.pop("stream_options", None)
         )
-        completion = await self._owner.create(model, messages, **kwargs)
+        with streamed(streaming[0]):
+            completion = await self._owner.create(model, messages, **kwargs)
         return _as_stream(completion, streaming, AsyncStream)
 
 
@@ -380,7 +392,9 @@ class SyncCompletions:
         streaming = _stream_arguments(
             kwargs.pop("stream", NOT_GIVEN), kwargs.pop("stream_options", None)
         )
-        return _as_stream(self._owner.create(model, messages, **kwargs), streaming, Stream)
+        with streamed(streaming[0]):
+            completion = self._owner.create(model, messages, **kwargs)
+        return _as_stream(completion, streaming, Stream)
 
 
 class SyncChat:
@@ -426,7 +440,11 @@ class SecureChatCompletion(
             when they cannot be locked; False: not locked (still zeroed). See
             :class:`~nomyo.SecureCompletionClient`.
         key_dir: load the key pair from this directory, or generate and save one there.
-            None: a fresh in-memory key pair for this client.
+            None: the process-wide in-memory key pair, shared by every client without a
+            key of its own and rotated every ``key_rotation_interval`` (docs/security.md).
+        key_rotation_interval: seconds between rotations of that process-wide pair
+            (default ``$NOMYO_KEY_ROTATION``, else 24 hours; None: never). A request in
+            flight across a rotation still opens its reply.
         max_retries: retries on 429/5xx and network errors.
         key_password: password (or a callable returning it) of the key in ``key_dir``;
             default: the ``NOMYO_KEY_PASSWORD`` environment variable, if set.
@@ -436,7 +454,7 @@ class SecureChatCompletion(
             larger request raises :class:`~nomyo.RequestTooLargeError` before it is
             encrypted. Keep it at most 3/4 of the router's body limit (sealing adds 1/3).
         timeout, verify, server_key_fingerprint, known_hosts, attestation, expected_pcrs,
-            trusted_aik, reply_binding, transport, http_client: see
+            known_pcrs, trusted_aik, reply_binding, receipts, transport, http_client: see
             :class:`~nomyo.SecureCompletionClient`.
 
     Attributes:
@@ -447,12 +465,9 @@ class SecureChatCompletion(
     _chat_class = AsyncChat
     _client_class = SecureCompletionClient
 
-    async def _ensure_keys(self) -> PrivateKey:
-        if self.client.private_key is not None:
-            return self.client.private_key
-        await _aio.run_sync(self._load_or_generate_once)
-        assert self.client.private_key is not None
-        return self.client.private_key
+    async def _ensure_keys(self) -> None:
+        if self.client.private_key is None and self._key_dir is not None:
+            await _aio.run_sync(self._load_or_generate_once)
 
     def _load_or_generate_once(self) -> None:
         with self._keys_lock:
@@ -521,15 +536,11 @@ class SyncSecureChatCompletion(
     _chat_class = SyncChat
     _client_class = SyncSecureCompletionClient
 
-    def _ensure_keys(self) -> PrivateKey:
-        key = self.client.private_key
-        if key is None:
+    def _ensure_keys(self) -> None:
+        if self.client.private_key is None and self._key_dir is not None:
             with self._keys_lock:
                 if self.client.private_key is None:
                     self._load_or_generate()
-                key = self.client.private_key
-        assert key is not None
-        return key
 
     @_create_signature
     def create(

@@ -51,7 +51,19 @@ class SecureCompletionClient(
         attestation: ``"off"`` (pass the TPM block through), ``"verify"`` (attach
             ``_metadata.attestation_verification``) or ``"require"`` (also refuse a reply
             whose attestation is absent or fails, before the caller sees it).
-        expected_pcrs: PCR values the quote must contain, ``{"sha256": {0: "<hex>"}}``.
+        expected_pcrs: PCR values the quote must contain, ``{"sha256": {0: "<hex>"}}``, or
+            ``"tofu"``: remember each router's first verified values in the known-PCRs file
+            and refuse (``require``) or report (``verify``) a later quote with other values,
+            naming the changed PCRs; ``nomyo attest trust URL`` accepts a change.
+        known_pcrs: the known-PCRs file of ``"tofu"`` (implies it; default
+            ``$NOMYO_KNOWN_PCRS``, else ``known_pcrs`` beside the known-hosts file).
+        receipts: append one JSON line per answered request to this file (0600; never
+            plaintext, a key or a token): key fingerprints, payload id, model, tier, SHA-256
+            of the sealed request and reply, the TPM block and nomyo's checks, streamed and
+            refused replies marked. None: ``$NOMYO_RECEIPTS`` if set; False: none. Check
+            them later with ``nomyo verify`` (docs/security.md, "Receipts"). A receipt that
+            cannot be written (a symbolic link, another user's or a group-writable file)
+            fails the request with ``SecurityError``/``ConfigurationError``.
         trusted_aik: one or more ``sha256:<hex>`` fingerprints of attestation keys (over the
             AIK's SubjectPublicKeyInfo DER, as ``attestation_verification["aik_fingerprint"]``
             reports it); a quote signed by any other key fails (needs ``attestation=``
@@ -70,6 +82,10 @@ class SecureCompletionClient(
             at most three quarters of the router's request body limit.
         rate_limit: True keeps every request of this client to the router's public limits
             (2/s, bursts of 4 once per 10 s); a :class:`~nomyo.RateLimiter` can be shared.
+        key_rotation_interval: until ``generate_keys``/``load_keys`` gives the client a key
+            of its own, it seals under the process-wide pair, made once per process and
+            rotated every this many seconds (default ``$NOMYO_KEY_ROTATION``, else 24 hours;
+            None: never).
 
     Raises:
         SecurityError: an ``http://`` URL without ``allow_http=True``.

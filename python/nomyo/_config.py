@@ -28,10 +28,16 @@ import ssl
 import sys
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
-from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode, check_mode
+from ._attestation import (
+    AttestationMode,
+    PcrPolicy,
+    ReplyBindingMode,
+    check_mode,
+    remembered_pcrs,
+)
 from ._attestation import check_reply_binding as _check_reply_binding
 from ._constants import (
     CONNECT_TIMEOUT,
@@ -47,14 +53,18 @@ from ._constants import (
     READ_TIMEOUT,
     WRITE_TIMEOUT,
 )
+from ._ephemeral import RotationInterval, resolve_rotation_interval
 from ._exceptions import ConfigurationError, SecurityError
 from ._known_hosts import normalise_fingerprints
 from ._memory import SecureMemoryMode, SecureMemoryOption, secure_memory_mode
-from ._params import NotGiven, TimeoutTypes
+from ._params import NOT_GIVEN, NotGiven, TimeoutTypes
 from ._ratelimit import RateLimiter, make_rate_limiter
+from ._receipts import ReceiptWriter, receipts_writer
 
 if TYPE_CHECKING:
     import httpx
+
+    from ._known_pcrs import KnownPcrs
 
 __all__ = [
     "ClientOptions",
@@ -226,7 +236,8 @@ class ClientOptions:
 
     ``router_url`` is resolved (``$NOMYO_BASE_URL``, no trailing ``/v1``) and checked,
     ``rate_limit`` becomes the shared limiter (or None), and the derived fields
-    (``timeouts``, ``pins``, ``trusted_aiks``, ``secure_memory_mode``) are filled in.
+    (``timeouts``, ``pins``, ``trusted_aiks``, ``secure_memory_mode``, ``pcr_policy``,
+    ``remembered_pcrs``, ``receipt_writer``, ``rotation_interval``) are filled in.
     :meth:`for_router` makes the options of the same client for another router.
 
     Raises:
@@ -244,7 +255,7 @@ class ClientOptions:
     server_key_fingerprint: str | Iterable[str] | None = None
     known_hosts: bool | str | os.PathLike[str] | None = None
     attestation: AttestationMode = "off"
-    expected_pcrs: PcrPolicy | None = None
+    expected_pcrs: PcrPolicy | Literal["tofu"] | None = None
     transport: Any = None
     http_client: Any = None
     max_response_size: int = MAX_RESPONSE_BYTES
@@ -252,10 +263,21 @@ class ClientOptions:
     rate_limit: bool | RateLimiter | None = None
     trusted_aik: str | Iterable[str] | None = None
     reply_binding: ReplyBindingMode = "off"
+    receipts: bool | str | os.PathLike[str] | None = None
+    known_pcrs: str | os.PathLike[str] | None = None
+    key_rotation_interval: float | NotGiven | None = NOT_GIVEN
     timeouts: Timeouts = field(init=False)
     pins: frozenset[str] = field(init=False)
     trusted_aiks: frozenset[str] = field(init=False)
     secure_memory_mode: SecureMemoryMode = field(init=False)
+    #: The fixed expected PCR values (None with ``expected_pcrs="tofu"`` or ``known_pcrs``).
+    pcr_policy: PcrPolicy | None = field(init=False)
+    #: The known-PCRs file of ``expected_pcrs="tofu"`` or ``known_pcrs=`` (else None).
+    remembered_pcrs: KnownPcrs | None = field(init=False)
+    #: Where receipts are written (``receipts=``, else ``$NOMYO_RECEIPTS``; None: nowhere).
+    receipt_writer: ReceiptWriter | None = field(init=False)
+    #: Seconds between rotations of the process-wide key pair (None: never).
+    rotation_interval: RotationInterval = field(init=False)
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
@@ -266,11 +288,12 @@ class ClientOptions:
             raise ConfigurationError(
                 f"max_response_size must be an int from 1 to {MAX_RESPONSE_LIMIT} bytes (1 GiB)"
             )
+        mode = check_mode(self.attestation)
         derived: dict[str, object] = {
             "router_url": check_base_url(resolve_base_url(self.router_url), self.allow_http),
             "secure_memory_mode": secure_memory_mode(self.secure_memory),
             "pins": normalise_fingerprints(self.server_key_fingerprint),
-            "attestation": check_mode(self.attestation),
+            "attestation": mode,
             "trusted_aiks": normalise_fingerprints(self.trusted_aik),
         }
         if derived["trusted_aiks"] and derived["attestation"] == "off":
@@ -280,6 +303,12 @@ class ClientOptions:
         derived["reply_binding"] = _check_reply_binding(self.reply_binding)
         derived["rate_limit"] = make_rate_limiter(self.rate_limit)
         derived["timeouts"] = Timeouts.of(self.timeout)
+        remembered = remembered_pcrs(self.expected_pcrs, self.known_pcrs, mode)
+        derived["remembered_pcrs"] = remembered
+        tofu = remembered is not None or self.expected_pcrs == "tofu"
+        derived["pcr_policy"] = None if tofu else self.expected_pcrs
+        derived["rotation_interval"] = resolve_rotation_interval(self.key_rotation_interval)
+        derived["receipt_writer"] = receipts_writer(self.receipts)
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 

@@ -264,6 +264,12 @@ class Exchange:
     @property
     def open_seconds(self) -> float: ...
     @property
+    def request_sha256(self) -> bytes:
+        """SHA-256 of the (sealed) request body as sent."""
+    @property
+    def reply_sha256(self) -> bytes:
+        """SHA-256 of the (sealed) reply body as received."""
+    @property
     def opened(self) -> bool:
         """True when the reply was opened (``open`` was given and the status was 200)."""
     def headers(self) -> dict[str, str]:

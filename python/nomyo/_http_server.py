@@ -2,10 +2,12 @@
 
 The serving code of ``nomyo proxy`` and of the development router (``nomyo.testing`` builds on
 it; nothing here imports the testing package). Every server bounds what a peer can make it
-hold: request head and body sizes, receive and idle timeouts, the number of open connections
-and the bytes of request bodies buffered at once across all of them. Past a bound the server
-sheds load (a 503 reply, or the connection that sat idle longest is closed) and keeps serving
-the requests it admitted.
+hold: request head and body sizes, receive and idle timeouts, the number of open connections,
+the bytes of request bodies buffered at once across all of them, and the bytes of replies
+waiting for readers that are slow or do not read at all. Past a bound the server sheds load (a
+503 reply with ``Retry-After``, or the connection that sat idle longest is closed) and keeps
+serving the requests it admitted; a reader that takes nothing for the write timeout is
+dropped (with what was buffered for it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +25,15 @@ from http import HTTPStatus
 from typing import cast
 
 import h11
+
+try:
+    import fcntl
+    import termios
+
+    #: ``SIOCOUTQ`` (= ``TIOCOUTQ``): unsent bytes in a socket's send queue (Linux).
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ if sys.platform.startswith("linux") else None
+except ImportError:  # pragma: no cover - not POSIX
+    _SIOCOUTQ = None
 
 __all__ = [
     "Connections",
@@ -40,6 +52,12 @@ _FREE_BODY_BYTES = 64 * 1024
 #: A request head still arriving after this many seconds may be closed to make room.
 _SLOW_HEAD_SECONDS = 2.0
 _LINGER_SECONDS = 2.0
+#: Replies are handed to the socket in pieces of this size, so the transport never holds a
+#: second copy of a whole reply that its reader does not take.
+_WRITE_PIECE = 256 * 1024
+#: Like request bodies, the first bytes of every reply do not count against the reply budget:
+#: small replies are always sent.
+_FREE_REPLY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,7 +69,7 @@ class Limits:
         max_header_bytes: largest accepted request head (larger -> 400).
         request_timeout: seconds allowed to receive one request, head and body.
         idle_timeout: seconds a keep-alive connection may sit idle before it is closed.
-        write_timeout: seconds allowed for the peer to take one reply.
+        write_timeout: seconds a reader may take no byte of a reply before it is dropped.
     """
 
     max_body: int = 64 * 1024 * 1024
@@ -65,12 +83,23 @@ class Limits:
     #: Request body bytes buffered at once over all connections (beyond it -> 503). The
     #: first 64 KiB of each body do not count, so small requests are always served.
     max_buffered_bytes: int = 256 * 1024 * 1024
+    #: Reply bytes waiting for their readers at once over all connections; when they are
+    #: over it no more replies are opened (503 with ``Retry-After``). The first 64 KiB of
+    #: each reply do not count. None: the same as ``max_buffered_bytes``.
+    max_reply_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         if self.max_buffered_bytes < 1:
             raise ValueError("max_buffered_bytes must be at least 1")
+        if self.max_reply_bytes is not None and self.max_reply_bytes < 1:
+            raise ValueError("max_reply_bytes must be at least 1")
+
+    @property
+    def reply_bytes(self) -> int:
+        """The reply budget in force."""
+        return self.max_reply_bytes or self.max_buffered_bytes
 
     @property
     def connections(self) -> int:
@@ -173,7 +202,7 @@ class _Closed(Exception):
 
 
 class _Budget:
-    """Request-body bytes buffered at once over every connection of one server."""
+    """Bytes held at once over every connection of one server (request bodies, or replies)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -184,6 +213,9 @@ class _Budget:
             return False
         self.used += size
         return True
+
+    def force(self, size: int) -> None:
+        self.used += size
 
     def give_back(self, size: int) -> None:
         self.used -= size
@@ -216,6 +248,8 @@ class _Connection:
         self.head_since: float | None = None
         #: Body bytes this connection holds against the server's budget.
         self.reserved = 0
+        #: Reply bytes this connection holds against the server's reply budget.
+        self.reply_reserved = 0
 
     async def run(self) -> None:
         """Serve requests until the peer closes, an error occurs or keep-alive ends."""
@@ -229,6 +263,13 @@ class _Connection:
                     return
                 if request is None:
                     return
+                if self.server.replies.used >= self.server.replies.limit:
+                    # Replies already wait for readers up to the budget: open no more.
+                    request.body = b""
+                    self._release()
+                    self.server.shed += 1
+                    await self._send_response(self.server.overloaded_response(), head_only=False)
+                    return
                 try:
                     response = await self.handler(request)
                 finally:
@@ -236,7 +277,15 @@ class _Connection:
                     self._release()
                 if response.drop:
                     return
-                await self._send_response(response, head_only=request.method == "HEAD")
+                if not self._reserve_reply(response, head_only=request.method == "HEAD"):
+                    _wipe(response.body)
+                    self.server.shed += 1
+                    await self._send_response(self.server.overloaded_response(), head_only=False)
+                    return
+                try:
+                    await self._send_response(response, head_only=request.method == "HEAD")
+                finally:
+                    self._release_reply()
                 if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is not h11.DONE:
                     return
                 self.conn.start_next_cycle()
@@ -244,12 +293,35 @@ class _Connection:
             return
         finally:
             self._release()
+            self._release_reply()
             await self._close()
 
     def _release(self) -> None:
         if self.reserved:
             self.server.budget.give_back(self.reserved)
             self.reserved = 0
+
+    def _reserve_reply(self, response: HTTPResponse, *, head_only: bool) -> bool:
+        """Count the reply against the reply budget; False: over it (answer 503 instead).
+
+        A reply larger than the whole budget is still sent when no other reply waits, so
+        that no reply is refused for its size alone.
+        """
+        size = 0 if head_only else max(0, len(response.body) - _FREE_REPLY_BYTES)
+        if not size:
+            return True
+        replies = self.server.replies
+        if not replies.take(size):
+            if replies.used:
+                return False
+            replies.force(size)
+        self.reply_reserved = size
+        return True
+
+    def _release_reply(self) -> None:
+        if self.reply_reserved:
+            self.server.replies.give_back(self.reply_reserved)
+            self.reply_reserved = 0
 
     def _mark_idle(self, idle: bool) -> None:
         self.idle = idle
@@ -381,14 +453,29 @@ class _Connection:
                 if response.trickle > 0:
                     await self._trickle(response.body, response.trickle)
                 else:
-                    # The body as it is (no joined copy: it may be a decrypted reply).
-                    data = h11.Data(data=cast(bytes, response.body))  # h11 takes bytearray
-                    for piece in self.conn.send_with_data_passthrough(data) or ():
-                        await self._write(piece)
+                    # Views of the body (no joined copy: it may be a decrypted reply), one
+                    # piece at a time, so a reader that does not read holds one piece in the
+                    # transport, not a second copy of the reply.
+                    view = memoryview(response.body)
+                    try:
+                        for start in range(0, len(view), _WRITE_PIECE):
+                            data = h11.Data(data=cast(bytes, view[start : start + _WRITE_PIECE]))
+                            for piece in self.conn.send_with_data_passthrough(data) or ():
+                                await self._write(piece)
+                    finally:
+                        view.release()
             await self._write(self.conn.send(h11.EndOfMessage()))
+            if isinstance(response.body, bytearray):
+                await self._flush()
+        except BaseException:
+            if (
+                isinstance(response.body, bytearray)
+                and self.writer.transport.get_write_buffer_size()
+            ):
+                self.writer.transport.abort()  # views of the body wait in it: drop them first
+            raise
         finally:
-            if isinstance(response.body, bytearray):  # the caller's wipeable copy: wipe it
-                response.body[:] = bytes(len(response.body))
+            _wipe(response.body)  # the caller's wipeable copy
 
     async def _trickle(self, body: bytes | bytearray, seconds: float) -> None:
         pieces = min(_TRICKLE_PIECES, len(body))
@@ -407,14 +494,50 @@ class _Connection:
             raise _Closed
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size():
-            await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
+            await self._drain()
+
+    async def _flush(self) -> None:
+        """Wait until the transport holds nothing more of ours.
+
+        From Python 3.12 asyncio's transports keep views of what they have not sent yet (no
+        copy), and ``drain()`` returns once the buffer is below its low-water mark, not empty:
+        a body zeroed then would send zeros as its last bytes.
+        """
+        transport = self.writer.transport
+        if not transport.get_write_buffer_size():
+            return
+        high, low = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0, low=0)  # drain() now waits for empty
+        try:
+            await self._drain()
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
+
+    async def _drain(self) -> None:
+        """Wait until the peer took our buffered bytes; drop it if it takes none for the
+        write timeout (a slow reader that makes progress is waited for)."""
+        transport = self.writer.transport
+        while True:
+            before = _unsent(transport)
+            try:
+                await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
+                return
+            except asyncio.TimeoutError:
+                if _unsent(transport) < before:
+                    continue  # it reads, slowly
+                transport.abort()  # it does not: drop it and what waits for it
+                raise
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
             if self._unread_input:
                 await self._linger()
             self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+            try:
+                await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+            except asyncio.TimeoutError:
+                self.writer.transport.abort()  # unsent bytes for a peer that does not read
 
     async def _linger(self) -> None:
         """Half-close and discard unread input for a while before closing.
@@ -429,6 +552,24 @@ class _Connection:
         while (remaining := deadline - loop.time()) > 0:
             if not await asyncio.wait_for(self.reader.read(_READ_SIZE), remaining):
                 return
+
+
+def _unsent(transport: asyncio.WriteTransport) -> int:
+    """Bytes the peer has not taken yet: in the transport, and (Linux) in the kernel's send
+    queue, which the kernel refills only in large steps (so that alone shows progress)."""
+    pending = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if _SIOCOUTQ is not None and sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            out = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+            pending += int.from_bytes(out, sys.byteorder, signed=True)
+    return pending
+
+
+def _wipe(body: bytes | bytearray) -> None:
+    """Zero a ``bytearray`` body (a wipeable copy, say a decrypted reply)."""
+    if isinstance(body, bytearray):
+        body[:] = bytes(len(body))
 
 
 def _overloaded() -> HTTPResponse:
@@ -468,6 +609,7 @@ class Connections:
         self._logger = logger or logging.getLogger("nomyo.server")
         self._overloaded = overloaded
         self.budget = _Budget(limits.max_buffered_bytes)
+        self.replies = _Budget(limits.reply_bytes)
         self._open: dict[asyncio.Task[None], _Connection] = {}
         #: Connections closed or refused to make room, and bodies refused for the budget.
         self.evicted = 0
@@ -483,6 +625,11 @@ class Connections:
     def buffered_bytes(self) -> int:
         """Request body bytes held now."""
         return self.budget.used
+
+    @property
+    def reply_bytes(self) -> int:
+        """Reply bytes (beyond each reply's first 64 KiB) waiting for their readers now."""
+        return self.replies.used
 
     def overloaded_response(self) -> HTTPResponse:
         return _with_retry_after(self._overloaded())

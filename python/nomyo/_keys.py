@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from ._constants import KEY_SIZE, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from ._core import PrivateKey, write_file
 from ._exceptions import KeyFormatError
+from ._files import UnsafeFileError, check_directory, read_text
 
 __all__ = [
     "Password",
     "load_private_key",
     "password_from_env",
+    "read_public_key_pem",
     "resolve_password",
     "save_key_pair",
 ]
@@ -55,15 +57,34 @@ def resolve_password(password: Password) -> str | bytes | None:
 
 
 def _check_key_dir(directory: Path) -> None:
-    """Refuse a key directory that others could write to (they could swap the key files)."""
-    if os.name != "posix":
-        return
-    mode = directory.stat().st_mode
-    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
-        raise KeyFormatError(
-            f"key directory {directory} is writable by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 700 {directory}"
-        )
+    """Refuse a key directory another user owns or could write to (they could plant or swap
+    the key files); see :func:`nomyo._files.check_directory`.
+
+    Raises:
+        KeyFormatError: the directory breaks a rule (the message says how to fix it).
+    """
+    try:
+        check_directory(directory, what="key directory")
+    except UnsafeFileError as exc:
+        raise KeyFormatError(str(exc)) from None
+
+
+def read_public_key_pem(path: str | os.PathLike[str]) -> str:
+    """A public key file's text, opened as :mod:`nomyo._files` opens files.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KeyFormatError: a symlink, another user's file, writable by group or others,
+            unreadable or not UTF-8.
+    """
+    try:
+        return read_text(path, what="public key file").strip()
+    except FileNotFoundError:
+        raise
+    except (UnsafeFileError, UnicodeDecodeError) as exc:
+        raise KeyFormatError(str(exc)) from None
+    except OSError as exc:
+        raise KeyFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def load_private_key(
@@ -78,12 +99,24 @@ def load_private_key(
 
     Raises:
         FileNotFoundError: no such file.
-        KeyFormatError: permissions too open, corrupt file, wrong or missing password,
+        KeyFormatError: the file or its directory belongs to another user or can be
+            written by group or others, the file is readable by them (unless
+            ``allow_readable``) or is a symlink; corrupt file, wrong or missing password,
             not RSA, or under 2048 bits.
     """
-    # Read in native memory (no-follow, mode checked on the open file): the PEM of an
-    # unencrypted key never becomes a Python bytes object.
-    return PrivateKey.load(os.fspath(path), resolve_password(password), allow_readable)
+    # The directory first (another user's, or one others can write to, is refused), then
+    # the file in native memory (no-follow; owner and mode checked on the open file): the
+    # PEM of an unencrypted key never becomes a Python bytes object.
+    _check_key_dir(Path(os.path.abspath(path)).parent)
+    try:
+        return PrivateKey.load(os.fspath(path), resolve_password(password), allow_readable)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or Path(path).is_symlink():  # O_NOFOLLOW met a link
+            raise KeyFormatError(
+                f"the private key file {path} is a symbolic link; nomyo never opens one "
+                "(name the file itself)"
+            ) from None
+        raise
 
 
 def save_key_pair(

@@ -3,16 +3,14 @@
 The file is never silently reset: an entry that does not parse leaves its URL known with no
 acceptable key (refused until fixed or replaced with ``nomyo keys trust``), a line naming no
 URL refuses every URL, and a file owned by another user or writable by group or others is
-refused.
+refused. The file and its lock are never opened through a symlink (``nomyo._files``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shlex
-import stat
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError, SecurityError
+from ._files import UnsafeFileError, open_lock, read_text, replace_file
 
 try:
     import fcntl
@@ -154,22 +153,11 @@ class KnownHosts:
                 or cannot be read.
         """
         try:
-            with open(self.path, encoding="utf-8") as f:
-                info = os.fstat(f.fileno())
-                if os.name == "posix" and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                    raise SecurityError(
-                        f"{self.path} is writable by group or others (mode "
-                        f"{stat.S_IMODE(info.st_mode):04o}); fix it with: "
-                        f"chmod 600 {shlex.quote(str(self.path))}"
-                    )
-                if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-                    raise SecurityError(
-                        f"{self.path} belongs to another user (uid {info.st_uid}); a "
-                        "known-hosts file must be your own"
-                    )
-                text = f.read()
+            text = read_text(self.path, what="known-hosts file")
         except FileNotFoundError:
             return _Contents()
+        except UnsafeFileError as exc:
+            raise SecurityError(str(exc)) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise SecurityError(f"cannot read the known-hosts file {self.path}: {exc}") from None
         return _Contents.parse(text)
@@ -202,10 +190,13 @@ class KnownHosts:
         """Serialise read-modify-write across threads and processes."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with _lock, open(self.path.with_name(self.path.name + ".lock"), "a") as lock_file:
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            with _lock, open_lock(lock_path, what="known-hosts lock file") as lock_file:
                 if fcntl is not None:
                     fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
                 yield
+        except UnsafeFileError as exc:
+            raise SecurityError(str(exc)) from None
         except OSError as exc:
             raise ConfigurationError(f"cannot update {self.path}: {exc}") from None
 
@@ -214,20 +205,8 @@ class KnownHosts:
         lines = [f"{url} {fp}" for url in sorted(entries) for fp in sorted(entries[url])]
         # Entries that do not parse stay as they are: dropping them would reset their URL.
         lines += [raw for url in sorted(contents.broken) for _, raw in contents.broken[url]]
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(_HEADER + "\n")
-                f.write("".join(line + "\n" for line in lines))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        text = _HEADER + "\n" + "".join(line + "\n" for line in lines)
+        replace_file(self.path, text.encode("utf-8"))
 
     def check(self, url: str, fingerprint: str) -> None:
         """Accept a known key, remember a first key, refuse a changed one.

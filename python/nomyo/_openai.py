@@ -35,8 +35,10 @@ a malformed body, invalid ``security_tier``   400, ``invalid_request_error`` (->
 
 ``stream=True`` is answered with OpenAI's event stream of the opened reply (the router is
 asked without streaming; see ``nomyo._stream``): the SDK's ``Stream`` of chunks, whose last
-chunk carries ``_metadata``. The body checks and error replies are ``nomyo._relay``'s, shared
-with ``nomyo proxy``.
+chunk carries ``_metadata``. The Responses API (``client.responses.create``/``stream``/
+``parse``) is answered the same way, by one chat completion (see ``nomyo._responses``);
+the SDK's other routes (embeddings, files, ...) get a 501 and nothing is sent. The body
+checks and error replies are ``nomyo._relay``'s, shared with ``nomyo proxy``.
 
 Retries are left to the SDK (``max_retries`` of ``openai.OpenAI``), which re-sends through
 the transport, so every try is encrypted afresh; the inner client does not retry unless
@@ -54,18 +56,20 @@ import httpx
 
 from ._chat import SecureChatCompletion, SyncSecureChatCompletion
 from ._exceptions import APIConnectionError, APITimeoutError, KeyFormatError, NomyoError
+from ._receipts import streamed
 from ._relay import (
-    EVENT_STREAM,
+    CHAT,
+    Api,
     ChatCall,
     ErrorReply,
     error_reply,
-    event_stream,
     failure_reply,
-    parse_chat_body,
+    refusal,
     reply_body,
     reply_headers,
 )
 from ._response import ChatCompletion
+from ._responses import RESPONSES
 from ._signature import same_arguments_as
 from ._transports.httpx import default_timeout
 
@@ -155,27 +159,23 @@ class _OpenAIRouting:
             request=request,
         )
 
-    def _route(self, request: httpx.Request, api_key: str | None) -> ChatCall | httpx.Response:
-        """A call to forward, or the ready answer (models, errors)."""
+    def _route(
+        self, request: httpx.Request, api_key: str | None
+    ) -> tuple[Api, ChatCall] | httpx.Response:
+        """A call to forward (and its API), or the ready answer (models, errors)."""
         path = request.url.path.rstrip("/")
-        if path.endswith("/chat/completions") or path == "/chat/completions":
-            if request.method != "POST":
-                return self._not_allowed(request, "POST")
-            return self._completion_call(request, api_key)
+        for suffix, api in (("/chat/completions", CHAT), ("/responses", RESPONSES)):
+            if path.endswith(suffix):
+                if request.method != "POST":
+                    return self._not_allowed(request, "POST")
+                call = self._call(request, api, api_key)
+                return (api, call) if isinstance(call, ChatCall) else call
         head, _, last = path.rpartition("/")
         if last == "models" or head.endswith("/models"):
             if request.method != "GET":
                 return self._not_allowed(request, "GET")
             return self._models(request, None if last == "models" else last)
-        return self._error(
-            request,
-            error_reply(
-                404,
-                f"{request.method} {path} is not available through the NOMYO encrypting "
-                "transport (only chat completions are)",
-                code="unknown_url",
-            ),
-        )
+        return self._error(request, refusal(request.method, path))
 
     def _not_allowed(self, request: httpx.Request, allowed: str) -> httpx.Response:
         reply = error_reply(405, "method not allowed", headers={"allow": allowed})
@@ -199,12 +199,10 @@ class _OpenAIRouting:
             error_reply(404, f"The model '{model_id}' does not exist", code="model_not_found"),
         )
 
-    def _completion_call(
-        self, request: httpx.Request, api_key: str | None
+    def _call(
+        self, request: httpx.Request, api: Api, api_key: str | None
     ) -> ChatCall | httpx.Response:
-        call = parse_chat_body(
-            request.content, security_tier=request.headers.get("x-security-tier")
-        )
+        call = api.parse(request.content, security_tier=request.headers.get("x-security-tier"))
         if isinstance(call, ErrorReply):
             return self._error(request, call)
         if api_key is None and self.forward_sdk_api_key:
@@ -217,16 +215,13 @@ class _OpenAIRouting:
         return call
 
     def _reply(
-        self, request: httpx.Request, call: ChatCall, reply: ChatCompletion
+        self, request: httpx.Request, api: Api, call: ChatCall, reply: ChatCompletion
     ) -> httpx.Response:
         headers = reply_headers(reply)
+        body, headers["content-type"] = api.answer(call, reply)
         if call.stream:
-            headers["content-type"] = EVENT_STREAM
             headers["cache-control"] = "no-cache"
-            content = _one_copy(event_stream(reply, include_usage=call.include_usage))
-        else:
-            headers["content-type"] = "application/json"
-            content = _one_copy(reply_body(reply))
+        content = _one_copy(body)
         return self._response(200, headers=headers, content=content, request=request)
 
     def _failure(self, request: httpx.Request, exc: NomyoError) -> httpx.Response:
@@ -249,14 +244,16 @@ class OpenAITransport(_OpenAIRouting, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()
-        call = self._route(request, self.chat.api_key)
-        if not isinstance(call, ChatCall):
-            return call
+        routed = self._route(request, self.chat.api_key)
+        if not isinstance(routed, tuple):
+            return routed
+        api, call = routed
         try:
-            reply = self.chat.create(call.model, call.messages, **call.options)
+            with streamed(call.stream):
+                reply = self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
-        return self._reply(request, call, reply)
+        return self._reply(request, api, call, reply)
 
     def close(self) -> None:
         self.chat.close()
@@ -271,14 +268,16 @@ class AsyncOpenAITransport(_OpenAIRouting, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        call = self._route(request, self.chat.api_key)
-        if not isinstance(call, ChatCall):
-            return call
+        routed = self._route(request, self.chat.api_key)
+        if not isinstance(routed, tuple):
+            return routed
+        api, call = routed
         try:
-            reply = await self.chat.create(call.model, call.messages, **call.options)
+            with streamed(call.stream):
+                reply = await self.chat.create(call.model, call.messages, **call.options)
         except NomyoError as exc:
             return self._failure(request, exc)
-        return self._reply(request, call, reply)
+        return self._reply(request, api, call, reply)
 
     async def aclose(self) -> None:
         await self.chat.aclose()

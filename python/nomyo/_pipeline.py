@@ -25,10 +25,11 @@ from typing import Any, Generic, TypeVar
 from ._base import BaseSecureClient, KeyRotated, error_details, logger
 from ._config import ClientOptions
 from ._constants import PUBLIC_KEY_PATH
-from ._core import PublicKey, open_json, seal_json
+from ._core import PrivateKey, PublicKey, open_json, seal_json
 from ._effects import BindLoop, Effect, Flow, KeyLock, OffLoop, Sleep, adrive, drive
 from ._exceptions import APIConnectionError, APIError, EnvelopeError, SecurityError
 from ._params import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes
+from ._receipts import ReceiptContext
 from ._response import ChatCompletion
 from ._retry import retry_delay
 from ._signature import takes_arguments_of
@@ -130,10 +131,23 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         sealed: bytes = yield OffLoop(seal, payload, server_key)
         return sealed
 
+    def _sealing_key_flow(self) -> Flow[tuple[PrivateKey, str]]:
+        """The key a request is sealed under (waiting off the loop for the process key)."""
+        found = self._sealing_key()
+        if found is None:
+            pair = yield OffLoop(self.process_key.wait)
+            found = pair.private_key, pair.quoted_public_key
+        return found
+
     def _open_flow(
         self, encrypted_response: object, payload_id: str, reply_binding: str | None
     ) -> Flow[ChatCompletion]:
-        key = self._require_keys()
+        found = self._sealing_key()
+        if found is None:  # no key of its own, and no process pair yet: nothing was sealed
+            raise SecurityError(
+                "no client key: send a request first, or call generate_keys() or load_keys()"
+            )
+        key = found[0]
         if not isinstance(encrypted_response, (bytes, bytearray, memoryview)):
             raise EnvelopeError("encrypted response must be bytes")
         opener = functools.partial(open_json, secure_memory=self.secure_memory_mode)
@@ -173,19 +187,27 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         retries = self._retries(options.max_retries)
         self._check_request_size(payload)
         headers = self._request_headers(
-            payload_id, options.api_key, options.security_tier, options.extra_headers
+            payload_id,
+            options.api_key,
+            options.security_tier,
+            options.extra_headers,
+            public_key="",
         )
         url = self._completion_url(options.extra_query)
         timeout = options.timeout
         payload, binding = self._bind_request(payload)
         yield from self._ready_flow()
+        # Every attempt of this request is sealed under this key, which it keeps until its
+        # reply is opened (a rotation in between does not fail it).
+        key, public_key = yield from self._sealing_key_flow()
+        headers["X-Public-Key"] = public_key
         refetched = False
         attempt = 0
         while True:
             try:
                 return (
                     yield from self._attempt_flow(
-                        payload, payload_id, headers, attempt, timeout, binding, url
+                        payload, payload_id, headers, attempt, timeout, binding, url, key
                     )
                 )
             except KeyRotated:
@@ -216,8 +238,9 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         timeout: TimeoutTypes | NotGiven,
         binding: str | None,
         url: str,
+        key: PrivateKey,
     ) -> Flow[ChatCompletion]:
-        """One attempt: seal, send, read, open (or map the error status)."""
+        """One attempt: seal, send, read, open (or map the error status) under ``key``."""
         self._check_payload(payload)
         used_key = yield from self._server_key_flow()
         request = SealedRequest(
@@ -225,7 +248,7 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
             headers,
             payload,
             used_key,
-            self._require_keys(),
+            key,
             self._max_response,
             self.secure_memory_mode,
             timeout,
@@ -235,10 +258,16 @@ class PipelineClient(BaseSecureClient, Generic[TransportT, HttpClientT]):
         reply = yield from self._transport.post_sealed(request)
         self._log_reply(payload_id, attempt, reply)
         if reply.opener is not None:
-            value, processed_at, algorithm = yield from reply.opener()
+            receipt = ReceiptContext.of(self, request, reply.digests)
+            try:
+                value, processed_at, algorithm = yield from reply.opener()
+            except (SecurityError, EnvelopeError) as exc:
+                if receipt is not None:  # a 200 reply that does not open: refused
+                    receipt.write(None, "off" if binding is None else "not_checked", exc)
+                raise
             if logger.isEnabledFor(logging.DEBUG):
                 self._log_opened(payload_id, reply.timings.open_seconds)
-            return self._finish_reply(value, payload_id, processed_at, algorithm, binding)
+            return self._finish_reply(value, payload_id, processed_at, algorithm, binding, receipt)
         details = error_details(reply.body)
         if self._is_decrypt_failure(reply.status, details) and (
             yield from self._key_changed_flow(used_key)

@@ -9,7 +9,7 @@ and answer as OpenAI would. The body checks (:func:`parse_chat_body`), the error
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,16 +28,23 @@ from ._params import REQUEST_OPTIONS
 from ._stream import completion_chunks
 
 __all__ = [
+    "CHAT",
     "EVENT_STREAM",
+    "JSON",
+    "NO_RETRY",
     "REFUSED_FIELDS",
+    "Api",
     "ChatCall",
     "ErrorReply",
     "error_reply",
     "event_stream",
     "failure_reply",
+    "openai_error_body",
     "parse_chat_body",
+    "refusal",
     "reply_body",
     "reply_headers",
+    "sse_stream",
 ]
 
 #: Fields of a relayed body that would reconfigure the client (redirect it, swap its API key,
@@ -46,7 +53,7 @@ __all__ = [
 REFUSED_FIELDS = tuple(name for name in REQUEST_OPTIONS if name != "security_tier")
 #: The content type of a streamed reply.
 EVENT_STREAM = "text/event-stream; charset=utf-8"
-_EVENT, _EVENT_END, _DONE = b"data: ", b"\n\n", b"data: [DONE]\n\n"
+_NAME, _EVENT, _EVENT_END, _DONE = b"event: ", b"data: ", b"\n\n", b"data: [DONE]\n\n"
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -61,8 +68,10 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
-#: A failure a retry cannot cure: the SDK reads this header and does not retry.
-_NO_RETRY = {"x-should-retry": "false"}
+#: A failure a retry cannot cure (or one already retried): the OpenAI and Anthropic SDKs read
+#: this header and do not retry.
+NO_RETRY = {"x-should-retry": "false"}
+_NO_RETRY = NO_RETRY
 
 
 @dataclass
@@ -107,6 +116,8 @@ class ChatCall:
     stream: bool = False
     #: ``stream_options.include_usage``: a last chunk with the usage.
     include_usage: bool = False
+    #: What the API that was called needs to answer (the Responses request, say).
+    context: Any = None
 
 
 def parse_chat_body(
@@ -230,29 +241,40 @@ def reply_headers(reply: Mapping[str, Any]) -> dict[str, str]:
 
 
 def event_stream(reply: Mapping[str, Any], *, include_usage: bool = False) -> bytearray:
-    """The whole server-sent event stream OpenAI would send for ``reply``.
+    """The whole server-sent event stream OpenAI would send for ``reply``: ``data: {chunk}``
+    events, then ``data: [DONE]`` (see :func:`sse_stream`)."""
+    chunks = completion_chunks(reply, include_usage=include_usage)
+    return sse_stream(((None, chunk) for chunk in chunks), done=True)
 
-    ``data: {chunk}`` events separated by blank lines, then ``data: [DONE]``. Each chunk is
-    serialised in native memory (compact JSON, as OpenAI's) and the stream is assembled in
-    one ``bytearray`` of its final size (growing one would leave copies in freed memory),
-    which the caller can wipe; the per-chunk copies are wiped here.
+
+def sse_stream(
+    events: Iterable[tuple[str | None, Mapping[str, Any]]], *, done: bool = False
+) -> bytearray:
+    """Server-sent events: per ``(name, value)`` an ``event: name`` line (when named) and a
+    ``data: {value}`` line, a blank line after each; ``done`` ends with ``data: [DONE]``.
+
+    Each value is serialised in native memory (compact JSON, as OpenAI's and Anthropic's) and
+    the stream is assembled in one ``bytearray`` of its final size (growing one would leave
+    copies in freed memory), which the caller can wipe; the per-event copies are wiped here.
     """
-    pieces: list[bytearray] = []
+    pieces: list[tuple[bytes | None, bytearray]] = []
     try:
-        for chunk in completion_chunks(reply, include_usage=include_usage):
-            with dumps(chunk) as serialised:
-                pieces.append(serialised.to_bytearray())
-        size = sum(len(_EVENT) + len(p) + len(_EVENT_END) for p in pieces) + len(_DONE)
-        stream = bytearray(size)
+        for name, value in events:
+            with dumps(value) as serialised:
+                head = _NAME + name.encode("ascii") + b"\n" if name is not None else None
+                pieces.append((head, serialised.to_bytearray()))
+        size = sum(len(h or b"") + len(_EVENT) + len(p) + len(_EVENT_END) for h, p in pieces)
+        stream = bytearray(size + (len(_DONE) if done else 0))
         at = 0
-        for piece in pieces:
-            for part in (_EVENT, piece, _EVENT_END):
+        for head, piece in pieces:
+            for part in (head or b"", _EVENT, piece, _EVENT_END):
                 stream[at : at + len(part)] = part
                 at += len(part)
-        stream[at:] = _DONE
+        if done:
+            stream[at:] = _DONE
         return stream
     finally:
-        for piece in pieces:
+        for _, piece in pieces:
             piece[:] = bytes(len(piece))
 
 
@@ -261,3 +283,57 @@ def reply_body(reply: Mapping[str, Any]) -> bytearray:
     ``bytearray`` the caller can wipe."""
     with dumps(reply) as serialised:
         return serialised.to_bytearray()
+
+
+def openai_error_body(reply: ErrorReply) -> bytes:
+    """``reply`` in OpenAI's shape (the chat completions and Responses APIs)."""
+    return reply.body
+
+
+def _chat_answer(call: ChatCall, reply: Mapping[str, Any]) -> tuple[bytearray, str]:
+    if call.stream:
+        return event_stream(reply, include_usage=call.include_usage), EVENT_STREAM
+    return reply_body(reply), JSON
+
+
+#: The content type of a JSON reply.
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Api:
+    """One API the front ends serve, answered by one sealed chat completion.
+
+    Attributes:
+        name: what the logs call it (``chat``, ``responses``, ``messages``).
+        parse: ``(body, *, default_model, security_tier)`` -> the chat call, or the error.
+        answer: ``(call, completion)`` -> the reply body (wipeable) and its content type.
+        error_body: an error reply in this API's shape.
+    """
+
+    name: str
+    parse: Callable[..., ChatCall | ErrorReply]
+    answer: Callable[[ChatCall, Mapping[str, Any]], tuple[bytearray, str]]
+    error_body: Callable[[ErrorReply], bytes] = openai_error_body
+
+
+#: OpenAI's chat completions, as they are.
+CHAT = Api("chat", parse_chat_body, _chat_answer)
+
+_SERVED = "chat completions, responses and Anthropic messages"
+
+
+def refusal(method: str, path: str) -> ErrorReply:
+    """The answer to a route the NOMYO protocol does not encrypt (embeddings, files, ...).
+
+    501 (not 404, which an SDK may take for a wrong model or URL), never retried, and a
+    message that says nothing was sent.
+    """
+    return error_reply(
+        501,
+        f"{method} {path} is not end-to-end encrypted by the NOMYO protocol, so it is not "
+        f"served here (only {_SERVED} are); nothing was sent",
+        "not_implemented_error",
+        code="not_encrypted",
+        headers=NO_RETRY,
+    )

@@ -66,6 +66,9 @@ class Reply:
     timings: Timings = field(default_factory=lambda: Timings(0, 0, 0.0, 0.0, 0.0, 0.0))
     #: Opens a 200 reply: ``(value, processed_at, algorithm)``.
     opener: Callable[[], Flow[tuple[Any, Any, str]]] | None = field(default=None, repr=False)
+    #: SHA-256 of the sealed request as sent and of the sealed reply as received (for a
+    #: receipt; computed only when asked).
+    digests: Callable[[], tuple[bytes, bytes]] | None = field(default=None, repr=False)
 
     @property
     def opened(self) -> bool:

@@ -4,6 +4,7 @@ client, bounded body reads, and the checks of a caller's httpx transport or clie
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import logging
 import ssl
@@ -408,6 +409,7 @@ class HttpxTransport(Transport):
             timings=Timings(
                 len(body), len(data), sealed - started, waited, time.perf_counter() - sending, 0.0
             ),
+            digests=lambda: (hashlib.sha256(body).digest(), hashlib.sha256(data).digest()),
         )
 
         def opener() -> Flow[tuple[Any, Any, str]]:

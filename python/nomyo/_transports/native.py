@@ -454,6 +454,7 @@ class NativeTransport(Transport):
                 exchange.open_seconds,
             ),
             opener=opener if opened else None,
+            digests=lambda: (exchange.request_sha256, exchange.reply_sha256),
         )
 
     def close(self) -> None:

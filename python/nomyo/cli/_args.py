@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 from typing import Any
 
 from .._constants import SECURITY_TIERS
+from .._ephemeral import ENV_KEY_ROTATION
+from .._params import NOT_GIVEN
 from ._support import ENV_API_KEY, ENV_KEY_PASSWORD, ENV_MODEL
 
 __all__ = [
@@ -15,13 +19,16 @@ __all__ = [
     "EPILOG",
     "KEY_SIZES",
     "add_forwarding_args",
+    "add_key_rotation_arg",
     "add_memory_arg",
     "add_server_args",
     "add_trust_args",
     "api_key",
     "common",
+    "key_rotation_kwargs",
     "memory_kwargs",
     "model",
+    "pcr_policy",
     "positive_int",
     "temperature",
     "trust_kwargs",
@@ -34,7 +41,8 @@ KEY_SIZES = (2048, 3072, 4096)
 EPILOG = f"""\
 environment: NOMYO_BASE_URL, NOMYO_API_KEY, NOMYO_MODEL (defaults for --base-url, --api-key,
 --model), {ENV_KEY_PASSWORD} (password of the key in --key-dir), NOMYO_PROXY_TOKEN
-(the proxy's --auth-token), HTTPS_PROXY/NO_PROXY, SSL_CERT_FILE.
+(the proxy's --auth-token), NOMYO_RECEIPTS (--receipts), NOMYO_KNOWN_HOSTS, NOMYO_KNOWN_PCRS,
+NOMYO_KEY_ROTATION (--key-rotation), HTTPS_PROXY/NO_PROXY, SSL_CERT_FILE.
 exit codes: 0 ok, 1 failure, 2 usage, 3 server unreachable, 4 plain HTTP or TLS certificate
 refused or security check failed, 5 bad key or wrong password, 6 server answered 4xx/5xx,
 130 interrupted."""
@@ -112,6 +120,26 @@ def add_trust_args(parser: argparse.ArgumentParser) -> None:
         "SubjectPublicKeyInfo); repeatable; implies --attestation require",
     )
     group.add_argument(
+        "--expected-pcrs",
+        type=pcr_policy_or_tofu,
+        metavar="JSON|tofu",
+        help='PCR values the quote must hold, as JSON ({"sha256": {"7": "<hex>"}}), or tofu: '
+        "remember each router's first verified values in the known-PCRs file and refuse a "
+        "change until 'nomyo attest trust URL'; implies --attestation require",
+    )
+    group.add_argument(
+        "--known-pcrs",
+        metavar="PATH",
+        help="the known-PCRs file (implies --expected-pcrs tofu; default $NOMYO_KNOWN_PCRS, "
+        "else known_pcrs beside the known-hosts file)",
+    )
+    group.add_argument(
+        "--receipts",
+        metavar="FILE",
+        help="append one JSON receipt per answered request to FILE (0600; no plaintext, keys "
+        "or tokens; default $NOMYO_RECEIPTS); check them with 'nomyo verify FILE'",
+    )
+    group.add_argument(
         "--reply-binding",
         choices=("off", "require"),
         default="off",
@@ -124,13 +152,37 @@ def trust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The client keyword arguments of :func:`add_trust_args`' options."""
     known_hosts: str | bool | None = args.known_hosts or (True if args.tofu else None)
     trusted = args.trusted_aiks or None
+    expected = args.expected_pcrs or ("tofu" if args.known_pcrs else None)
     return {
         "server_key_fingerprint": args.pins or None,
         "known_hosts": known_hosts,
-        "attestation": args.attestation or ("require" if trusted else "off"),
+        "attestation": args.attestation or ("require" if trusted or expected else "off"),
         "trusted_aik": trusted,
+        "expected_pcrs": expected,
+        "known_pcrs": args.known_pcrs,
+        "receipts": args.receipts,
         "reply_binding": args.reply_binding,
     }
+
+
+def pcr_policy(text: str) -> dict[str, dict[int, str]]:
+    """``--expected-pcrs`` JSON: ``{"sha256": {"7": "<hex>"}}`` (indexes as strings or ints)."""
+    shape = 'expected PCR values as JSON, e.g. {"sha256": {"7": "<64 hex digits>"}}'
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(shape)
+        return {
+            str(bank): {int(index): str(digest) for index, digest in pcrs.items()}
+            for bank, pcrs in value.items()
+        }
+    except (ValueError, TypeError, AttributeError):
+        raise argparse.ArgumentTypeError(f"not {shape}: {text!r}") from None
+
+
+def pcr_policy_or_tofu(text: str) -> dict[str, dict[int, str]] | str:
+    """:func:`pcr_policy`, or ``tofu``."""
+    return "tofu" if text == "tofu" else pcr_policy(text)
 
 
 def add_memory_arg(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +203,37 @@ def memory_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if choice is None:
         return {}
     return {"secure_memory": {"require": "require", "best-effort": True, "off": False}[choice]}
+
+
+def _rotation(text: str) -> float | None:
+    if text.strip().lower() in ("none", "never", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def add_key_rotation_arg(parser: argparse.ArgumentParser) -> None:
+    """``--key-rotation`` (``chat``, ``proxy``, ``run``); see :func:`key_rotation_kwargs`."""
+    parser.add_argument(
+        "--key-rotation",
+        type=_rotation,
+        default=NOT_GIVEN,
+        metavar="SECONDS",
+        help="rotate the process's in-memory client key pair every SECONDS ('never': keep "
+        f"one; default ${ENV_KEY_ROTATION}, else 86400); a --key-dir key never rotates",
+    )
+
+
+def key_rotation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The client keyword argument of ``--key-rotation`` (none when not given)."""
+    if getattr(args, "key_rotation", NOT_GIVEN) is NOT_GIVEN:
+        return {}
+    return {"key_rotation_interval": args.key_rotation}
 
 
 def temperature(text: str) -> float:
@@ -181,6 +264,7 @@ def add_forwarding_args(parser: argparse.ArgumentParser, *, callers: bool) -> No
     add_server_args(parser)
     add_trust_args(parser)
     add_memory_arg(parser)
+    add_key_rotation_arg(parser)
     parser.add_argument(
         "--model", help=f"model listed and used by default (default {DEFAULT_MODEL})"
     )
@@ -203,5 +287,6 @@ def add_forwarding_args(parser: argparse.ArgumentParser, *, callers: bool) -> No
         "--max-buffered-mib",
         type=positive_int,
         metavar="MIB",
-        help="request bodies held at once over all connections, MiB (default 64)",
+        help="request bodies held at once over all connections, and apart from them replies "
+        "waiting for slow readers, MiB each (default 64); beyond it: 503 with Retry-After",
     )

@@ -1,10 +1,16 @@
 """``nomyo run -- CMD ARGS...``: a child program whose OpenAI SDK talks to a private proxy.
 
 The proxy (started by the CLI on a free loopback port, with a fresh random token) is the
-only OpenAI endpoint the child sees: ``OPENAI_BASE_URL`` and ``OPENAI_API_BASE`` point at it
-and ``OPENAI_API_KEY`` is its token, so no other local user can use it. Signals sent to
+only OpenAI and Anthropic endpoint the child sees: ``OPENAI_BASE_URL``, ``OPENAI_API_BASE``
+and ``ANTHROPIC_BASE_URL`` point at it and ``OPENAI_API_KEY``/``ANTHROPIC_API_KEY`` are its
+token, so no other local user can use it. Signals sent to
 ``nomyo run`` reach the child; ``nomyo run`` exits with the child's status (128 + N when a
 signal N ended it).
+
+The child's environment is ours minus the router's secrets and address
+(:data:`WITHHELD_VARIABLES`, unless passed on purpose with ``--pass-env``): the wrapped
+program reaches the router only through the proxy. The child cannot outlive ``nomyo run``
+(``_tether``).
 """
 
 from __future__ import annotations
@@ -13,16 +19,31 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from . import _tether
 from ._support import CLIError
 
-__all__ = ["CHILD_VARIABLES", "new_token", "run_with_proxy"]
+__all__ = [
+    "CHILD_VARIABLES",
+    "WITHHELD_VARIABLES",
+    "child_environment",
+    "new_token",
+    "run_with_proxy",
+]
 
-#: What the child's environment gets: the OpenAI SDKs' base URL (new and legacy names) and key.
-CHILD_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_API_KEY")
+#: What the child's environment gets: the OpenAI SDKs' base URL (new and legacy names) and key,
+#: and the Anthropic SDK's.
+CHILD_VARIABLES = (
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+)
 #: Signals passed on to the child.
 _FORWARDED = tuple(
     getattr(signal, name)
@@ -31,6 +52,41 @@ _FORWARDED = tuple(
 )
 _EXIT_NOT_EXECUTABLE = 126
 _EXIT_NOT_FOUND = 127
+#: What nomyo reads that holds the router's secrets or address: never handed to the child
+#: (the API key, the key password, the proxy token, the router's URL).
+WITHHELD_VARIABLES = ("NOMYO_API_KEY", "NOMYO_KEY_PASSWORD", "NOMYO_PROXY_TOKEN", "NOMYO_BASE_URL")
+#: Seconds between two reaps of orphans re-parented to ``nomyo run``.
+_REAP_EVERY = 2.0
+
+
+def child_environment(
+    parent: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()
+) -> dict[str, str]:
+    """The child's base environment: ``parent`` (default ours) minus
+    :data:`WITHHELD_VARIABLES`, except the names in ``pass_env``."""
+    source = os.environ if parent is None else parent
+    passed = set(pass_env)
+    return {k: v for k, v in source.items() if k not in WITHHELD_VARIABLES or k in passed}
+
+
+def _resolve(program: str) -> str:
+    """The file ``program`` names (as ``execvp`` would find it).
+
+    Raises:
+        CLIError: not found (127) or not executable (126).
+    """
+    if os.sep in program or (os.altsep and os.altsep in program):
+        if not os.path.exists(program):
+            raise CLIError(f"nomyo run: command not found: {program}", _EXIT_NOT_FOUND)
+        if os.path.isdir(program) or not os.access(program, os.X_OK):
+            raise CLIError(f"nomyo run: command not executable: {program}", _EXIT_NOT_EXECUTABLE)
+        return program
+    found = shutil.which(program)
+    if found is None:
+        if shutil.which(program, mode=os.F_OK) is not None:
+            raise CLIError(f"nomyo run: command not executable: {program}", _EXIT_NOT_EXECUTABLE)
+        raise CLIError(f"nomyo run: command not found: {program}", _EXIT_NOT_FOUND)
+    return found
 
 
 def new_token() -> str:
@@ -51,16 +107,29 @@ def _terminal_delivers_to_child() -> bool:
     return False
 
 
-async def run_with_proxy(command: Sequence[str], base_url: str, token: str) -> int:
-    """Run ``command`` with the proxy's variables; returns its exit status.
+async def run_with_proxy(
+    command: Sequence[str],
+    base_url: str,
+    token: str,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    pass_env: Iterable[str] = (),
+) -> int:
+    """Run ``command`` with the proxy's variables (and ``extra_env``: the egress guard's);
+    returns its exit status.
 
     Raises:
         CLIError: the command cannot be started (exit code 127 not found, 126 not executable).
     """
-    env = dict(os.environ)
+    env = child_environment(pass_env=pass_env)
     env.update({"OPENAI_BASE_URL": base_url, "OPENAI_API_BASE": base_url, "OPENAI_API_KEY": token})
+    # Anthropic's SDK appends /v1/messages itself.
+    env.update({"ANTHROPIC_BASE_URL": base_url.removesuffix("/v1"), "ANTHROPIC_API_KEY": token})
+    env.update(extra_env or {})
+    argv = _tether.launch_argv(_resolve(command[0]), command)
+    _tether.become_subreaper()
     try:
-        child = await asyncio.create_subprocess_exec(*command, env=env)
+        child = await asyncio.create_subprocess_exec(*argv, env=env)
     except FileNotFoundError:
         raise CLIError(f"nomyo run: command not found: {command[0]}", _EXIT_NOT_FOUND) from None
     except PermissionError:
@@ -83,7 +152,7 @@ async def run_with_proxy(command: Sequence[str], base_url: str, token: str) -> i
             continue
         installed.append(sig)
     try:
-        code = await child.wait()
+        code = await _wait_reaping(child)
     finally:
         for sig in installed:
             with contextlib.suppress(Exception):
@@ -92,4 +161,21 @@ async def run_with_proxy(command: Sequence[str], base_url: str, token: str) -> i
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
             await child.wait()
+        # Whatever the child started and left behind goes with it.
+        await asyncio.to_thread(_tether.end_descendants)
     return code if code >= 0 else 128 - code
+
+
+async def _wait_reaping(child: asyncio.subprocess.Process) -> int:
+    """The child's status; meanwhile reap the orphans re-parented to us (no zombies pile up)."""
+    if not _tether.SUPPORTED:
+        return await child.wait()
+    waiting = asyncio.ensure_future(child.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=_REAP_EVERY)
+            if done:
+                return waiting.result()
+            _tether.reap_orphans(keep=child.pid)
+    finally:
+        waiting.cancel()

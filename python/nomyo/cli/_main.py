@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from .. import _core
 from .._exceptions import NomyoError
-from . import chat, doctor, keys, proxy, run, serve_dev
+from . import attest, chat, doctor, keys, proxy, run, serve_dev, verify
 from ._args import EPILOG, common
 from ._support import (
     EXIT_FAILURE,
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nomyo-rs {_core.__version__}")
     shared = common()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (chat, proxy, run, serve_dev, keys, doctor):
+    for command in (chat, proxy, run, serve_dev, keys, verify, attest, doctor):
         command.add_parser(sub, shared)
     return parser
 

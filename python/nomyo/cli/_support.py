@@ -168,14 +168,17 @@ def client_transport(url: str, ca_file: str | None) -> httpx.AsyncBaseTransport 
 
     Returns None (the client's own choice: the native engine, or httpx where the
     environment names a proxy) for any other host, and for loopback when no proxy is
-    configured. httpx ignores ``HTTP(S)_PROXY`` when a transport is given, so its TLS
-    settings go here.
+    configured or ``NO_PROXY`` covers it. httpx ignores ``HTTP(S)_PROXY`` when a transport is
+    given, so its TLS settings go here.
     """
-    from .._transports.native import proxy_configured
+    from .._transports.native import environment_proxies, proxy_configured, proxy_for
 
     host = urlsplit(url).hostname
     if host is None or not is_loopback_host(host) or not proxy_configured():
         return None
+    rules = environment_proxies()
+    if rules and proxy_for(url, rules) is None:
+        return None  # NO_PROXY covers the router: the native engine goes direct too
     verify: ssl.SSLContext | bool = True
     if ca_file is not None:
         verify = ssl.create_default_context(cafile=ca_file)

@@ -13,10 +13,12 @@ from .._keys import password_from_env
 from ._args import (
     DEFAULT_MODEL,
     EPILOG,
+    add_key_rotation_arg,
     add_memory_arg,
     add_server_args,
     add_trust_args,
     api_key,
+    key_rotation_kwargs,
     memory_kwargs,
     model,
     positive_int,
@@ -37,7 +39,7 @@ from ._support import (
     resolve_base_url,
 )
 
-__all__ = ["add_parser", "cmd_chat"]
+__all__ = ["add_parser", "attestation_line", "cmd_chat"]
 
 
 def _read_prompt(given: str | None) -> str:
@@ -104,6 +106,7 @@ async def _chat_once(
         transport=client_transport(url, args.ca_file),
         **trust_kwargs(args),
         **memory_kwargs(args),
+        **key_rotation_kwargs(args),
     )
     async with chat:
         options: dict[str, Any] = {}
@@ -125,7 +128,35 @@ async def _chat_once(
         f"{key.fingerprint() if key is not None else 'unknown'} | "
         f"TPM attestation {'present' if attested else 'absent'}"
     )
+    result = metadata.get("attestation_verification")
+    if isinstance(result, dict):
+        summary += "\n" + attestation_line(result)
     return response, summary
+
+
+def attestation_line(result: dict[str, Any]) -> str:
+    """What the quote proved and what it did not, in the words of docs/security.md."""
+    if not result.get("valid"):
+        return (
+            f"nomyo: attestation NOT verified: {result.get('reason')} ({result.get('detail')}); "
+            "nothing about the router's TPM is proven"
+        )
+    banks = result.get("pcr_values") or {}
+    pcrs = "+".join(f"{b}:{','.join(sorted(v, key=int))}" for b, v in sorted(banks.items()))
+    proven = f"signed by the AIK sent with it, made for this request, covers PCR {pcrs}"
+    remembered = result.get("pcr_remembered")
+    if remembered == "first_use":
+        proven += " (values remembered now: first use)"
+    elif remembered == "matched":
+        proven += " with the remembered values"
+    elif result.get("pcr_policy_matched"):
+        proven += " with the expected values"
+    not_proven = "that the measured machine decrypted the request, software after boot"
+    if result.get("genuine_tpm_proven"):
+        proven += f", made by the pinned AIK {result.get('aik_fingerprint')}"
+    else:
+        not_proven = "that a genuine TPM made it (the AIK is not certified), " + not_proven
+    return f"nomyo: attestation verified: {proven}; not proven: {not_proven} (docs/security.md)"
 
 
 def _reply_text(response: dict[str, Any]) -> str:
@@ -154,6 +185,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add_server_args(chat)
     add_trust_args(chat)
     add_memory_arg(chat)
+    add_key_rotation_arg(chat)
     chat.add_argument("--model", help=f"model name ($NOMYO_MODEL, default {DEFAULT_MODEL})")
     chat.add_argument("--system", metavar="TEXT", help="a system message")
     chat.add_argument(

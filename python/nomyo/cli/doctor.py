@@ -21,8 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .. import _core
+from .._ephemeral import resolve_rotation_interval
 from .._exceptions import ConfigurationError, SecureMemoryError
 from .._memory import get_memory_protection_info
+from .._params import NOT_GIVEN
 
 __all__ = ["DEFAULT_SIZE", "add_parser", "cmd_doctor", "diagnose"]
 
@@ -128,6 +130,7 @@ def diagnose(size: int = DEFAULT_SIZE) -> dict[str, Any]:
         "core_pattern": _core_pattern(),
         "dumpable": _dumpable(),
         "crypto": _core.crypto_info(),
+        "client_keys": _client_keys(),
         "trust_store": _trust_store(),
         "proxy_variables": _proxies(),
         "secure_memory_env": os.environ.get("NOMYO_SECURE_MEMORY", ""),
@@ -193,6 +196,22 @@ def _advice(report: dict[str, Any]) -> list[str]:
     return tips
 
 
+def _client_keys() -> dict[str, Any]:
+    """Where client private keys live, and how the process-wide pair rotates."""
+    try:
+        rotation: float | str | None = resolve_rotation_interval(NOT_GIVEN)
+    except ConfigurationError as exc:
+        rotation = f"invalid: {exc}"
+    return {
+        # aws-lc allocates them on its own heap (OPENSSL_malloc): see docs/security.md for
+        # why its allocator hook is not pointed at the locked arena.
+        "locked": False,
+        "dump_excluded": False,
+        "zeroed_when_freed": True,
+        "process_key_rotation_seconds": rotation,
+    }
+
+
 def _lines(report: dict[str, Any]) -> list[str]:
     memory = report["memory"]
     crypto = report["crypto"]
@@ -220,6 +239,8 @@ def _lines(report: dict[str, Any]) -> list[str]:
         f"dumpable {dumpable}",
         f"  crypto: {crypto.get('library')}, seeded from {crypto.get('rng_seed')}; RSA private "
         "keys live on its heap (zeroed when freed, not locked or dump-excluded)",
+        "  client key: one in-memory pair per process for clients without a key of their own, "
+        f"rotated every {report['client_keys']['process_key_rotation_seconds']} s (None: never)",
         f"  trust store: {report['trust_store']}",
         "  proxy variables: "
         + (", ".join(f"{k}={v}" for k, v in report["proxy_variables"].items()) or "none"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._constants import KEY_SIZE
 from ._args import KEY_SIZES
@@ -21,6 +21,9 @@ from ._support import (
     out,
 )
 
+if TYPE_CHECKING:
+    from ..testing import DevRouter, SwtpmAttestation
+
 __all__ = ["add_parser", "cmd_serve_dev"]
 
 _SERVE_DEV_EPILOG = """\
@@ -29,6 +32,8 @@ Try it locally: `nomyo serve-dev --tls` makes a local CA and a certificate for l
 prints the two lines that point clients in another shell at it:
   export NOMYO_BASE_URL=https://127.0.0.1:12434
   export SSL_CERT_FILE=.../dev-tls/ca.pem
+`nomyo serve-dev --tpm` adds a real quote from a software TPM to every reply; restart it with
+`--tpm-measure v2` to change PCR 10 and see `--expected-pcrs tofu` refuse the change.
 exit codes: 0 stopped by SIGTERM, 1 failure (for example the port is in use), 2 usage,
 130 stopped by Ctrl-C (SIGINT)."""
 
@@ -69,8 +74,38 @@ async def _serve_dev_until_stopped(
 ) -> int:
     from ..testing import DevRouter
 
+    tpm = await asyncio.to_thread(_start_tpm, args) if args.tpm or args.tpm_measure else None
+    try:
+        return await _serve(args, ca_file, signals, DevRouter, tpm)
+    finally:
+        if tpm is not None:
+            await asyncio.to_thread(tpm.close)
+
+
+def _start_tpm(args: argparse.Namespace) -> SwtpmAttestation:
+    """The software TPM of ``--tpm`` (a clear error when swtpm is missing)."""
+    from ..testing import SwtpmAttestation
+
+    if not SwtpmAttestation.available():
+        raise CLIError(
+            "--tpm needs swtpm and tpm2-tools (Debian/Ubuntu: sudo bash "
+            "scripts/install-system-deps.sh, or apt-get install swtpm swtpm-tools tpm2-tools)"
+        )
+    try:
+        return SwtpmAttestation(measure=args.tpm_measure or ())
+    except RuntimeError as exc:
+        raise CLIError(f"cannot start the software TPM: {exc}") from None
+
+
+async def _serve(
+    args: argparse.Namespace,
+    ca_file: str | None,
+    signals: ShutdownSignals,
+    router_class: type[DevRouter],
+    tpm: SwtpmAttestation | None,
+) -> int:
     router = await asyncio.to_thread(
-        DevRouter,
+        router_class,
         args.host,
         args.port,
         api_keys=args.api_key or None,
@@ -79,6 +114,7 @@ async def _serve_dev_until_stopped(
         tls_key=args.tls_key,
         upstream=args.upstream,
         max_recorded=0,  # a long-running server keeps no decrypted requests in memory
+        attestation_provider=tpm,
     )
     try:
         await router.start()
@@ -91,6 +127,13 @@ async def _serve_dev_until_stopped(
         backend = f"upstream {display_url(args.upstream)}" if args.upstream else "echo"
         auth = f"{len(args.api_key)} API key(s) required" if args.api_key else "no API key"
         out(f"nomyo serve-dev: backend {backend}, {auth}; Ctrl-C stops")
+        if tpm is not None:
+            measured = len(tpm.measure)
+            extra = f", PCR {tpm.measure_pcr} extended with {measured} --tpm-measure text(s)"
+            out(
+                f"nomyo serve-dev: TPM: software TPM (swtpm) quotes of {tpm.pcr_selection} "
+                f"in every reply{extra if measured else ''}"
+            )
         if not is_loopback_host(args.host) and args.tls_cert is None:
             err("nomyo serve-dev: WARNING: plain HTTP beyond loopback; for development only")
         if ca_file is not None:
@@ -144,5 +187,18 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address"
+    )
+    serve.add_argument(
+        "--tpm",
+        action="store_true",
+        help="answer with real TPM 2.0 quotes from a software TPM (swtpm; installed by "
+        "scripts/install-system-deps.sh): try --attestation, --expected-pcrs tofu, receipts",
+    )
+    serve.add_argument(
+        "--tpm-measure",
+        action="append",
+        metavar="TEXT",
+        help="extend PCR 10 with SHA-256(TEXT) at start (repeatable; implies --tpm): a "
+        "changed measurement, to see a remembered one refused",
     )
     serve.set_defaults(handler=cmd_serve_dev)

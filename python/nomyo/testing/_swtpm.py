@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,10 @@ class SwtpmAttestation(Closeable):
     Args:
         pcr_selection: the PCRs quoted, in tpm2-tools syntax (``"sha256:0,7,10"``).
         scheme: the attestation key's signature scheme.
+        measure: texts extended (SHA-256 of each, in order) into sha256 PCR ``measure_pcr``
+            at start, after the fixed measurements: a "changed software" to show a
+            remembered measurement refused (``nomyo serve-dev --tpm --tpm-measure TEXT``).
+        measure_pcr: the PCR ``measure`` extends (default 10, quoted by default).
         timeout: seconds allowed for swtpm to start and for each tpm2-tools command.
 
     Raises:
@@ -75,6 +80,8 @@ class SwtpmAttestation(Closeable):
         *,
         scheme: Scheme = "rsassa",
         timeout: float = 30.0,
+        measure: Sequence[str] = (),
+        measure_pcr: int = 10,
     ) -> None:
         if not _SELECTION_RE.match(pcr_selection):
             raise ValueError(f"not a PCR selection like 'sha256:0,7,10': {pcr_selection!r}")
@@ -85,6 +92,10 @@ class SwtpmAttestation(Closeable):
                 "SwtpmAttestation needs swtpm and tpm2-tools "
                 "(Debian/Ubuntu: bash scripts/install-system-deps.sh)"
             )
+        if isinstance(measure, str) or not 0 <= measure_pcr <= 23:
+            raise ValueError("measure must be a sequence of texts and measure_pcr 0-23")
+        self.measure = tuple(measure)
+        self.measure_pcr = measure_pcr
         self.pcr_selection = pcr_selection
         self.scheme: Scheme = scheme
         self.timeout = timeout
@@ -221,6 +232,9 @@ class SwtpmAttestation(Closeable):
         for index, label in _MEASUREMENTS:
             digest = hashlib.sha256(label.encode()).hexdigest()
             self._tool("tpm2_pcrextend", f"{index}:sha256={digest}")
+        for text in self.measure:
+            digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            self._tool("tpm2_pcrextend", f"{self.measure_pcr}:sha256={digest}")
 
     def close(self) -> None:
         """Stop swtpm and delete its state (idempotent); waits for a quote in progress."""

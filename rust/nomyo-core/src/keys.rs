@@ -271,8 +271,8 @@ impl PrivateKey {
     ///
     /// The file is opened without following a final symlink (`O_NOFOLLOW`) and checked on the
     /// open descriptor (no check-then-read race): it must be a regular file of at most
-    /// [`MAX_KEY_FILE`] bytes and, on Unix, not accessible by group or others unless
-    /// `allow_readable` is set.
+    /// [`MAX_KEY_FILE`] bytes and, on Unix, owned by the effective user, not writable by
+    /// group or others, and not readable by them unless `allow_readable` is set.
     pub fn load(path: &Path, password: Option<&[u8]>, allow_readable: bool) -> Result<Self> {
         let pem = read_key_file(path, allow_readable)?;
         Self::from_pem(&pem, password)
@@ -306,8 +306,25 @@ fn read_key_file(path: &Path, allow_readable: bool) -> Result<Zeroizing<Vec<u8>>
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != euid {
+            return Err(Error::key(format!(
+                "private key file {p} belongs to another user (uid {}, you are {euid}); use \
+                 a key of your own (or, if it is yours: chown {euid} {p})",
+                meta.uid(),
+                p = path.display()
+            )));
+        }
         let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(Error::key(format!(
+                "private key file {p} is writable by group or others (mode 0{mode:03o}); \
+                 fix it with: chmod 600 {p}",
+                p = path.display()
+            )));
+        }
         if mode & 0o077 != 0 && !allow_readable {
             return Err(Error::key(format!(
                 "private key file {p} is accessible by group or others (mode 0{mode:03o}); \

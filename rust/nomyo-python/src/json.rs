@@ -1,9 +1,10 @@
 //! JSON between Python objects and native secret memory, with no Python copy in between.
 //!
 //! [`dumps`] walks the caller's objects and writes compact JSON straight into a
-//! [`SecretBuf`]. ASCII strings are read in place; other strings are read through
-//! `PyUnicode_AsUCS4` into a secret scratch buffer, so no UTF-8 copy is cached on the caller's
-//! objects. [`loads`] parses decrypted bytes into new Python objects with jiter, string cache
+//! [`SecretBuf`]. ASCII strings are read in place; other strings are read in place one code
+//! point at a time (`PyUnicode_ReadChar`), with no scratch copy and no UTF-8 copy cached on the
+//! caller's objects, into output reserved at their exact escaped size, so the locked memory a
+//! request takes is about its UTF-8 size whatever the script. [`loads`] parses decrypted bytes into new Python objects with jiter, string cache
 //! off, so no decoded string outlives the objects handed to the caller.
 
 use nomyo_core::secret::SecretBuf;
@@ -19,7 +20,6 @@ const MAX_DEPTH: usize = 256;
 
 struct Writer {
     out: SecretBuf,
-    scratch: SecretBuf,
 }
 
 fn mem(e: nomyo_core::Error) -> PyErr {
@@ -156,43 +156,51 @@ impl Writer {
             let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), size as usize) };
             escape_ascii(&mut self.out, bytes).map_err(mem)?;
         } else {
-            self.ucs4(s)?;
+            self.non_ascii(s)?;
         }
         self.put(b"\"")
     }
 
-    fn ucs4(&mut self, s: &Bound<'_, PyString>) -> PyResult<()> {
+    /// A string that is not (exactly) ASCII, read in place: one pass sizes its escaped
+    /// UTF-8 (so the output grows once, to that size), a second writes it. The limited API
+    /// has no view of a str's characters; `PyUnicode_ReadChar` reads one without a copy.
+    fn non_ascii(&mut self, s: &Bound<'_, PyString>) -> PyResult<()> {
+        let py = s.py();
         // SAFETY: s is a str.
         let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
         if len < 0 {
-            return Err(PyErr::fetch(s.py()));
+            return Err(PyErr::fetch(py));
         }
-        let len = len as usize;
-        self.scratch.clear();
-        self.scratch.resize_zeroed(len * 4).map_err(mem)?;
-        // SAFETY: scratch is page-aligned (so u32-aligned) and holds len * 4 bytes.
-        let rc = unsafe {
-            ffi::PyUnicode_AsUCS4(
-                s.as_ptr(),
-                self.scratch
-                    .as_mut_slice()
-                    .as_mut_ptr()
-                    .cast::<ffi::Py_UCS4>(),
-                len as ffi::Py_ssize_t,
-                0,
-            )
+        let read = |i: ffi::Py_ssize_t| -> PyResult<u32> {
+            // SAFETY: s is a str (immutable) and 0 <= i < its length.
+            let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i) };
+            if c == u32::MAX {
+                return Err(PyErr::fetch(py));
+            }
+            Ok(c)
         };
-        if rc.is_null() {
-            return Err(PyErr::fetch(s.py()));
+        let mut size = 0usize;
+        for i in 0..len {
+            size = size.saturating_add(escaped_len(read(i)?));
         }
-        let Writer { out, scratch } = self;
-        let chars = scratch
-            .as_slice()
-            .chunks_exact(4)
-            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-        let result = escape_chars(out, chars).map_err(mem);
-        scratch.clear();
-        result
+        self.out.reserve(size).map_err(mem)?;
+        // Every read succeeded above, and a str does not change.
+        let chars = (0..len).map(|i| read(i).unwrap_or(u32::MAX));
+        escape_chars(&mut self.out, chars).map_err(mem)
+    }
+}
+
+/// The bytes `c` takes in the JSON output (escaped, or as UTF-8).
+fn escaped_len(c: u32) -> usize {
+    match c {
+        0..=0x7f => match c as u8 {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            b if needs_escape(b) => 6,
+            _ => 1,
+        },
+        0x80..=0x7ff => 2,
+        0x800..=0xffff => 3,
+        _ => 4,
     }
 }
 
@@ -389,7 +397,6 @@ fn escape_chars(out: &mut SecretBuf, chars: impl Iterator<Item = u32>) -> nomyo_
 pub fn dumps(obj: &Bound<'_, PyAny>) -> PyResult<SecretBuf> {
     let mut w = Writer {
         out: SecretBuf::with_capacity(4096).map_err(mem)?,
-        scratch: SecretBuf::with_capacity(0).map_err(mem)?,
     };
     w.value(obj, 0)?;
     Ok(w.out)
@@ -511,5 +518,17 @@ mod tests {
         assert_eq!(out.as_slice(), &want.as_bytes()[1..want.len() - 1]);
         let mut out = SecretBuf::with_capacity(0).unwrap();
         assert!(escape_chars(&mut out, [0x41, 0xD800].into_iter()).is_err());
+    }
+
+    #[test]
+    fn escaped_len_is_the_size_escape_chars_writes() {
+        let points = (0..0x800u32).chain([
+            0xfff, 0x1000, 0x4e2d, 0xd7ff, 0xe000, 0xffff, 0x10000, 0x1f600, 0x10ffff,
+        ]);
+        for c in points {
+            let mut out = SecretBuf::with_capacity(0).unwrap();
+            escape_chars(&mut out, std::iter::once(c)).unwrap();
+            assert_eq!(escaped_len(c), out.len(), "U+{c:04X}");
+        }
     }
 }

@@ -41,7 +41,7 @@ fn pem_bytes(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
 }
 
 /// An RSA private key held in native memory.
-#[pyclass(frozen, name = "PrivateKey", module = "nomyo._core")]
+#[pyclass(frozen, weakref, name = "PrivateKey", module = "nomyo._core")]
 pub struct PyPrivateKey {
     /// Shared with requests in flight on the native transport.
     pub inner: Arc<PrivateKey>,

@@ -72,6 +72,8 @@ pub(crate) struct ExchangeData {
     seal_seconds: f64,
     exchange_seconds: f64,
     open_seconds: f64,
+    /// SHA-256 of the request body as sent and of the reply body as received.
+    digests: ([u8; 32], [u8; 32]),
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     opened: Mutex<Option<nomyo_core::Result<Opened>>>,
@@ -122,6 +124,18 @@ impl PyExchange {
     #[getter]
     fn open_seconds(&self) -> f64 {
         self.0.open_seconds
+    }
+
+    /// SHA-256 of the (sealed) request body as sent.
+    #[getter]
+    fn request_sha256<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.digests.0)
+    }
+
+    /// SHA-256 of the (sealed) reply body as received.
+    #[getter]
+    fn reply_sha256<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.digests.1)
     }
 
     /// The reply headers: lower-case names, repeated headers joined with ", ".
@@ -207,6 +221,7 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
         }
     };
     let sent_bytes = body.len();
+    let request_sha256 = nomyo_core::tpm::sha256(&body);
     let sealed = Instant::now();
     let response = client
         .send(http::Exchange {
@@ -224,6 +239,7 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
         .map_err(Failure::Http)?;
     let exchanged = Instant::now();
     let received_bytes = response.body.len();
+    let digests = (request_sha256, nomyo_core::tpm::sha256(&response.body));
     let (body, opened) = match job.open {
         Some((key, max_size)) if response.status == 200 => (
             Vec::new(),
@@ -244,6 +260,7 @@ async fn run(client: Arc<Client>, job: Job) -> Result<PyExchange, Failure> {
         seal_seconds: (sealed - started).as_secs_f64(),
         exchange_seconds: (exchanged - sealed).as_secs_f64(),
         open_seconds: exchanged.elapsed().as_secs_f64(),
+        digests,
         headers: response.headers,
         body,
         opened: Mutex::new(opened),

@@ -43,7 +43,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use crypto::{
-    verify_ecdsa_p256_sha256, verify_rsapss_sha256, verify_rsapss_sha256_with_salt,
+    sha256, verify_ecdsa_p256_sha256, verify_rsapss_sha256, verify_rsapss_sha256_with_salt,
     verify_rsassa_sha256, PssSalt,
 };
 
