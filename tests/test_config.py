@@ -380,3 +380,63 @@ def test_credentials_in_base_url_are_refused() -> None:
     with pytest.raises(nomyo.ConfigurationError, match="credentials") as info:
         nomyo.SecureChatCompletion(base_url="https://user:hunter2@router.example")
     assert "hunter2" not in str(info.value)
+
+
+def test_receipts_pcrs_and_rotation_are_client_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``receipts``, ``known_pcrs``/``expected_pcrs="tofu"`` and ``key_rotation_interval``
+    are checked once, by ``ClientOptions``, and survive a per-call router."""
+    monkeypatch.delenv("NOMYO_RECEIPTS", raising=False)
+    monkeypatch.delenv("NOMYO_KEY_ROTATION", raising=False)
+    refused: list[dict[str, Any]] = [
+        {"expected_pcrs": "tofu"},  # tofu needs attestation
+        {"known_pcrs": tmp_path / "pcrs", "attestation": "off"},
+        {"known_pcrs": tmp_path / "pcrs", "attestation": "require", "expected_pcrs": {}},
+        {"receipts": True},  # True needs $NOMYO_RECEIPTS
+        {"receipts": ""},
+        {"key_rotation_interval": 0},
+        {"key_rotation_interval": float("inf")},
+        {"key_rotation_interval": True},
+    ]
+    for given in refused:
+        with pytest.raises(nomyo.ConfigurationError):
+            _config.ClientOptions(**given)
+    monkeypatch.setenv("NOMYO_KEY_ROTATION", "soon")
+    with pytest.raises(nomyo.ConfigurationError):
+        _config.ClientOptions()
+    monkeypatch.setenv("NOMYO_KEY_ROTATION", "never")
+    assert _config.ClientOptions().rotation_interval is None
+
+    receipts, pcrs = tmp_path / "receipts.jsonl", tmp_path / "pcrs"
+    options = _config.ClientOptions(
+        "https://a.example",
+        attestation="require",
+        expected_pcrs="tofu",
+        known_pcrs=pcrs,
+        receipts=receipts,
+        key_rotation_interval=60,
+    )
+    other = options.for_router("https://b.example")
+    for each in (options, other):
+        assert each.pcr_policy is None  # remembered, not fixed
+        assert each.remembered_pcrs is not None and each.remembered_pcrs.path == pcrs
+        assert each.receipt_writer is not None and each.receipt_writer.path == receipts
+        assert each.rotation_interval == 60.0
+    client = nomyo.SyncSecureCompletionClient.from_options(other)
+    try:
+        assert client.router_url == "https://b.example"
+        assert client._known_pcrs is other.remembered_pcrs
+        assert client._receipts is other.receipt_writer
+        assert client.key_rotation_interval == 60.0
+        assert client.expected_pcrs is None
+    finally:
+        client.close()
+
+    fixed = {"sha256": {0: "00" * 32}}
+    pinned = _config.ClientOptions(attestation="require", expected_pcrs=fixed, receipts=False)
+    assert pinned.pcr_policy == fixed and pinned.remembered_pcrs is None
+    assert pinned.receipt_writer is None
+    monkeypatch.setenv("NOMYO_RECEIPTS", str(receipts))
+    assert _config.ClientOptions(receipts=True).receipt_writer is not None
+    assert _config.ClientOptions().receipt_writer is not None  # None: the environment's

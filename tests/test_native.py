@@ -92,16 +92,15 @@ def start_sealed(
         ("X-Public-Key", quote(client_key.public_key().to_pem())),
         ("Content-Type", "application/octet-stream"),
     ]
-    return transport.start(
-        completions,
-        "POST",
-        router.url + "/v1/chat/secure_completion",
-        headers,
-        token=token,
-        seal=({"model": "m", "messages": user(f"token {token}")}, server_key),
-        open=(client_key, 1 << 20),
+    request = {
+        "method": "POST",
+        "url": router.url + "/v1/chat/secure_completion",
+        "headers": headers,
+        "seal": ({"model": "m", "messages": user(f"token {token}")}, server_key),
+        "open": (client_key, 1 << 20),
         **LIMITS,
-    )
+    }
+    return transport.start(completions, request, token=token)
 
 
 def test_native_is_the_default_and_httpx_is_chosen_when_needed(
@@ -401,7 +400,11 @@ def test_completions_lose_nothing_when_python_runs_out_of_memory(
             start_sealed(transport, completions, tls_router, client_key, token) for token in (1, 2)
         ]
         pending.append(
-            transport.start(completions, "GET", "https://127.0.0.1:1/", [], token=3, **LIMITS)
+            transport.start(
+                completions,
+                {"method": "GET", "url": "https://127.0.0.1:1/", "headers": [], **LIMITS},
+                token=3,
+            )
         )
         deadline = time.monotonic() + 30
         while not all(p.done for p in pending):

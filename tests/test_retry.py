@@ -130,13 +130,35 @@ def test_permanent_network_failures_through_their_causes(
     assert is_certificate_failure(wrapped) is certificate
 
 
-def test_native_proxy_refusal_is_permanent() -> None:
-    refused = _core.TransportError("proxy refused the tunnel")
-    refused.kind = "proxy"
-    timed_out = _core.TransportError("timed out")
-    timed_out.kind = "timeout"
-    assert is_permanent_network_failure(refused)
-    assert not is_permanent_network_failure(timed_out)
+def native_failure(kind: str, **attributes: object) -> _core.TransportError:
+    """A native transport failure with the attributes the Rust side sets."""
+    failure = _core.TransportError("native failure")
+    for name, value in {"kind": kind, "cause": None, "status": None, "phase": None}.items():
+        setattr(failure, name, attributes.get(name, value))
+    return failure
+
+
+def test_native_failures_are_decided_on_their_attributes() -> None:
+    """A proxy's 4xx refusal, a DNS, TLS or certificate failure stand; a proxy's 5xx (or no
+    usable answer), a refused connection and a timeout may change."""
+    for permanent in (
+        native_failure("proxy", status=407),
+        native_failure("proxy", status=403),
+        native_failure("connect", cause="dns"),
+        native_failure("connect", cause="tls"),
+        native_failure("connect", cause="certificate"),
+    ):
+        assert is_permanent_network_failure(permanent), permanent
+    for transient in (
+        native_failure("proxy", status=502),
+        native_failure("proxy"),
+        native_failure("connect", cause="refused"),
+        native_failure("connect", cause="dns-transient"),
+        native_failure("timeout", phase="read"),
+    ):
+        assert not is_permanent_network_failure(transient), transient
+    assert is_certificate_failure(native_failure("connect", cause="certificate"))
+    assert not is_certificate_failure(native_failure("connect", cause="tls"))
 
 
 # -- the pipeline's retry loop, over httpx.MockTransport ----------------------------------

@@ -8,16 +8,18 @@ structural problem with an envelope), ``KeyFormatError`` (a key that cannot be l
 
 import os
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Literal, TypedDict, final
+
+from typing_extensions import Required
 
 __all__ = [
     "ENVELOPE_ALGORITHM",
     "ENVELOPE_VERSION",
     "Completions",
-    "Exchange",
     "Pending",
     "PrivateKey",
     "PublicKey",
+    "Reply",
     "SecretBuffer",
     "Transport",
     "TransportError",
@@ -240,16 +242,48 @@ def write_file(
     """
 
 class TransportError(Exception):
-    """A network failure of the native transport; ``kind`` is ``"timeout"``, ``"connect"``,
-    ``"closed"`` or ``"proxy"`` (a forward proxy refused the tunnel: 407, 403, ...)."""
+    """A network failure of the native transport. What to decide on is in attributes, never
+    in the message: ``kind`` is ``"connect"`` (no connection could be made: see ``cause``),
+    ``"proxy"`` (a forward proxy did not open the tunnel: see ``status``), ``"timeout"``
+    (see ``phase``) or ``"closed"`` (the connection broke after it was made)."""
 
-    kind: str
+    kind: Literal["connect", "proxy", "timeout", "closed"]
+    #: Why a connection failed (kind ``connect``), else None.
+    cause: (
+        Literal["dns", "dns-transient", "refused", "reset", "unreachable", "tls", "certificate"]
+        | None
+    )
+    #: The status a forward proxy refused the tunnel with (kind ``proxy``); None when it gave
+    #: no usable answer, or for other kinds.
+    status: int | None
+    #: What timed out (kind ``timeout``), else None.
+    phase: Literal["connect", "read", "pool"] | None
 
 _Timeouts = tuple[float | None, float | None, float | None, float | None]
 
+class _Request(TypedDict, total=False):
+    """One request for :class:`Transport` (``method``, ``url``, ``headers``, ``ok_limit``,
+    ``error_limit`` and ``timeouts`` are required)."""
+
+    method: Required[Literal["GET", "POST"]]
+    url: Required[str]
+    headers: Required[list[tuple[str, str]]]
+    #: Bytes sent as they are (not with ``seal``).
+    body: bytes | None
+    #: ``(payload, server_key)``: the payload is serialized to JSON and sealed to the key.
+    seal: tuple[Any, PublicKey] | None
+    #: ``(client_key, max_size)``: a 200 reply is opened with the key.
+    open: tuple[PrivateKey, int] | None
+    ok_limit: Required[int]
+    error_limit: Required[int]
+    timeouts: Required[_Timeouts]
+    body_deadline: float | None
+    proxy: str | None
+
 @final
-class Exchange:
-    """One finished request: status, headers, and the body or the opened reply."""
+class Reply:
+    """One finished request: status, headers, timings, the digests of both sealed bodies, and
+    the body or the opened reply."""
 
     @property
     def status(self) -> int: ...
@@ -265,10 +299,10 @@ class Exchange:
     def open_seconds(self) -> float: ...
     @property
     def request_sha256(self) -> bytes:
-        """SHA-256 of the (sealed) request body as sent."""
+        """SHA-256 (32 bytes) of the request body exactly as sent (the sealed envelope)."""
     @property
     def reply_sha256(self) -> bytes:
-        """SHA-256 of the (sealed) reply body as received."""
+        """SHA-256 (32 bytes) of the reply body exactly as received, before opening."""
     @property
     def opened(self) -> bool:
         """True when the reply was opened (``open`` was given and the status was 200)."""
@@ -292,7 +326,7 @@ class Completions:
     def fileno(self) -> int:
         """Readable when requests have finished (watch it with ``loop.add_reader``)."""
     def drain(self) -> list[tuple[int, bool, Any]]:
-        """``[(token, ok, Exchange or the exception to raise)]`` since the last call."""
+        """``[(token, ok, Reply or the exception to raise)]`` since the last call."""
 
 @final
 class Pending:
@@ -327,38 +361,14 @@ class Transport:
     def start(
         self,
         done: Completions | Callable[[bool, Any], object],
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
+        request: _Request,
         *,
         token: int = 0,
-        body: bytes | None = None,
-        seal: tuple[Any, PublicKey] | None = None,
-        open: tuple[PrivateKey, int] | None = None,
-        ok_limit: int,
-        error_limit: int,
-        timeouts: _Timeouts,
-        body_deadline: float | None = None,
-        proxy: str | None = None,
     ) -> Pending:
-        """Start a request. Its outcome, an ``Exchange`` (ok) or the exception to raise,
-        goes to ``done``: a ``Completions`` queue under ``token``, or a callable
-        ``done(ok, value)`` called from a worker thread."""
-    def send(
-        self,
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
-        *,
-        body: bytes | None = None,
-        seal: tuple[Any, PublicKey] | None = None,
-        open: tuple[PrivateKey, int] | None = None,
-        ok_limit: int,
-        error_limit: int,
-        timeouts: _Timeouts,
-        body_deadline: float | None = None,
-        proxy: str | None = None,
-    ) -> Exchange:
+        """Start ``request``. Its outcome, a ``Reply`` (ok) or the exception to raise, goes to
+        ``done``: a ``Completions`` queue under ``token``, or a callable ``done(ok, value)``
+        called from a worker thread."""
+    def send(self, request: _Request) -> Reply:
         """The blocking twin of ``start`` (waits without the GIL; Ctrl-C interrupts)."""
     def close_idle(self) -> None:
         """Close idle keep-alive connections."""

@@ -2,9 +2,10 @@
 
 Only what can change is retried: a refused or reset connection, a timeout, 429 and 5xx.
 A certificate that is not trusted, a failed TLS handshake, a host name that does not
-resolve, or a forward proxy that refuses the tunnel with a 4xx (407, 403: the native
-transport's kind ``proxy``) fail the same way on every try, so they raise at once; a proxy
-that answers the ``CONNECT`` with a 5xx (it could not reach the router) is retried.
+resolve, or a forward proxy that refuses the tunnel with a 4xx (407, 403) fail the same way
+on every try, so they raise at once; a proxy that answers the ``CONNECT`` with a 5xx (it
+could not reach the router) is retried. The decision reads exception types and attributes
+(the native ``TransportError``'s ``cause`` and ``status``, decided in Rust), never a message.
 """
 
 from __future__ import annotations
@@ -28,22 +29,8 @@ __all__ = [
     "should_retry",
 ]
 
-#: Failure texts of the native transport (``nomyo._core.TransportError``, kind ``connect``)
-#: that no retry can change: its TLS handshake message, and the resolver's "no such host"
-#: (getaddrinfo's EAI_NONAME/EAI_NODATA/EAI_FAIL texts, as std::io reports them).
-_NATIVE_TLS = "TLS handshake with "
-_NATIVE_RESOLVE = "failed to lookup address information"
-#: rustls's text for a certificate it refused (unknown issuer, wrong name, expired, ...).
-_NATIVE_CERTIFICATE = "invalid peer certificate"
-#: ... except when the handshake or lookup was only cut short (these can change).
-_NATIVE_TRANSIENT = (
-    "temporary failure",  # EAI_AGAIN
-    "try again",
-    "connection reset",
-    "broken pipe",
-    "unexpected eof",
-    "timed out",
-)
+#: Causes of a failed native connection that no retry can change (``TransportError.cause``).
+_PERMANENT_CAUSES = frozenset({"dns", "tls", "certificate"})
 
 
 def should_retry(status_code: int) -> bool:
@@ -67,7 +54,7 @@ def is_certificate_failure(exc: BaseException) -> bool:
     signed by a trusted CA, expired, or for another host name; ``exc`` or its causes."""
     return any(
         isinstance(item, ssl.SSLCertVerificationError)
-        or (isinstance(item, _core.TransportError) and _NATIVE_CERTIFICATE in str(item))
+        or (isinstance(item, _core.TransportError) and item.cause == "certificate")
         for item in _causes(exc)
     )
 
@@ -90,14 +77,10 @@ def _permanent_here(exc: BaseException) -> bool:
     if isinstance(exc, ssl.SSLError):
         # An EOF or reset in the middle of the handshake is a broken connection.
         return not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
-    if isinstance(exc, _core.TransportError) and exc.kind == "proxy":
-        return True
-    if isinstance(exc, _core.TransportError) and exc.kind == "connect":
-        text = str(exc)
-        if _NATIVE_TLS not in text and _NATIVE_RESOLVE not in text:
-            return False
-        lowered = text.lower()
-        return not any(marker in lowered for marker in _NATIVE_TRANSIENT)
+    if isinstance(exc, _core.TransportError):
+        if exc.kind == "proxy":  # a refusal below 500 stands; no usable answer may change
+            return exc.status is not None and exc.status < 500
+        return exc.cause in _PERMANENT_CAUSES
     return False
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._core import Exchange, Transport
+from .._core import Reply as NativeReply
+from .._core import Transport
 from ._completions import TOKENS, Completions, LoopCompletions, settle
+
+if TYPE_CHECKING:
+    from .._core import _Request  # the stub's type of one request
 
 __all__ = ["run"]
 
@@ -77,7 +81,7 @@ def _completions() -> LoopCompletions | None:
     return found
 
 
-async def run(transport: Transport, request: dict[str, Any]) -> Exchange:
+async def run(transport: Transport, request: _Request) -> NativeReply:
     """Start ``request`` on ``transport`` and wait for its exchange; cancelling the wait
     (a cancel scope, a timeout) stops the request."""
     waiter = _Waiter()
@@ -85,7 +89,7 @@ async def run(transport: Transport, request: dict[str, Any]) -> Exchange:
     token = 0
     if completions is not None:
         token = next(TOKENS)
-        pending = transport.start(completions.queue, token=token, **request)
+        pending = transport.start(completions.queue, request, token=token)
         completions.futures[token] = waiter
     else:
         trio_token = trio.lowlevel.current_trio_token()
@@ -94,7 +98,7 @@ async def run(transport: Transport, request: dict[str, Any]) -> Exchange:
             with contextlib.suppress(trio.RunFinishedError):
                 trio_token.run_sync_soon(settle, waiter, ok, value)
 
-        pending = transport.start(done, **request)
+        pending = transport.start(done, request)
     try:
         await waiter.event.wait()
     except BaseException:  # trio.Cancelled, KeyboardInterrupt
@@ -104,5 +108,5 @@ async def run(transport: Transport, request: dict[str, Any]) -> Exchange:
         raise
     if not waiter.ok:
         raise waiter.value
-    exchange: Exchange = waiter.value
-    return exchange
+    reply: NativeReply = waiter.value
+    return reply

@@ -269,10 +269,12 @@ class NativePool:
             self._pid = os.getpid()
         return self._native
 
-    def _options(self, timeouts: Timeouts | None) -> dict[str, Any]:
-        chosen = self.timeouts if timeouts is None else timeouts
+    def _timeouts(self, timeouts: Timeouts | None) -> _core._Timeouts:
+        return (self.timeouts if timeouts is None else timeouts).seconds()
+
+    def _body_deadline(self) -> float:
         # Like the httpx path: the whole body within the client's read timeout.
-        return {"timeouts": chosen.seconds(), "body_deadline": self.timeouts.read or READ_TIMEOUT}
+        return self.timeouts.read or READ_TIMEOUT
 
     @staticmethod
     def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -288,7 +290,7 @@ class NativePool:
                 self._proxies[url] = chosen
             return chosen
 
-    def _key_request(self, url: str) -> dict[str, Any]:
+    def _key_request(self, url: str) -> _core._Request:
         return {
             "method": "GET",
             "url": url,
@@ -296,7 +298,8 @@ class NativePool:
             "headers": self._headers({"Accept-Encoding": "identity"}),
             "ok_limit": MAX_KEY_BYTES,
             "error_limit": MAX_KEY_BYTES,
-            **self._options(None),
+            "timeouts": self._timeouts(None),
+            "body_deadline": self._body_deadline(),
         }
 
     def _sealed_request(
@@ -309,7 +312,7 @@ class NativePool:
         client_key: _core.PrivateKey,
         max_response: int,
         timeouts: Timeouts | None = None,
-    ) -> dict[str, Any]:
+    ) -> _core._Request:
         return {
             "method": "POST",
             "url": url,
@@ -319,10 +322,11 @@ class NativePool:
             "open": (client_key, max_response),
             "ok_limit": max_response,
             "error_limit": MAX_ERROR_BODY_BYTES,
-            **self._options(timeouts),
+            "timeouts": self._timeouts(timeouts),
+            "body_deadline": self._body_deadline(),
         }
 
-    async def _run(self, request: dict[str, Any]) -> _core.Exchange:
+    async def _run(self, request: _core._Request) -> _core.Reply:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio: trio (see _trio)
@@ -334,39 +338,39 @@ class NativePool:
         token = 0
         if completions is not None:
             token = next(TOKENS)
-            pending = self._transport.start(completions.queue, token=token, **request)
+            pending = self._transport.start(completions.queue, request, token=token)
             completions.futures[token] = future
         else:
 
             def done(ok: bool, value: Any) -> None:  # runs on a native worker thread
                 loop.call_soon_threadsafe(settle, future, ok, value)
 
-            pending = self._transport.start(done, **request)
+            pending = self._transport.start(done, request)
         try:
-            exchange: _core.Exchange = await future
-            return exchange
+            reply: _core.Reply = await future
+            return reply
         except asyncio.CancelledError:
             pending.cancel()
             if completions is not None:
                 completions.futures.pop(token, None)
             raise
 
-    def get_key(self, url: str) -> _core.Exchange:
+    def get_key(self, url: str) -> _core.Reply:
         """``GET`` the server key (body limited to ``MAX_KEY_BYTES``)."""
-        return self._transport.send(**self._key_request(url))
+        return self._transport.send(self._key_request(url))
 
-    async def aget_key(self, url: str) -> _core.Exchange:
+    async def aget_key(self, url: str) -> _core.Reply:
         """The awaited twin of :meth:`get_key`."""
         return await self._run(self._key_request(url))
 
     @takes_arguments_of(_sealed_request)
-    def post_sealed(self, *args: Any, **kwargs: Any) -> _core.Exchange:
+    def post_sealed(self, *args: Any, **kwargs: Any) -> _core.Reply:
         """Seal ``payload`` to ``server_key``, ``POST`` it, and open a 200 reply with
-        ``client_key`` (see ``Exchange.reply``)."""
-        return self._transport.send(**self._sealed_request(*args, **kwargs))
+        ``client_key`` (see ``Reply.reply``)."""
+        return self._transport.send(self._sealed_request(*args, **kwargs))
 
     @takes_arguments_of(_sealed_request)
-    async def apost_sealed(self, *args: Any, **kwargs: Any) -> _core.Exchange:
+    async def apost_sealed(self, *args: Any, **kwargs: Any) -> _core.Reply:
         """The awaited twin of :meth:`post_sealed`."""
         return await self._run(self._sealed_request(*args, **kwargs))
 
@@ -384,14 +388,14 @@ class NativePool:
 class NativeCall(Effect):
     """One request on the native pool: ``send`` blocking, ``asend`` awaited."""
 
-    send: Callable[..., _core.Exchange]
-    asend: Callable[..., Awaitable[_core.Exchange]]
+    send: Callable[..., _core.Reply]
+    asend: Callable[..., Awaitable[_core.Reply]]
     args: tuple[Any, ...]
 
-    def run(self, transport: TransportLike) -> _core.Exchange:
+    def run(self, transport: TransportLike) -> _core.Reply:
         return self.send(*self.args)
 
-    async def arun(self, transport: TransportLike) -> _core.Exchange:
+    async def arun(self, transport: TransportLike) -> _core.Reply:
         return await self.asend(*self.args)
 
 

@@ -129,7 +129,8 @@ impl PrivateKey {
                 "unsupported RSA key size {bits}: use 2048, 3072 or 4096"
             )));
         }
-        crate::keygen::generate_raced(bits, crate::keygen::default_racers())
+        let der = crate::keygen::generate_raced(bits, crate::keygen::default_racers())?;
+        PrivateKey::from_pkcs8_der(&der)
     }
 
     fn from_inner(inner: PrivateDecryptingKey) -> Result<Self> {
@@ -531,3 +532,21 @@ impl PartialEq for PublicKey {
 }
 
 impl Eq for PublicKey {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keygen::generate_raced;
+
+    #[test]
+    fn raced_keys_are_valid_and_distinct() {
+        let one = PrivateKey::from_pkcs8_der(&generate_raced(2048, 1).unwrap()).unwrap();
+        let raced = PrivateKey::from_pkcs8_der(&generate_raced(2048, 3).unwrap()).unwrap();
+        assert_eq!(raced.public_key().key_size(), 2048);
+        assert_ne!(one.public_key().to_der(), raced.public_key().to_der());
+        let public = raced.public_key().as_encrypting_key();
+        let sealed = crate::rsa::oaep_encrypt(public, b"secret", None).unwrap();
+        let opened = crate::rsa::oaep_decrypt(raced.as_decrypting_key(), &sealed, None).unwrap();
+        assert_eq!(opened.as_slice(), b"secret");
+    }
+}

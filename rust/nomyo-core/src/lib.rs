@@ -11,11 +11,13 @@ pub mod devcert;
 pub mod envelope;
 pub mod error;
 pub mod http;
+pub mod json;
 pub mod keygen;
 pub mod keys;
 pub mod rand;
 pub mod rsa;
+pub mod sealed;
 pub mod secret;
 pub mod tpm;
 
-pub use error::{Error, Result};
+pub use error::{Cause, Error, Phase, Result};

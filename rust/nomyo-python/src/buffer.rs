@@ -7,7 +7,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 
-use crate::errors::IntoPy;
+use crate::errors::CoreError;
 
 /// Page-aligned, best-effort locked, dump-excluded memory, zeroed on close and on drop.
 #[pyclass(frozen, name = "SecretBuffer", module = "nomyo._core")]
@@ -37,7 +37,7 @@ impl PySecretBuffer {
     #[new]
     #[pyo3(signature = (data = None, lock = true))]
     fn new(data: Option<&Bound<'_, PyAny>>, lock: bool) -> PyResult<Self> {
-        let mut buf = SecretBuf::with_capacity_and_lock(0, lock).py_err()?;
+        let mut buf = SecretBuf::with_capacity_and_lock(0, lock).map_err(CoreError)?;
         match data {
             None => {}
             Some(d) if d.is_none() => {}
@@ -48,9 +48,9 @@ impl PySecretBuffer {
                     let copied = buf.extend_from_slice(src);
                     zeroize::Zeroize::zeroize(src);
                     nomyo_core::secret::scrub();
-                    copied.py_err()?;
+                    copied.map_err(CoreError)?;
                 } else if let Ok(b) = d.cast::<PyBytes>() {
-                    buf.extend_from_slice(b.as_bytes()).py_err()?;
+                    buf.extend_from_slice(b.as_bytes()).map_err(CoreError)?;
                 } else {
                     return Err(PyTypeError::new_err(
                         "SecretBuffer takes bytes or bytearray",

@@ -19,10 +19,8 @@ use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::transport::{Failure, PyExchange};
-
-/// What one request ended with.
-pub(crate) type Outcome = Result<PyExchange, Failure>;
+use crate::errors::CoreError;
+use crate::reply::Outcome;
 
 pub(crate) struct Queue {
     items: Mutex<Vec<(u64, Outcome)>>,
@@ -56,7 +54,7 @@ impl Queue {
     }
 }
 
-/// Append `(token, ok, Exchange | exception)` for one request to `list`, leaving `outcome`
+/// Append `(token, ok, Reply | exception)` for one request to `list`, leaving `outcome`
 /// as it was, so that it can be handed over again if this fails. PyO3 panics where CPython
 /// cannot allocate an object it assumed it could; that counts as a failure here too, and so
 /// does a request's exception that came out as a MemoryError while it was being made.
@@ -64,9 +62,9 @@ fn handed_over(list: &Bound<'_, PyList>, token: u64, outcome: &Outcome) -> PyRes
     let py = list.py();
     let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| -> PyResult<()> {
         let (ok, value) = match outcome {
-            Ok(exchange) => (true, Py::new(py, exchange.clone())?.into_any()),
+            Ok(reply) => (true, Py::new(py, reply.clone())?.into_any()),
             Err(failure) => {
-                let err = failure.clone().into_py();
+                let err = PyErr::from(CoreError(failure.clone()));
                 if err.is_instance_of::<PyMemoryError>(py) {
                     return Err(err); // not the request's own error
                 }
@@ -109,7 +107,7 @@ impl PyCompletions {
         self.queue.reader.as_raw_fd()
     }
 
-    /// The requests finished since the last call: `[(token, ok, Exchange | exception)]`.
+    /// The requests finished since the last call: `[(token, ok, Reply | exception)]`.
     ///
     /// Nothing is lost when Python runs out of memory on the way: a request leaves the queue
     /// only once it is in the returned list. Those that could not be handed over stay

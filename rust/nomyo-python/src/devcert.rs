@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use crate::errors::IntoPy;
+use crate::errors::CoreError;
 
 /// Make a throwaway CA and a server certificate for localhost/127.0.0.1/::1, valid for
 /// `days` days, and write them: `ca_path` and `cert_path` 0644, `key_path` 0600 (the
@@ -18,6 +18,9 @@ pub fn write_dev_certificates(
     key_path: PathBuf,
     days: u32,
 ) -> PyResult<()> {
-    py.detach(|| nomyo_core::devcert::write_dev_certificates(&ca_path, &cert_path, &key_path, days))
-        .py_err()
+    py.detach(|| {
+        nomyo_core::devcert::write_dev_certificates(&ca_path, &cert_path, &key_path, days)
+    })
+    .map_err(CoreError)?;
+    Ok(())
 }

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView};
 
 use crate::buffer::PySecretBuffer;
-use crate::errors::IntoPy;
+use crate::errors::CoreError;
 use crate::json;
 use crate::keys::{PyPrivateKey, PyPublicKey};
 use crate::memory::policy;
@@ -78,7 +78,7 @@ fn seal_buf<'py>(
         nomyo_core::secret::scrub();
         sealed
     })
-    .py_err()?;
+    .map_err(CoreError)?;
     Ok(bytes)
 }
 
@@ -108,14 +108,14 @@ pub fn seal_bytes<'py>(
     recipient: &PyPublicKey,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let buf = if let Ok(b) = data.cast::<PyBytes>() {
-        SecretBuf::from_slice(b.as_bytes()).py_err()?
+        SecretBuf::from_slice(b.as_bytes()).map_err(CoreError)?
     } else if let Ok(ba) = data.cast::<PyByteArray>() {
         // SAFETY: no Python code runs while the slice is borrowed.
-        SecretBuf::from_slice(unsafe { ba.as_bytes() }).py_err()?
+        SecretBuf::from_slice(unsafe { ba.as_bytes() }).map_err(CoreError)?
     } else if data.is_instance_of::<PyMemoryView>() {
         // Item by item: no intermediate `bytes` copy of the caller's data.
         let copy = zeroize::Zeroizing::new(data.extract::<Vec<u8>>()?);
-        SecretBuf::from_slice(&copy).py_err()?
+        SecretBuf::from_slice(&copy).map_err(CoreError)?
     } else {
         return Err(PyTypeError::new_err(
             "seal_bytes takes bytes, bytearray or memoryview",
@@ -156,7 +156,7 @@ pub fn open_json<'py>(
             nomyo_core::secret::scrub();
             opened
         })
-        .py_err()?;
+        .map_err(CoreError)?;
     opened_to_py(py, opened)
 }
 
@@ -189,7 +189,7 @@ pub fn open_bytes(
             nomyo_core::secret::scrub();
             opened
         })
-        .py_err()?;
+        .map_err(CoreError)?;
     Ok(PySecretBuffer::from_buf(opened.plaintext))
 }
 

@@ -1,6 +1,9 @@
-//! The one place core errors become Python exceptions.
+//! The one place core errors become Python exceptions: `From<CoreError> for PyErr`.
+//!
+//! Every message is the core's `Display`; what callers decide on travels as attributes
+//! (`TransportError.kind`, `.cause`, `.status`, `.phase`, `SecureMemoryError.needed`, ...),
+//! never as text.
 
-use nomyo_core::http::HttpError;
 use nomyo_core::Error;
 use pyo3::exceptions::{
     PyFileExistsError, PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError,
@@ -19,77 +22,74 @@ pyo3::create_exception!(
     nomyo._core,
     TransportError,
     pyo3::exceptions::PyException,
-    "A network failure of the native transport; `kind` names it (timeout, connect, closed)."
+    "A network failure of the native transport. `kind` names it (connect, proxy, timeout, \
+     closed); `cause` says why a connection failed (dns, dns-transient, refused, reset, \
+     unreachable, tls, certificate), `status` what a forward proxy answered (None: no usable \
+     answer), `phase` what timed out (connect, read, pool); each is None where it does not apply."
 );
 
-/// Convert a native-transport error. Oversized or compressed replies are structural
-/// (EnvelopeError); a bad URL or header is a configuration error; the rest are network
-/// failures that the client maps to APIConnectionError or APITimeoutError.
-pub fn http_to_py(err: HttpError) -> PyErr {
-    let kind = err.kind();
-    match err {
-        HttpError::TooLarge(m) | HttpError::Encoding(m) => EnvelopeError::new_err(m),
-        HttpError::Config(m) => ConfigurationError::new_err(m),
-        other => {
-            let err = TransportError::new_err(other.to_string());
-            pyo3::Python::attach(|py| {
-                // Setting an attribute on a fresh exception instance cannot fail.
-                let _ = err.value(py).setattr("kind", kind);
-            });
-            err
-        }
+/// A core error on its way to Python (the newtype the orphan rule asks for).
+#[derive(Debug)]
+pub struct CoreError(pub Error);
+
+impl From<Error> for CoreError {
+    fn from(err: Error) -> Self {
+        CoreError(err)
     }
 }
 
-/// Convert a core error. Crypto failures carry one fixed message and nothing else.
-pub fn to_py(err: Error) -> PyErr {
-    match err {
-        Error::Security => {
-            SecurityError::new_err("Decryption failed: integrity check or authentication failed")
-        }
-        Error::Envelope(m) => {
-            EnvelopeError::new_err(format!("Invalid encrypted envelope: {}", clip(&m)))
-        }
-        Error::Key(m) => KeyFormatError::new_err(m),
-        Error::Value(m) => PyValueError::new_err(m),
-        Error::Io(std::io::ErrorKind::AlreadyExists, m) => PyFileExistsError::new_err(m),
-        Error::Io(std::io::ErrorKind::NotFound, m) => PyFileNotFoundError::new_err(m),
-        Error::Io(std::io::ErrorKind::PermissionDenied, m) => PyPermissionError::new_err(m),
-        Error::Io(_, m) => PyOSError::new_err(m),
-        Error::Internal(m) => PyRuntimeError::new_err(m),
-        Error::Memory(shortfall) => {
-            let err = SecureMemoryError::new_err(shortfall.to_string());
-            pyo3::Python::attach(|py| {
-                let value = err.value(py);
-                // Setting attributes on a fresh exception instance cannot fail.
-                let _ = value.setattr("needed", shortfall.needed);
-                let _ = value.setattr("limit", shortfall.limit);
-                let _ = value.setattr("locked", shortfall.locked);
-            });
-            err
-        }
-    }
+/// A `TransportError` carrying what Python decides on as attributes.
+fn transport(err: &Error) -> PyErr {
+    let (cause, status, phase) = match err {
+        Error::Connect(cause, _) => (Some(cause.as_str()), None, None),
+        Error::Proxy(status, _) => (None, *status, None),
+        Error::Timeout(phase) => (None, None, Some(phase.as_str())),
+        _ => (None, None, None),
+    };
+    let exception = TransportError::new_err(err.to_string());
+    Python::attach(|py| {
+        let value = exception.value(py);
+        // Setting attributes on a fresh exception instance cannot fail.
+        let _ = value.setattr("kind", err.kind());
+        let _ = value.setattr("cause", cause);
+        let _ = value.setattr("status", status);
+        let _ = value.setattr("phase", phase);
+    });
+    exception
 }
 
-/// Longest structural-error detail kept: it can echo attacker-chosen names and values.
-const MAX_DETAIL: usize = 300;
-
-fn clip(message: &str) -> String {
-    if message.chars().count() <= MAX_DETAIL {
-        return message.to_owned();
-    }
-    let mut out: String = message.chars().take(MAX_DETAIL).collect();
-    out.push_str("… (truncated)");
-    out
-}
-
-/// `Result` conversion for binding code.
-pub trait IntoPy<T> {
-    fn py_err(self) -> pyo3::PyResult<T>;
-}
-
-impl<T> IntoPy<T> for nomyo_core::Result<T> {
-    fn py_err(self) -> pyo3::PyResult<T> {
-        self.map_err(to_py)
+impl From<CoreError> for PyErr {
+    fn from(CoreError(err): CoreError) -> PyErr {
+        let message = err.to_string();
+        match err {
+            Error::Security => SecurityError::new_err(message),
+            Error::Envelope(_) | Error::TooLarge(_) | Error::Encoding(_) => {
+                EnvelopeError::new_err(message)
+            }
+            Error::Key(_) => KeyFormatError::new_err(message),
+            Error::Value(_) => PyValueError::new_err(message),
+            Error::Config(_) => ConfigurationError::new_err(message),
+            Error::Io(std::io::ErrorKind::AlreadyExists, _) => PyFileExistsError::new_err(message),
+            Error::Io(std::io::ErrorKind::NotFound, _) => PyFileNotFoundError::new_err(message),
+            Error::Io(std::io::ErrorKind::PermissionDenied, _) => {
+                PyPermissionError::new_err(message)
+            }
+            Error::Io(..) => PyOSError::new_err(message),
+            Error::Internal(_) => PyRuntimeError::new_err(message),
+            Error::Memory(shortfall) => {
+                let exception = SecureMemoryError::new_err(message);
+                Python::attach(|py| {
+                    let value = exception.value(py);
+                    // Setting attributes on a fresh exception instance cannot fail.
+                    let _ = value.setattr("needed", shortfall.needed);
+                    let _ = value.setattr("limit", shortfall.limit);
+                    let _ = value.setattr("locked", shortfall.locked);
+                });
+                exception
+            }
+            Error::Connect(..) | Error::Proxy(..) | Error::Timeout(_) | Error::Closed(_) => {
+                transport(&err)
+            }
+        }
     }
 }

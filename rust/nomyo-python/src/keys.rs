@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use zeroize::Zeroizing;
 
-use crate::errors::IntoPy;
+use crate::errors::CoreError;
 
 /// Bytes of a password given as `str` or `bytes`, in memory wiped on drop.
 pub fn password(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Zeroizing<Vec<u8>>>> {
@@ -52,7 +52,9 @@ impl PyPrivateKey {
     #[staticmethod]
     #[pyo3(signature = (bits = 4096))]
     fn generate(py: Python<'_>, bits: usize) -> PyResult<Self> {
-        let inner = py.detach(|| PrivateKey::generate(bits)).py_err()?;
+        let inner = py
+            .detach(|| PrivateKey::generate(bits))
+            .map_err(CoreError)?;
         Ok(PyPrivateKey {
             inner: Arc::new(inner),
         })
@@ -69,7 +71,7 @@ impl PyPrivateKey {
         let pw = self::password(password)?;
         let inner = py
             .detach(|| PrivateKey::from_pem(&pem, pw.as_deref().map(Vec::as_slice)))
-            .py_err()?;
+            .map_err(CoreError)?;
         Ok(PyPrivateKey {
             inner: Arc::new(inner),
         })
@@ -87,7 +89,7 @@ impl PyPrivateKey {
         let pw = self::password(password)?;
         let inner = py
             .detach(|| PrivateKey::load(&path, pw.as_deref().map(Vec::as_slice), allow_readable))
-            .py_err()?;
+            .map_err(CoreError)?;
         Ok(PyPrivateKey {
             inner: Arc::new(inner),
         })
@@ -113,7 +115,7 @@ impl PyPrivateKey {
         let pw = self::password(password)?;
         let pem = py
             .detach(|| self.inner.to_pem(pw.as_deref().map(Vec::as_slice)))
-            .py_err()?;
+            .map_err(CoreError)?;
         Ok(PyBytes::new(py, pem.as_bytes()))
     }
 
@@ -130,7 +132,8 @@ impl PyPrivateKey {
             self.inner
                 .save(&path, pw.as_deref().map(Vec::as_slice), overwrite)
         })
-        .py_err()
+        .map_err(CoreError)?;
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
@@ -167,7 +170,8 @@ pub fn write_file(
         ));
     };
     py.detach(|| nomyo_core::keys::write_new_file(&path, &data, overwrite, mode))
-        .py_err()
+        .map_err(CoreError)?;
+    Ok(())
 }
 
 /// An RSA public key.
@@ -187,14 +191,14 @@ impl std::hash::Hash for PyPublicKey {
 impl PyPublicKey {
     #[staticmethod]
     fn from_pem(data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let inner = PublicKey::from_pem(&pem_bytes(data)?).py_err()?;
+        let inner = PublicKey::from_pem(&pem_bytes(data)?).map_err(CoreError)?;
         Ok(PyPublicKey { inner })
     }
 
     #[staticmethod]
     fn from_der(data: &[u8]) -> PyResult<Self> {
         Ok(PyPublicKey {
-            inner: PublicKey::from_der(data).py_err()?,
+            inner: PublicKey::from_der(data).map_err(CoreError)?,
         })
     }
 

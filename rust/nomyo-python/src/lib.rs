@@ -16,6 +16,8 @@ mod info;
 mod json;
 mod keys;
 mod memory;
+mod reply;
+mod request;
 mod runtime;
 mod tpm;
 mod transport;
@@ -34,7 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<keys::PyPublicKey>()?;
     m.add_class::<buffer::PySecretBuffer>()?;
     m.add_class::<transport::PyTransport>()?;
-    m.add_class::<transport::PyExchange>()?;
+    m.add_class::<reply::PyReply>()?;
     m.add_class::<transport::PyPending>()?;
     #[cfg(unix)]
     m.add_class::<completions::PyCompletions>()?;

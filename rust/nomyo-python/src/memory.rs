@@ -6,7 +6,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyDict};
 
-use crate::errors::IntoPy;
+use crate::errors::CoreError;
 
 /// The policy named by a `secure_memory=` argument of the binding.
 pub(crate) fn policy(name: &str) -> PyResult<Policy> {
@@ -21,7 +21,7 @@ pub(crate) fn policy(name: &str) -> PyResult<Policy> {
 /// the limits, and what every secret buffer since the start actually got.
 #[pyfunction]
 pub fn memory_protection_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let p = secret::probe().py_err()?;
+    let p = secret::probe().map_err(CoreError)?;
     let s = secret::stats();
     let d = PyDict::new(py);
     d.set_item("backend", "nomyo-rs")?;

@@ -20,8 +20,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
+use super::demand::{Demand, Held};
+use super::dns;
 use super::proxy::Proxy;
-use super::HttpError;
+use crate::error::{Cause, Error, Phase, Result};
 
 /// The largest proxy answer head to a `CONNECT`.
 const MAX_PROXY_HEAD: usize = 8 * 1024;
@@ -50,7 +52,7 @@ enum Inner {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// One connection; counted in `open` while it lives.
+/// One connection; counted in `open` and in its route's demand while it lives.
 pub struct Stream {
     inner: Inner,
     proxied: bool,
@@ -58,6 +60,7 @@ pub struct Stream {
     /// Through a proxy: acknowledge every read at once (see `quick_ack`).
     via_proxy: bool,
     open: Arc<AtomicUsize>,
+    _counted: Held,
 }
 
 impl Stream {
@@ -178,6 +181,13 @@ pub struct Connector {
     tls: tokio_rustls::TlsConnector,
     proxy: Option<Arc<Proxy>>,
     open: Arc<AtomicUsize>,
+    demand: Arc<Demand>,
+}
+
+/// `scheme://authority` of a connection's destination (as `Client::send` names origins).
+pub(crate) fn origin_of(dst: &Uri) -> String {
+    let authority = dst.authority().map_or("", |a| a.as_str());
+    format!("{}://{authority}", dst.scheme_str().unwrap_or_default())
 }
 
 impl Connector {
@@ -185,31 +195,37 @@ impl Connector {
         tls: tokio_rustls::TlsConnector,
         proxy: Option<Arc<Proxy>>,
         open: Arc<AtomicUsize>,
+        demand: Arc<Demand>,
     ) -> Self {
-        Connector { tls, proxy, open }
+        Connector {
+            tls,
+            proxy,
+            open,
+            demand,
+        }
     }
 
-    async fn tcp(
-        host: &str,
-        port: u16,
-        what: impl FnOnce() -> String,
-    ) -> Result<TcpStream, HttpError> {
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| HttpError::Connect(format!("cannot connect to {}: {e}", what())))?;
+    async fn tcp(host: &str, port: u16, what: impl FnOnce() -> String) -> Result<TcpStream> {
+        let addrs = dns::resolve(host, port).await?;
+        let tcp = TcpStream::connect(&addrs[..]).await.map_err(|e| {
+            Error::Connect(
+                Cause::of_io(e.kind()),
+                format!("cannot connect to {}: {e}", what()),
+            )
+        })?;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
 
-    async fn connect(self, dst: Uri) -> Result<Stream, HttpError> {
+    async fn connect(self, dst: Uri) -> Result<Stream> {
         let https = match dst.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(HttpError::Config("the URL must be http(s)".into())),
+            _ => return Err(Error::config("the URL must be http(s)")),
         };
         let raw_host = dst
             .host()
-            .ok_or_else(|| HttpError::Config("the URL has no host".into()))?;
+            .ok_or_else(|| Error::config("the URL has no host"))?;
         let host = raw_host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
@@ -233,9 +249,12 @@ impl Connector {
         };
         let (inner, h2) = if https {
             let name = ServerName::try_from(host.to_owned())
-                .map_err(|_| HttpError::Config(format!("invalid host name {host:?}")))?;
+                .map_err(|_| Error::config(format!("invalid host name {host:?}")))?;
             let tls = self.tls.connect(name, tcp).await.map_err(|e| {
-                HttpError::Connect(format!("TLS handshake with {host} failed: {e}"))
+                Error::Connect(
+                    handshake_cause(&e),
+                    format!("TLS handshake with {host} failed: {e}"),
+                )
             })?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             (Inner::Tls(Box::new(tls)), h2)
@@ -249,19 +268,31 @@ impl Connector {
             h2,
             via_proxy: self.proxy.is_some(),
             open: self.open.clone(),
+            _counted: self.demand.opened(&origin_of(&dst)),
         })
     }
 }
 
+/// Why a TLS handshake failed: rustls refused the certificate, or the handshake itself (an
+/// alert, no common protocol, not TLS), or the connection broke under it.
+fn handshake_cause(err: &io::Error) -> Cause {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => Cause::Certificate,
+        Some(_) => Cause::Tls,
+        None => match Cause::of_io(err.kind()) {
+            Cause::Unreachable if err.kind() != io::ErrorKind::TimedOut => Cause::Tls,
+            cause => cause,
+        },
+    }
+}
+
 /// Ask `proxy` (on `tcp`) for a tunnel to `host:port`. A refusal names the proxy (without
-/// credentials) and its status: 407, 403 and other 4xx cannot change on another try
-/// (`HttpError::Proxy`); a 5xx (the proxy could not reach the router) may (`Connect`).
-async fn tunnel(
-    tcp: &mut TcpStream,
-    proxy: &Proxy,
-    host: &str,
-    port: u16,
-) -> Result<(), HttpError> {
+/// credentials) and carries its status ([`Error::Proxy`]); a broken connection is a
+/// [`Error::Connect`] with its cause.
+async fn tunnel(tcp: &mut TcpStream, proxy: &Proxy, host: &str, port: u16) -> Result<()> {
     let target = format!("{host}:{port}");
     let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n").into_bytes();
     if let Some(auth) = proxy.authorization() {
@@ -271,69 +302,80 @@ async fn tunnel(
     }
     head.extend_from_slice(b"\r\n");
     let broke = |e: io::Error| {
-        HttpError::Connect(format!(
-            "the proxy {proxy} broke off the tunnel to {target}: {e}"
-        ))
+        Error::Connect(
+            Cause::of_io(e.kind()),
+            format!("the proxy {proxy} broke off the tunnel to {target}: {e}"),
+        )
     };
     tcp.write_all(&head).await.map_err(broke)?;
+    let unusable = |what: String| Error::Proxy(None, format!("the proxy {proxy} {what}"));
     let mut buf = Vec::with_capacity(512);
     let end = loop {
         let mut chunk = [0u8; 512];
         let n = tcp.read(&mut chunk).await.map_err(broke)?;
         if n == 0 {
-            return Err(HttpError::Connect(format!(
-                "the proxy {proxy} closed the connection before answering the CONNECT to {target}"
-            )));
+            return Err(Error::Connect(
+                Cause::Reset,
+                format!(
+                    "the proxy {proxy} closed the connection before answering the CONNECT to \
+                     {target}"
+                ),
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
         if buf.len() > MAX_PROXY_HEAD {
-            return Err(HttpError::Connect(format!(
-                "the proxy {proxy} answered the CONNECT to {target} with an oversized head"
+            return Err(unusable(format!(
+                "answered the CONNECT to {target} with an oversized head"
             )));
         }
     };
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let (version, status, reason) = status_line(&buf);
+    match status {
+        Some(200..=299) if version.starts_with("HTTP/1.") => {
+            if end != buf.len() {
+                return Err(unusable(format!(
+                    "sent bytes after accepting the CONNECT to {target}"
+                )));
+            }
+            Ok(())
+        }
+        Some(code) => Err(Error::Proxy(
+            Some(code),
+            format!("the proxy {proxy} refused the CONNECT to {target}: {code} {reason}"),
+        )),
+        None => Err(unusable(format!(
+            "gave a malformed answer to the CONNECT to {target}"
+        ))),
+    }
+}
+
+/// The version, status and reason (printable, at most 80 characters) of an answer's first
+/// line.
+fn status_line(head: &[u8]) -> (String, Option<u16>, String) {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line).trim_end().to_owned();
     let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let status: Option<u16> = parts.next().and_then(|s| s.parse().ok());
-    let reason: String = parts
+    let version = parts.next().unwrap_or_default().to_owned();
+    let status = parts.next().and_then(|s| s.parse().ok());
+    let reason = parts
         .next()
         .unwrap_or_default()
         .chars()
         .filter(|c| !c.is_control())
         .take(80)
         .collect();
-    match status {
-        Some(200..=299) if version.starts_with("HTTP/1.") => {
-            if end != buf.len() {
-                return Err(HttpError::Connect(format!(
-                    "the proxy {proxy} sent bytes after accepting the CONNECT to {target}"
-                )));
-            }
-            Ok(())
-        }
-        Some(code @ 500..=599) => Err(HttpError::Connect(format!(
-            "the proxy {proxy} refused the CONNECT to {target}: {code} {reason}"
-        ))),
-        Some(code) => Err(HttpError::Proxy(format!(
-            "the proxy {proxy} refused the CONNECT to {target}: {code} {reason}"
-        ))),
-        None => Err(HttpError::Connect(format!(
-            "the proxy {proxy} gave a malformed answer to the CONNECT to {target}"
-        ))),
-    }
+    (version, status, reason)
 }
 
 impl tower_service::Service<Uri> for Connector {
     type Response = TokioIo<Stream>;
-    type Error = HttpError;
-    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Stream>, HttpError>> + Send>>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Stream>>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
         Poll::Ready(Ok(()))
     }
 
@@ -344,6 +386,18 @@ impl tower_service::Service<Uri> for Connector {
             let Some(attempt) = attempt else {
                 return this.connect(dst).await.map(TokioIo::new);
             };
+            // Outside the request's task (hyper-util finishes a connect its request no longer
+            // waits for in the background), the request has taken the returned connection.
+            let in_request = || ATTEMPT.try_with(|_| ()).is_ok();
+            if !this
+                .demand
+                .wait_for_returning(&origin_of(&dst), in_request)
+                .await
+            {
+                return Err(Error::Closed(
+                    "not needed: an idle connection came back to the pool".into(),
+                ));
+            }
             attempt
                 .progress
                 .lock()
@@ -353,7 +407,7 @@ impl tower_service::Service<Uri> for Connector {
                 None => this.connect(dst).await,
                 Some(limit) => tokio::time::timeout(limit, this.connect(dst))
                     .await
-                    .unwrap_or(Err(HttpError::Timeout("connect"))),
+                    .unwrap_or(Err(Error::Timeout(Phase::Connect))),
             };
             let mut progress = attempt.progress.lock().unwrap_or_else(|e| e.into_inner());
             progress.connecting = false;
@@ -370,7 +424,7 @@ mod tests {
 
     /// Run `tunnel` against a one-shot fake proxy answering `answer`; returns the error and
     /// what the proxy received.
-    fn tunnel_with(answer: &'static [u8]) -> (Result<(), HttpError>, String) {
+    fn tunnel_with(answer: &'static [u8]) -> (Result<()>, String) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -401,20 +455,18 @@ mod tests {
 
         let (refused, _) = tunnel_with(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
         let err = refused.unwrap_err();
-        assert_eq!(err.kind(), "proxy");
+        assert!(matches!(err, Error::Proxy(Some(407), _)), "{err:?}");
         let text = err.to_string();
         assert!(text.contains("407") && text.contains("refused the CONNECT to router.test:443"));
         assert!(!text.contains("secret") && !text.contains("u:"), "{text}");
 
         let (gateway, _) = tunnel_with(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
-        assert_eq!(
-            gateway.unwrap_err().kind(),
-            "connect",
-            "a 5xx may change: retried"
-        );
+        assert!(matches!(gateway, Err(Error::Proxy(Some(502), _))));
         let (garbage, _) = tunnel_with(b"SSH-2.0-nope\r\n\r\n");
-        assert_eq!(garbage.unwrap_err().kind(), "connect");
+        assert!(matches!(garbage, Err(Error::Proxy(None, _))));
         let (early, _) = tunnel_with(b"HTTP/1.1 200 OK\r\n\r\nsurprise");
-        assert_eq!(early.unwrap_err().kind(), "connect");
+        assert!(matches!(early, Err(Error::Proxy(None, _))));
+        let (silent, _) = tunnel_with(b"");
+        assert!(matches!(silent, Err(Error::Connect(Cause::Reset, _))));
     }
 }

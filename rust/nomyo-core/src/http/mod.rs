@@ -6,10 +6,13 @@
 //! expired after an idle period; one shared HTTP/2 connection when the server's ALPN chose
 //! `h2`); this module adds what the protocol needs around it: a cap on concurrent requests,
 //! verified TLS only (see `tls`), forward proxies (see `connect`, `proxy`), no redirects, no
-//! decompression, reply size caps, and timeouts that name what timed out. Bodies carry
-//! ciphertext only; plaintext never passes here.
+//! decompression, reply size caps (see `body`), and timeouts that name what timed out.
+//! Bodies carry ciphertext only; plaintext never passes here.
 
+mod body;
 mod connect;
+mod demand;
+mod dns;
 mod proxy;
 mod tls;
 
@@ -24,69 +27,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{
-    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, PROXY_AUTHORIZATION,
-};
-use hyper::{Request, Uri};
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, PROXY_AUTHORIZATION};
+use hyper::Uri;
 use hyper_util::client::legacy;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::error::{Cause, Error, Phase, Result};
 use connect::{Attempt, Connector, Progress, ATTEMPT};
-
-/// What went wrong on the wire. Messages name hosts and limits, never body bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HttpError {
-    /// A bad URL, header or trust store: nothing was sent.
-    Config(String),
-    /// The named phase (`connect`, `read`, `pool`) took longer than its timeout.
-    Timeout(&'static str),
-    /// No connection could be made (DNS, TCP or the TLS handshake, including an untrusted
-    /// certificate).
-    Connect(String),
-    /// The connection broke or the server spoke malformed HTTP.
-    Closed(String),
-    /// The reply body is (or announces itself) larger than the caller's limit.
-    TooLarge(String),
-    /// The reply is compressed although `identity` was requested.
-    Encoding(String),
-    /// The forward proxy refused the tunnel in a way another try cannot change (e.g. 407,
-    /// 403). Names the proxy without its credentials.
-    Proxy(String),
-}
-
-impl HttpError {
-    /// A short machine-readable name of the failure.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HttpError::Config(_) => "config",
-            HttpError::Timeout(_) => "timeout",
-            HttpError::Connect(_) => "connect",
-            HttpError::Closed(_) => "closed",
-            HttpError::TooLarge(_) => "too_large",
-            HttpError::Encoding(_) => "encoding",
-            HttpError::Proxy(_) => "proxy",
-        }
-    }
-}
-
-impl fmt::Display for HttpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HttpError::Timeout(phase) => write!(f, "{phase} timeout"),
-            HttpError::Config(m)
-            | HttpError::Connect(m)
-            | HttpError::Closed(m)
-            | HttpError::TooLarge(m)
-            | HttpError::Encoding(m)
-            | HttpError::Proxy(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for HttpError {}
+use demand::Demand;
 
 /// Per-phase timeouts (`None`: wait forever), as in httpx: `connect` covers TCP and TLS,
 /// `read` the wait for the reply head and every wait between body chunks (for a request
@@ -99,13 +50,14 @@ pub struct Timeouts {
     pub pool: Option<Duration>,
 }
 
-/// One request (its `Debug` shows neither headers nor the proxy URL: both may hold secrets).
-pub struct Exchange<'a> {
+/// One request to send (its `Debug` shows neither headers nor the proxy URL: both may hold
+/// secrets).
+pub struct Request<'a> {
     pub method: Method,
     pub url: &'a str,
     pub headers: &'a [(String, String)],
     pub body: Bytes,
-    /// Largest body accepted with status 200 (larger: [`HttpError::TooLarge`]).
+    /// Largest body accepted with status 200 (larger: [`Error::TooLarge`]).
     pub ok_limit: usize,
     /// Largest body kept with another status (larger: an empty body, nothing is raised).
     pub error_limit: usize,
@@ -116,9 +68,9 @@ pub struct Exchange<'a> {
     pub proxy: Option<&'a str>,
 }
 
-impl fmt::Debug for Exchange<'_> {
+impl fmt::Debug for Request<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Exchange")
+        f.debug_struct("Request")
             .field("method", &self.method)
             .field("url", &self.url)
             .field("body_len", &self.body.len())
@@ -145,10 +97,6 @@ const LARGE_BODY: usize = 1 << 20;
 /// The largest body limit a request may set (`ok_limit`, `error_limit`): 1 GiB.
 pub const MAX_BODY_LIMIT: usize = 1 << 30;
 
-/// The first reservation for a reply body, whatever length the server declares: the buffer
-/// grows (fallibly) as bytes arrive, so a declared length costs nothing until it is sent.
-const FIRST_RESERVATION: usize = 64 * 1024;
-
 /// How often a request waiting for its reply head looks again while a connection is still
 /// being made (the connect timeout bounds that phase).
 const RECHECK: Duration = Duration::from_millis(50);
@@ -159,6 +107,7 @@ type Engine = legacy::Client<Connector, Full<Bytes>>;
 struct Route {
     engine: Engine,
     proxy: Option<Arc<Proxy>>,
+    demand: Arc<Demand>,
 }
 
 /// Until the first request to an `https` origin has its reply head, further requests to it
@@ -170,10 +119,31 @@ struct Gate {
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A held gate: opened for all once the reply head came ([`Held::settle`]); dropped
+/// unsettled, the next request tries.
+struct Held {
+    gate: Arc<Gate>,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl Held {
+    fn settle(self) {
+        self.gate.settled.store(true, Ordering::Release);
+    }
+}
+
 struct State {
     pid: u32,
     routes: HashMap<Option<String>, Arc<Route>>,
     gates: HashMap<(Option<String>, String), Arc<Gate>>,
+}
+
+/// Where a request goes: its parsed URL and origin.
+#[derive(Debug)]
+struct Target {
+    uri: Uri,
+    https: bool,
+    origin: String,
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client. Cheap to share (`Arc`); must be used inside a Tokio
@@ -201,11 +171,11 @@ fn sum(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 }
 
 /// Our own error where the connector made one, else the text of the whole chain.
-fn classify(err: &legacy::Error) -> HttpError {
+fn classify(err: &legacy::Error) -> Error {
     let mut text = String::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
-        if let Some(ours) = current.downcast_ref::<HttpError>() {
+        if let Some(ours) = current.downcast_ref::<Error>() {
             return ours.clone();
         }
         if !text.is_empty() {
@@ -215,9 +185,113 @@ fn classify(err: &legacy::Error) -> HttpError {
         source = current.source();
     }
     if err.is_connect() {
-        HttpError::Connect(format!("cannot connect: {text}"))
+        // Not the connector's: the HTTP/1 or HTTP/2 handshake on a new connection broke.
+        Error::Connect(Cause::Reset, format!("cannot connect: {text}"))
     } else {
-        HttpError::Closed(format!("the connection broke: {text}"))
+        Error::Closed(format!("the connection broke: {text}"))
+    }
+}
+
+/// Check the URL and the limits of `req` before anything is sent.
+fn target(req: &Request<'_>) -> Result<Target> {
+    if req.ok_limit > MAX_BODY_LIMIT || req.error_limit > MAX_BODY_LIMIT {
+        return Err(Error::config(format!(
+            "a reply body limit may be at most {MAX_BODY_LIMIT} bytes"
+        )));
+    }
+    let uri: Uri = req.url.parse().map_err(|_| Error::config("invalid URL"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(Error::config("the URL must be http(s)")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Error::config("the URL has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(Error::config("the URL must not carry credentials"));
+    }
+    let origin = format!("{}://{}", uri.scheme_str().unwrap_or_default(), authority);
+    Ok(Target { uri, https, origin })
+}
+
+/// The hyper request for `req` to `uri` over `route` (a forwarded plain-`http` request
+/// carries the proxy's credentials itself).
+fn build(req: &Request<'_>, uri: Uri, route: &Route) -> Result<hyper::Request<Full<Bytes>>> {
+    let forwarded = uri.scheme_str() == Some("http");
+    let mut builder = hyper::Request::builder()
+        .method(req.method.clone())
+        .uri(uri);
+    for (name, value) in req.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::config(format!("invalid header name {name:?}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| Error::config(format!("invalid value for header {name}")))?;
+        builder = builder.header(name, value);
+    }
+    if !req.body.is_empty() || req.method == Method::POST {
+        builder = builder.header(CONTENT_LENGTH, req.body.len());
+    }
+    if forwarded {
+        if let Some(auth) = route.proxy.as_ref().and_then(|p| p.authorization()) {
+            builder = builder.header(PROXY_AUTHORIZATION, auth.clone());
+        }
+    }
+    builder
+        .body(Full::new(req.body.clone()))
+        .map_err(|e| Error::config(format!("invalid request: {e}")))
+}
+
+/// How long the reply head may take: `read`, plus `write` for a large body (the request is
+/// written before the head is awaited, and only a large body takes long to write).
+fn head_timeout(req: &Request<'_>) -> Option<Duration> {
+    if req.body.len() > LARGE_BODY {
+        sum(req.timeouts.read, req.timeouts.write)
+    } else {
+        req.timeouts.read
+    }
+}
+
+/// Wait for `pending` (the reply head). While a connection is being made the connect
+/// timeout (in the connector) bounds the wait; after, `head_timeout` counts from the moment
+/// the connection was made (or from `started`, when a kept-alive one was used).
+async fn await_head<F, T>(
+    pending: F,
+    attempt: &Attempt,
+    head_timeout: Option<Duration>,
+    started: Instant,
+) -> Result<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(pending);
+    let progress = || attempt.progress.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let deadline = {
+            let progress = progress();
+            if progress.connecting {
+                Some((Instant::now() + RECHECK, true))
+            } else {
+                head_timeout.map(|t| (progress.connected.unwrap_or(started) + t, false))
+            }
+        };
+        let Some((at, recheck)) = deadline else {
+            return Ok(pending.as_mut().await);
+        };
+        match tokio::time::timeout_at(at, pending.as_mut()).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(_) if recheck => continue,
+            Err(_) => {
+                let progress = progress();
+                let moved = progress.connecting
+                    || head_timeout.is_some_and(|t| {
+                        progress.connected.unwrap_or(started) + t > Instant::now()
+                    });
+                if !moved {
+                    return Err(Error::Timeout(Phase::Read));
+                }
+            }
+        }
     }
 }
 
@@ -269,13 +343,19 @@ impl Client {
         state
     }
 
-    fn route(&self, proxy: Option<&str>) -> Result<Arc<Route>, HttpError> {
+    fn route(&self, proxy: Option<&str>) -> Result<Arc<Route>> {
         let key = proxy.map(str::to_owned);
         if let Some(route) = self.lock().routes.get(&key) {
             return Ok(route.clone());
         }
         let proxy = proxy.map(Proxy::parse).transpose()?.map(Arc::new);
-        let connector = Connector::new(self.tls.clone(), proxy.clone(), self.open.clone());
+        let demand = Arc::new(Demand::default());
+        let connector = Connector::new(
+            self.tls.clone(),
+            proxy.clone(),
+            self.open.clone(),
+            demand.clone(),
+        );
         let engine = legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(self.keepalive)
             .pool_max_idle_per_host(self.max_idle)
@@ -286,254 +366,73 @@ impl Client {
             .retry_canceled_requests(true)
             .set_host(true)
             .build(connector);
-        let route = Arc::new(Route { engine, proxy });
+        let route = Arc::new(Route {
+            engine,
+            proxy,
+            demand,
+        });
         Ok(self.lock().routes.entry(key).or_insert(route).clone())
     }
 
-    fn gate(&self, proxy: Option<&str>, origin: &str) -> Arc<Gate> {
-        self.lock()
-            .gates
-            .entry((proxy.map(str::to_owned), origin.to_owned()))
-            .or_default()
-            .clone()
+    /// A slot among `max_connections`, waiting at most `timeout`.
+    async fn slot(&self, timeout: Option<Duration>) -> Result<OwnedSemaphorePermit> {
+        let acquire = self.slots.clone().acquire_owned();
+        let acquired = match timeout {
+            None => acquire.await,
+            Some(limit) => tokio::time::timeout(limit, acquire)
+                .await
+                .map_err(|_| Error::Timeout(Phase::Pool))?,
+        };
+        acquired.map_err(|_| Error::Closed("the client is closed".into()))
     }
 
-    fn request(
-        &self,
-        ex: &Exchange<'_>,
-        uri: Uri,
-        route: &Route,
-    ) -> Result<Request<Full<Bytes>>, HttpError> {
-        let forwarded = uri.scheme_str() == Some("http");
-        let mut builder = Request::builder().method(ex.method.clone()).uri(uri);
-        for (name, value) in ex.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| HttpError::Config(format!("invalid header name {name:?}")))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| HttpError::Config(format!("invalid value for header {name}")))?;
-            builder = builder.header(name, value);
+    /// The gate of an `https` origin, held when no request to it has had its head yet.
+    async fn enter_gate(&self, proxy: Option<&str>, target: &Target) -> Option<Held> {
+        if !target.https {
+            return None;
         }
-        if !ex.body.is_empty() || ex.method == Method::POST {
-            builder = builder.header(CONTENT_LENGTH, ex.body.len());
+        let gate = self
+            .lock()
+            .gates
+            .entry((proxy.map(str::to_owned), target.origin.clone()))
+            .or_default()
+            .clone();
+        if gate.settled.load(Ordering::Acquire) {
+            return None;
         }
-        if forwarded {
-            if let Some(auth) = route.proxy.as_ref().and_then(|p| p.authorization()) {
-                builder = builder.header(PROXY_AUTHORIZATION, auth.clone());
-            }
-        }
-        builder
-            .body(Full::new(ex.body.clone()))
-            .map_err(|e| HttpError::Config(format!("invalid request: {e}")))
+        let guard = gate.lock.clone().lock_owned().await;
+        (!gate.settled.load(Ordering::Acquire)).then_some(Held {
+            gate,
+            _guard: guard,
+        })
     }
 
     /// Send one request and read its reply completely.
     ///
     /// A request that fails on a reused keep-alive connection before any byte of it was
     /// written (the server closed the idle connection) is sent again on a new connection.
-    pub async fn send(&self, ex: Exchange<'_>) -> Result<Response, HttpError> {
-        if ex.ok_limit > MAX_BODY_LIMIT || ex.error_limit > MAX_BODY_LIMIT {
-            return Err(HttpError::Config(format!(
-                "a reply body limit may be at most {MAX_BODY_LIMIT} bytes"
-            )));
-        }
-        let uri: Uri = ex
-            .url
-            .parse()
-            .map_err(|_| HttpError::Config("invalid URL".into()))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(HttpError::Config("the URL must be http(s)".into())),
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| HttpError::Config("the URL has no host".into()))?;
-        if authority.as_str().contains('@') {
-            return Err(HttpError::Config(
-                "the URL must not carry credentials".into(),
-            ));
-        }
-        let origin = format!("{}://{}", uri.scheme_str().unwrap_or_default(), authority);
-        let route = self.route(ex.proxy)?;
-        let request = self.request(&ex, uri, &route)?;
-        let _slot = match ex.timeouts.pool {
-            None => Ok(self.slots.clone().acquire_owned().await),
-            Some(limit) => tokio::time::timeout(limit, self.slots.clone().acquire_owned())
-                .await
-                .map_err(|_| HttpError::Timeout("pool")),
-        }?
-        .map_err(|_| HttpError::Closed("the client is closed".into()))?;
-        let mut held = None;
-        if https {
-            let gate = self.gate(ex.proxy, &origin);
-            if !gate.settled.load(Ordering::Acquire) {
-                let guard = gate.lock.clone().lock_owned().await;
-                if !gate.settled.load(Ordering::Acquire) {
-                    held = Some((gate, guard));
-                }
-            }
-        }
-        // The request is written before the reply head is awaited; only a large body can take
-        // long to write, so only then does the write timeout extend the wait.
-        let head_timeout = if ex.body.len() > LARGE_BODY {
-            sum(ex.timeouts.read, ex.timeouts.write)
-        } else {
-            ex.timeouts.read
-        };
+    pub async fn send(&self, req: Request<'_>) -> Result<Response> {
+        let target = target(&req)?;
+        let route = self.route(req.proxy)?;
+        let request = build(&req, target.uri.clone(), &route)?;
+        let _slot = self.slot(req.timeouts.pool).await?;
+        let _in_flight = route.demand.enter(&target.origin);
+        let held = self.enter_gate(req.proxy, &target).await;
         let attempt = Attempt {
-            timeout: ex.timeouts.connect,
+            timeout: req.timeouts.connect,
             progress: Arc::new(Mutex::new(Progress::default())),
         };
         let started = Instant::now();
         let pending = ATTEMPT.scope(attempt.clone(), route.engine.request(request));
-        tokio::pin!(pending);
-        let response = loop {
-            // `read` counts from the moment the connection was made (or from the start,
-            // when a kept-alive one was used); while connecting, `connect` is the bound.
-            let deadline = {
-                let progress = attempt.progress.lock().unwrap_or_else(|e| e.into_inner());
-                if progress.connecting {
-                    Some((Instant::now() + RECHECK, true))
-                } else {
-                    head_timeout.map(|t| (progress.connected.unwrap_or(started) + t, false))
-                }
-            };
-            match deadline {
-                None => break pending.as_mut().await,
-                Some((at, recheck)) => match tokio::time::timeout_at(at, pending.as_mut()).await {
-                    Ok(outcome) => break outcome,
-                    Err(_) if recheck => continue,
-                    Err(_) => {
-                        let progress = attempt.progress.lock().unwrap_or_else(|e| e.into_inner());
-                        let moved = progress.connecting
-                            || head_timeout.is_some_and(|t| {
-                                progress.connected.unwrap_or(started) + t > Instant::now()
-                            });
-                        if !moved {
-                            return Err(HttpError::Timeout("read"));
-                        }
-                    }
-                },
-            }
-        };
-        let response = response.map_err(|e| classify(&e))?;
-        if let Some((gate, guard)) = held {
-            gate.settled.store(true, Ordering::Release);
-            drop(guard);
+        let response = await_head(pending, &attempt, head_timeout(&req), started)
+            .await?
+            .map_err(|e| classify(&e))?;
+        if let Some(held) = held {
+            held.settle();
         }
-        self.read(response, &ex).await
-    }
-
-    async fn read(
-        &self,
-        response: hyper::Response<hyper::body::Incoming>,
-        ex: &Exchange<'_>,
-    ) -> Result<Response, HttpError> {
-        let status = response.status().as_u16();
-        let headers: Vec<(String, String)> = response
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let encoding = response.headers().get(CONTENT_ENCODING);
-        let compressed = encoding.is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if compressed && status == 200 {
-            return Err(HttpError::Encoding(
-                "the reply is compressed (Content-Encoding) although identity was requested".into(),
-            ));
-        }
-        if compressed {
-            // An error status from a proxy or CDN that compressed anyway: keep the status
-            // (it may be retryable), drop the unreadable body and the connection.
-            return Ok(Response {
-                status,
-                headers,
-                body: Vec::new(),
-            });
-        }
-        let limit = if status == 200 {
-            ex.ok_limit
-        } else {
-            ex.error_limit
-        };
-        let declared = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let too_large = |what: String| -> Result<Response, HttpError> {
-            if status == 200 {
-                Err(HttpError::TooLarge(format!(
-                    "reply {what} exceeds the limit of {limit} bytes"
-                )))
-            } else {
-                Ok(Response {
-                    status,
-                    headers: headers.clone(),
-                    body: Vec::new(),
-                })
-            }
-        };
-        if let Some(declared) = declared.filter(|&d| d > limit as u64) {
-            return too_large(format!("of {declared} bytes"));
-        }
-        let deadline = ex.body_deadline.map(|d| Instant::now() + d);
-        let mut body = response.into_body();
-        let mut data = Vec::new();
-        let first = declared.map_or(0, |d| d as usize).min(limit);
-        if data.try_reserve(first.min(FIRST_RESERVATION)).is_err() {
-            return Err(HttpError::TooLarge(
-                "cannot allocate the reply buffer".into(),
-            ));
-        }
-        loop {
-            let next = match (ex.timeouts.read, deadline) {
-                (None, None) => Ok(body.frame().await),
-                (read, deadline) => {
-                    let read_end = read.map(|r| Instant::now() + r);
-                    let end = match (read_end, deadline) {
-                        (Some(a), Some(b)) => a.min(b),
-                        (a, b) => a.or(b).unwrap_or_else(Instant::now),
-                    };
-                    tokio::time::timeout_at(end, body.frame()).await
-                }
-            };
-            let frame = match next {
-                Err(_) => return Err(HttpError::Timeout("read")),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    return Err(HttpError::Closed(format!("the reply body broke off: {e}")))
-                }
-                Ok(Some(Ok(frame))) => frame,
-            };
-            if let Ok(chunk) = frame.into_data() {
-                if data.len() + chunk.len() > limit {
-                    return too_large("body".into());
-                }
-                // Amortised (doubling) growth, capped at the limit; a failed allocation is
-                // an error, not an abort.
-                if data.capacity() - data.len() < chunk.len() {
-                    let want = (data.len() + chunk.len())
-                        .max(data.capacity() * 2)
-                        .min(limit);
-                    if data.try_reserve_exact(want - data.len()).is_err() {
-                        return Err(HttpError::TooLarge(format!(
-                            "cannot allocate {want} bytes for the reply"
-                        )));
-                    }
-                }
-                data.extend_from_slice(&chunk);
-            }
-        }
-        Ok(Response {
-            status,
-            headers,
-            body: data,
-        })
+        body::read(response, &req).await
     }
 }
+
+#[cfg(test)]
+mod tests;

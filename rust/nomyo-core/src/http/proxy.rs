@@ -7,7 +7,7 @@ use std::fmt;
 use base64::Engine as _;
 use hyper::header::HeaderValue;
 
-use super::HttpError;
+use crate::error::{Error, Result};
 
 /// A parsed proxy URL.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -18,7 +18,7 @@ pub struct Proxy {
     authorization: Option<HeaderValue>,
 }
 
-fn percent_decode(text: &str) -> Result<Vec<u8>, HttpError> {
+fn percent_decode(text: &str) -> Result<Vec<u8>> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -28,9 +28,7 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, HttpError> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    HttpError::Config("bad percent-encoding in the proxy credentials".into())
-                })?;
+                .ok_or_else(|| Error::config("bad percent-encoding in the proxy credentials"))?;
             out.push(hex);
             i += 3;
         } else {
@@ -44,11 +42,11 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, HttpError> {
 impl Proxy {
     /// Parse `http://[user[:password]@]host[:port][/]`. Other schemes (https, socks) are
     /// refused here; the Python side hands them to httpx.
-    pub fn parse(url: &str) -> Result<Self, HttpError> {
+    pub fn parse(url: &str) -> Result<Self> {
         let rest = match url.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
             _ => {
-                return Err(HttpError::Config(
+                return Err(Error::Config(
                     "the native transport supports http:// proxies only".into(),
                 ))
             }
@@ -61,7 +59,7 @@ impl Proxy {
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
-                .ok_or_else(|| HttpError::Config("invalid proxy URL".into()))?;
+                .ok_or_else(|| Error::config("invalid proxy URL"))?;
             (host, after.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -70,13 +68,11 @@ impl Proxy {
             }
         };
         if host.is_empty() {
-            return Err(HttpError::Config("the proxy URL has no host".into()));
+            return Err(Error::config("the proxy URL has no host"));
         }
         let port = match port {
             None | Some("") => 80,
-            Some(p) => p
-                .parse()
-                .map_err(|_| HttpError::Config("invalid proxy port".into()))?,
+            Some(p) => p.parse().map_err(|_| Error::config("invalid proxy port"))?,
         };
         let authorization = match userinfo {
             None => None,
@@ -87,7 +83,7 @@ impl Proxy {
                 plain.extend(percent_decode(password)?);
                 let token = base64::engine::general_purpose::STANDARD.encode(&plain);
                 let mut value = HeaderValue::from_str(&format!("Basic {token}"))
-                    .map_err(|_| HttpError::Config("invalid proxy credentials".into()))?;
+                    .map_err(|_| Error::config("invalid proxy credentials"))?;
                 value.set_sensitive(true);
                 Some(value)
             }

@@ -5,6 +5,7 @@
 //! exactly (no trailing bytes). Unknown structure tags and algorithm ids are refused.
 
 use super::pcr;
+pub use super::pcr::PcrBank;
 
 /// `TPM_GENERATED_VALUE`: the first four bytes of every structure a TPM makes.
 pub const TPM_GENERATED: u32 = 0xff54_4347;
@@ -127,15 +128,6 @@ impl<'a> Reader<'a> {
             Err(ParseError::Malformed(what))
         }
     }
-}
-
-/// One bank of a `TPML_PCR_SELECTION`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcrBank {
-    /// Hash algorithm id of the bank.
-    pub alg: u16,
-    /// Selected PCR indices, ascending.
-    pub indices: Vec<u32>,
 }
 
 /// A parsed `TPMS_ATTEST` of type quote.

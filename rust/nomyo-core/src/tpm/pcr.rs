@@ -5,7 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::parse::PcrBank;
+/// One bank of a `TPML_PCR_SELECTION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrBank {
+    /// Hash algorithm id of the bank.
+    pub alg: u16,
+    /// Selected PCR indices, ascending.
+    pub indices: Vec<u32>,
+}
 
 /// A PCR bank: tpm2-tools name, TPM algorithm id, digest length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,228 @@
+//! The sealed exchange (`nomyo_core::sealed`) against a real HTTP server: a local hyper server
+//! that opens the request with the server key and answers with an envelope sealed to the
+//! client, as the router does.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use nomyo_core::envelope::{self, DEFAULT_MAX_ENVELOPE};
+use nomyo_core::http::{client_config, Client, Method, Timeouts};
+use nomyo_core::keys::PrivateKey;
+use nomyo_core::sealed::{self, sha256, Body, Open, Request};
+use nomyo_core::secret::{Policy, SecretBuf};
+use nomyo_core::{Cause, Error};
+use tokio::net::TcpListener;
+
+fn server_key() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| PrivateKey::generate(2048).unwrap())
+}
+
+fn client_key() -> Arc<PrivateKey> {
+    static KEY: OnceLock<Arc<PrivateKey>> = OnceLock::new();
+    KEY.get_or_init(|| Arc::new(PrivateKey::generate(2048).unwrap()))
+        .clone()
+}
+
+/// What the server saw and sent, for the digests.
+#[derive(Default, Clone)]
+struct Seen {
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    plaintext: Vec<u8>,
+}
+
+/// How the server answers a request.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Open the request and answer with its plaintext sealed to the client.
+    Echo,
+    /// 503 with a plain JSON body.
+    Busy,
+    /// 200 with a body that is not an envelope.
+    Garbage,
+}
+
+async fn serve(answer: Answer) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let log = log.clone();
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let log = log.clone();
+                async move {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let (status, reply, plaintext) = match answer {
+                        Answer::Echo => {
+                            let opened =
+                                envelope::open(&body, server_key(), DEFAULT_MAX_ENVELOPE).unwrap();
+                            let plain = opened.plaintext.as_slice().to_vec();
+                            let sealed =
+                                envelope::seal(&plain, client_key().public_key(), None).unwrap();
+                            (200, sealed, plain)
+                        }
+                        Answer::Busy => (503, br#"{"detail": "busy"}"#.to_vec(), Vec::new()),
+                        Answer::Garbage => (200, b"not an envelope".to_vec(), Vec::new()),
+                    };
+                    *log.lock().unwrap() = Seen {
+                        request: body.to_vec(),
+                        reply: reply.clone(),
+                        plaintext,
+                    };
+                    let response = hyper::Response::builder()
+                        .status(status)
+                        .header("x-served", "yes")
+                        .body(Full::new(Bytes::from(reply)))
+                        .unwrap();
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn http_client() -> Client {
+    let ca = nomyo_core::devcert::make_dev_certificates(1).unwrap();
+    let path = std::env::temp_dir().join(format!("nomyo-sealed-ca-{}.pem", std::process::id()));
+    std::fs::write(&path, &ca.ca_pem).unwrap();
+    Client::new(
+        client_config(&[path]).unwrap(),
+        8,
+        2,
+        Duration::from_secs(5),
+    )
+}
+
+fn request(url: String, plaintext: &[u8]) -> Request {
+    Request {
+        method: Method::POST,
+        url,
+        headers: vec![("content-type".into(), "application/octet-stream".into())],
+        body: Body::Sealed {
+            plaintext: SecretBuf::from_slice(plaintext).unwrap(),
+            recipient: server_key().public_key().clone(),
+        },
+        open: Some(Open {
+            key: client_key(),
+            max_size: 1 << 20,
+        }),
+        ok_limit: 1 << 20,
+        error_limit: 1 << 16,
+        timeouts: Timeouts {
+            connect: Some(Duration::from_secs(10)),
+            read: Some(Duration::from_secs(10)),
+            write: Some(Duration::from_secs(10)),
+            pool: Some(Duration::from_secs(10)),
+        },
+        body_deadline: Some(Duration::from_secs(10)),
+        proxy: None,
+        policy: Policy::BestEffort,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_sealed_request_is_opened_by_the_server_and_its_reply_by_the_client() {
+    let rt = runtime();
+    rt.block_on(async {
+        let (addr, seen) = serve(Answer::Echo).await;
+        let client = http_client();
+        let asked = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
+        let reply = sealed::exchange(&client, request(format!("http://{addr}/v1"), asked))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.plaintext, asked, "the server opened what was sealed");
+        assert_eq!(reply.status, 200);
+        assert!(reply.headers.contains(&("x-served".into(), "yes".into())));
+        assert!(reply.body.is_empty(), "an opened reply keeps no body");
+        let opened = reply.opened.expect("asked to open").unwrap();
+        assert_eq!(opened.plaintext.as_slice(), asked);
+        assert_eq!(reply.sent_bytes, seen.request.len());
+        assert_eq!(reply.received_bytes, seen.reply.len());
+        assert_eq!(reply.request_sha256, sha256(&seen.request));
+        assert_eq!(reply.reply_sha256, sha256(&seen.reply));
+        assert_ne!(reply.request_sha256, reply.reply_sha256);
+    });
+}
+
+#[test]
+fn an_error_status_keeps_its_body_and_is_not_opened() {
+    let rt = runtime();
+    rt.block_on(async {
+        let (addr, seen) = serve(Answer::Busy).await;
+        let reply = sealed::exchange(&http_client(), request(format!("http://{addr}/"), b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 503);
+        assert!(reply.opened.is_none());
+        assert_eq!(reply.body, br#"{"detail": "busy"}"#);
+        assert_eq!(reply.reply_sha256, sha256(&reply.body));
+        assert_eq!(reply.request_sha256, sha256(&seen.lock().unwrap().request));
+    });
+}
+
+#[test]
+fn a_reply_that_cannot_be_opened_keeps_its_status_and_digests() {
+    let rt = runtime();
+    rt.block_on(async {
+        let (addr, _seen) = serve(Answer::Garbage).await;
+        let reply = sealed::exchange(&http_client(), request(format!("http://{addr}/"), b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.reply_sha256, sha256(b"not an envelope"));
+        let failed = reply.opened.expect("asked to open").unwrap_err();
+        assert_eq!(failed.kind(), "envelope", "{failed}");
+    });
+}
+
+#[test]
+fn a_raw_get_is_sent_as_it_is_and_a_refused_connection_is_typed() {
+    let rt = runtime();
+    rt.block_on(async {
+        let (addr, seen) = serve(Answer::Busy).await;
+        let client = http_client();
+        let mut get = request(format!("http://{addr}/pki"), b"");
+        get.method = Method::GET;
+        get.body = Body::Empty;
+        get.open = None;
+        let reply = sealed::exchange(&client, get).await.unwrap();
+        assert_eq!(reply.sent_bytes, 0);
+        assert_eq!(reply.request_sha256, sha256(b""));
+        assert!(seen.lock().unwrap().request.is_empty());
+
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = sealed::exchange(&client, request(format!("http://127.0.0.1:{port}/"), b"{}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect(Cause::Refused, _)), "{err:?}");
+    });
+}

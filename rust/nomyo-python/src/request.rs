@@ -1,0 +1,101 @@
+//! One Python request (a dict) converted into the core's `sealed::Request`.
+
+use std::time::Duration;
+
+use nomyo_core::http::{Method, Timeouts};
+use nomyo_core::sealed::{Body, Open, Request};
+use nomyo_core::secret::{self, Policy};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::json;
+use crate::keys::{PyPrivateKey, PyPublicKey};
+
+/// The request as Python hands it over: a dict with these keys (see `_core.pyi`).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub(crate) struct PyRequest<'py> {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    #[pyo3(default)]
+    body: Option<Bound<'py, PyBytes>>,
+    /// `(payload, server_key)`: the payload is serialized to JSON and sealed to the key.
+    #[pyo3(default)]
+    seal: Option<(Bound<'py, PyAny>, Bound<'py, PyPublicKey>)>,
+    /// `(client_key, max_size)`: open a 200 reply with the key.
+    #[pyo3(default)]
+    open: Option<(Bound<'py, PyPrivateKey>, usize)>,
+    ok_limit: usize,
+    error_limit: usize,
+    /// `(connect, read, write, pool)` seconds, None for no limit.
+    timeouts: (Option<f64>, Option<f64>, Option<f64>, Option<f64>),
+    #[pyo3(default)]
+    body_deadline: Option<f64>,
+    #[pyo3(default)]
+    proxy: Option<String>,
+}
+
+/// `value` seconds as a duration (None stays None).
+pub(crate) fn seconds(value: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| PyValueError::new_err(format!("{what} must be >= 0 seconds")))
+        })
+        .transpose()
+}
+
+impl PyRequest<'_> {
+    /// The core request; the payload is serialized here (before anything is sent) under
+    /// `policy`.
+    pub(crate) fn into_core(self, policy: Policy) -> PyResult<Request> {
+        let method = match self.method.as_str() {
+            "GET" => Method::GET,
+            "POST" => Method::POST,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unsupported method {other:?}"
+                )))
+            }
+        };
+        let body = match (self.body, self.seal) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err("pass either body or seal, not both"))
+            }
+            (Some(raw), None) => Body::Raw(raw.as_bytes().to_vec()),
+            (None, Some((payload, key))) => {
+                let plaintext = secret::with_policy(policy, || json::dumps(&payload));
+                secret::scrub();
+                Body::Sealed {
+                    plaintext: plaintext?,
+                    recipient: key.get().inner.clone(),
+                }
+            }
+            (None, None) => Body::Empty,
+        };
+        let (connect, read, write, pool) = self.timeouts;
+        Ok(Request {
+            method,
+            url: self.url,
+            headers: self.headers,
+            body,
+            open: self.open.map(|(key, max_size)| Open {
+                key: key.get().inner.clone(),
+                max_size,
+            }),
+            ok_limit: self.ok_limit,
+            error_limit: self.error_limit,
+            timeouts: Timeouts {
+                connect: seconds(connect, "connect timeout")?,
+                read: seconds(read, "read timeout")?,
+                write: seconds(write, "write timeout")?,
+                pool: seconds(pool, "pool timeout")?,
+            },
+            body_deadline: seconds(self.body_deadline, "body deadline")?,
+            proxy: self.proxy,
+            policy,
+        })
+    }
+}
