@@ -816,6 +816,9 @@ def test_cli_trust_options_reach_the_proxy_client() -> None:
             "known_hosts": "/tmp/kh",
             "attestation": "require",
             "trusted_aik": [fp],
+            "expected_pcrs": None,
+            "known_pcrs": None,
+            "receipts": None,
             "reply_binding": "require",
         }
     args = parser.parse_args(["proxy"])
@@ -824,6 +827,9 @@ def test_cli_trust_options_reach_the_proxy_client() -> None:
         "known_hosts": None,
         "attestation": "off",
         "trusted_aik": None,
+        "expected_pcrs": None,
+        "known_pcrs": None,
+        "receipts": None,
         "reply_binding": "off",
     }
 

@@ -450,6 +450,10 @@ def _stub_names() -> tuple[set[str], dict[str, set[str]]]:
     names: set[str] = set()
     members: dict[str, set[str]] = {}
     for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            isinstance(base, ast.Name) and base.id == "TypedDict" for base in node.bases
+        ):
+            continue  # a type for the checker only (the shape of a dict argument)
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):

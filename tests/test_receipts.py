@@ -369,3 +369,26 @@ def test_known_pcrs_file_is_never_reset(tmp_path: Path) -> None:
     path.chmod(0o620)
     with pytest.raises(nomyo.SecurityError, match="writable by group"):
         KnownPcrs(path).load()
+
+
+def test_known_pcrs_lock_and_fifo_follow_the_file_rules(tmp_path: Path) -> None:
+    """The known-PCRs lock file is checked like the file (``nomyo._files.locked``), and a
+    FIFO in the file's place is refused at once instead of blocking the read."""
+    path = tmp_path / "known_pcrs"
+    values = {"sha256": {"0": "00" * 32}}
+    lock = tmp_path / "known_pcrs.lock"
+    lock.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(nomyo.SecurityError, match="symbolic link"):
+        KnownPcrs(path).check("http://127.0.0.1:1", values)
+    assert not (tmp_path / "elsewhere").exists() and not path.exists()
+    lock.unlink()
+    lock.touch(mode=0o600)
+    lock.chmod(0o660)
+    with pytest.raises(nomyo.SecurityError, match=r"known-PCRs lock file .*chmod 600"):
+        KnownPcrs(path).check("http://127.0.0.1:1", values)
+    lock.chmod(0o600)
+    assert KnownPcrs(path).check("http://127.0.0.1:1", values) == ("first_use", "")
+    path.unlink()
+    os.mkfifo(path, 0o600)
+    with pytest.raises(nomyo.SecurityError, match="not a regular file"):
+        KnownPcrs(path).load()

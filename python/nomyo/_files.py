@@ -1,7 +1,8 @@
 """Opening files that sit beside user data without following symlinks, checked on the fd.
 
-Every file nomyo reads or locks in a directory another user might share (known_hosts and its
-lock, key files, a token file, receipts) is opened here: the final path component is never
+Every file nomyo reads, writes or locks in a directory another user might share (known_hosts
+and its lock, key files, a token file, the receipts file, the known-PCRs file and its lock) is
+opened here: the final path component is never
 followed if it is a symlink (``O_NOFOLLOW``), a FIFO cannot block the open (``O_NONBLOCK``,
 cleared afterwards), and the checks run on the open descriptor (``fstat``), so no one can
 swap the file between the check and the read. The rules, as ``ssh`` applies them:
@@ -17,7 +18,11 @@ file's own owner check decides).
 
 Writing: :func:`replace_file` (a new 0600 file under a random name beside the target,
 ``O_EXCL | O_NOFOLLOW``, fsync'ed, renamed over it: a symlink at the target is replaced, never
-followed); appending: ``open_checked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)``.
+followed), with read-modify-write serialised by :func:`locked` (threads and processes);
+appending: :func:`append_line` (created 0600, one record in one ``O_APPEND`` write, so
+concurrent writers never interleave within a line).
+
+Callers turn :class:`UnsafeFileError` (and other ``OSError``) into their own exception types.
 
 Example::
 
@@ -31,17 +36,26 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shlex
 import stat
+import threading
 from collections.abc import Iterator
 from typing import IO
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "UnsafeFileError",
+    "append_line",
     "check_directory",
     "check_fd",
+    "locked",
     "open_checked",
     "open_lock",
     "read_bytes",
@@ -52,6 +66,9 @@ __all__ = [
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: One lock per lock file, for the threads of this process (``flock`` is per open file).
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
 #: Largest file :func:`read_bytes` reads (these are small configuration and key files).
 MAX_SIZE = 16 * 1024 * 1024
 
@@ -179,6 +196,52 @@ def open_lock(path: str | os.PathLike[str], *, what: str = "lock file") -> Itera
     fd = open_checked(path, os.O_RDWR | os.O_CREAT, what=what)
     with os.fdopen(fd, "r+b") as f:
         yield f
+
+
+def _thread_lock(path: str) -> threading.Lock:
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(os.path.abspath(path), threading.Lock())
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str], *, what: str = "lock file") -> Iterator[None]:
+    """Serialise read-modify-write of ``path`` across threads and processes.
+
+    Creates ``path``'s directory (0700) if missing, then holds an exclusive ``flock`` on
+    ``PATH.lock`` (opened as :func:`open_lock` opens it) and a lock shared by this process's
+    threads. Exceptions raised inside the block pass through unchanged.
+
+    Raises:
+        UnsafeFileError: the lock file is a symlink or breaks a rule of :func:`check_fd`.
+        OSError: the directory or the lock file cannot be created.
+    """
+    target = os.fspath(path)
+    directory, name = os.path.split(target)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    lock_path = os.path.join(directory, name + ".lock")
+    with _thread_lock(lock_path), open_lock(lock_path, what=what) as lock_file:
+        if fcntl is not None:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def append_line(path: str | os.PathLike[str], line: bytes, *, what: str = "file") -> None:
+    """Append ``line`` (one whole record, ending in a newline) in a single ``write``.
+
+    The file is created 0600 if missing and opened as :func:`open_checked` opens it.
+
+    Raises:
+        UnsafeFileError: as :func:`open_checked`.
+        OSError: the file cannot be created or written, or the write was short.
+    """
+    fd = open_checked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what=what)
+    try:
+        written = os.write(fd, line)
+    finally:
+        os.close(fd)
+    if written != len(line):
+        raise OSError(errno.EIO, f"short write ({written} of {len(line)} bytes)")
 
 
 def replace_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:

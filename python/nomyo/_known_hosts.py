@@ -11,19 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError, SecurityError
-from ._files import UnsafeFileError, open_lock, read_text, replace_file
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None  # type: ignore[assignment]
+from ._files import UnsafeFileError, locked, read_text, replace_file
 
 __all__ = [
     "KnownHosts",
@@ -34,7 +28,6 @@ __all__ = [
     "trust_server_key",
 ]
 
-_lock = threading.Lock()
 _HEADER = "# nomyo known hosts: <base_url> <sha256 fingerprint of the server key>"
 
 
@@ -189,11 +182,7 @@ class KnownHosts:
     def _locked(self) -> Iterator[None]:
         """Serialise read-modify-write across threads and processes."""
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            lock_path = self.path.with_name(self.path.name + ".lock")
-            with _lock, open_lock(lock_path, what="known-hosts lock file") as lock_file:
-                if fcntl is not None:
-                    fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            with locked(self.path, what="known-hosts lock file"):
                 yield
         except UnsafeFileError as exc:
             raise SecurityError(str(exc)) from None

@@ -15,17 +15,18 @@ symbolic link, refused when not the user's own or writable by others, never sile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ._exceptions import ConfigurationError, SecurityError
+from ._files import UnsafeFileError, locked, read_text, replace_file
 from ._known_hosts import default_known_hosts_path, normalise_url
-from ._private_files import locked, read_text, replace_text
 
 __all__ = ["ENV_KNOWN_PCRS", "KnownPcrs", "PcrValues", "changed_pcrs", "default_known_pcrs_path"]
 
@@ -100,9 +101,16 @@ class KnownPcrs:
             SecurityError: the file is a link, not the user's own, writable by others, or
                 does not parse (it is never reset silently).
         """
-        text = read_text(self.path, _WHAT)
-        if text is None:
+        try:
+            text = read_text(self.path, what=_WHAT)
+        except FileNotFoundError:
             return {"nomyo_known_pcrs": _VERSION, "routers": {}, "history": []}
+        except UnsafeFileError as exc:
+            raise SecurityError(str(exc)) from None
+        except OSError as exc:
+            raise SecurityError(f"cannot read the {_WHAT} {self.path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SecurityError(f"the {_WHAT} {self.path} is not UTF-8 text") from None
         try:
             data = json.loads(text)
             if not isinstance(data, dict) or data.get("nomyo_known_pcrs") != _VERSION:
@@ -121,7 +129,25 @@ class KnownPcrs:
         return data
 
     def _save(self, data: dict[str, Any]) -> None:
-        replace_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        replace_file(self.path, text.encode("utf-8"))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the file's lock (:func:`nomyo._files.locked`) for a read-modify-write.
+
+        Raises:
+            SecurityError: the lock file is a link, not the user's own, or writable by others.
+            ConfigurationError: the folder or the lock file cannot be created.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(locked(self.path, what="known-PCRs lock file"))
+            except UnsafeFileError as exc:
+                raise SecurityError(str(exc)) from None
+            except OSError as exc:
+                raise ConfigurationError(f"cannot update {self.path}: {exc.strerror}") from None
+            yield
 
     def check(self, url: str, quoted: Mapping[str, Mapping[Any, Any]]) -> tuple[str, str]:
         """Compare verified PCR values with the ones remembered for ``url``.
@@ -136,7 +162,7 @@ class KnownPcrs:
         """
         url = normalise_url(url)
         values = _normalised(quoted)
-        with locked(self.path):
+        with self._locked():
             data = self.load()
             entry = data["routers"].get(url)
             if entry is None:
@@ -173,7 +199,7 @@ class KnownPcrs:
             SecurityError: the file cannot be trusted (see :meth:`load`).
         """
         url = normalise_url(url)
-        with locked(self.path):
+        with self._locked():
             data = self.load()
             entry = data["routers"].get(url)
             if values is None:
@@ -197,7 +223,7 @@ class KnownPcrs:
         Returns False when none were remembered.
         """
         url = normalise_url(url)
-        with locked(self.path):
+        with self._locked():
             data = self.load()
             entry = data["routers"].pop(url, None)
             if entry is None:

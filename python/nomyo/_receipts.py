@@ -9,7 +9,7 @@ holds plaintext, a key or a token. Streamed replies (``stream=True``, emulated f
 reply) and refused replies (a 200 reply nomyo refused: attestation, remembered PCR values,
 reply binding, or a reply that does not open) get one too, marked as such.
 
-The file follows the known_hosts rules (``nomyo._private_files``): created 0600, never
+The file follows the known_hosts rules (``nomyo._files``): created 0600, never
 opened through a symbolic link, refused when another user owns it or others can write it, and
 each line appended in one write.
 
@@ -34,8 +34,8 @@ from typing import Any
 
 from . import _core
 from ._attestation import PcrPolicy
-from ._exceptions import ConfigurationError
-from ._private_files import append_line
+from ._exceptions import ConfigurationError, SecurityError
+from ._files import UnsafeFileError, append_line
 
 __all__ = [
     "ENV_RECEIPTS",
@@ -137,7 +137,14 @@ class ReceiptWriter:
         if not self.path.parent.exists():
             with contextlib.suppress(OSError):
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        append_line(self.path, (line + "\n").encode("ascii"), _WHAT)
+        try:
+            append_line(self.path, (line + "\n").encode("ascii"), what=_WHAT)
+        except UnsafeFileError as exc:
+            raise SecurityError(str(exc)) from None
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot write the {_WHAT} {self.path}: {exc.strerror}"
+            ) from None
 
 
 def receipts_writer(receipts: bool | str | os.PathLike[str] | None) -> ReceiptWriter | None:
