@@ -93,7 +93,8 @@ class OursAdapter:
             messages = [{"role": "user", "content": SMALL_PROMPT}]
             for _ in range(3):
                 await self.create(client, messages)
-            native = client.client._native
+            transport = client.client._transport
+            native = getattr(transport, "pool", None)  # the native transport's pool
             server_key = client.client.server_public_key
             if native is None or server_key is None:
                 raise RuntimeError("the client is not on the native transport")

@@ -19,7 +19,9 @@ import sniffio
 import uvloop
 
 import nomyo
-from nomyo import _aio, _constants, _core, _native, _trio
+from nomyo import _aio, _constants, _core
+from nomyo._transports import NativeTransport, _completions, _trio
+from nomyo._transports import native as _native
 from nomyo.testing import DevRouter, Fault, RecordedRequest, RouterThread
 
 T = TypeVar("T")
@@ -102,7 +104,7 @@ def content(reply: Any) -> Any:
     return reply["choices"][0]["message"]["content"]
 
 
-def completions_queue() -> _native._LoopCompletions | None:
+def completions_queue() -> _completions.LoopCompletions | None:
     """The running loop's completion queue of the native transport (None: callbacks)."""
     loop = _aio.running_asyncio_loop()
     if loop is None:
@@ -128,9 +130,9 @@ async def wait_for_request(router: RouterThread, count: int) -> None:
 def test_completion(
     backend: str, transport: str, router: RouterThread, client_key: _core.PrivateKey
 ) -> None:
-    async def go() -> tuple[Any, _native._LoopCompletions | None]:
+    async def go() -> tuple[Any, _completions.LoopCompletions | None]:
         async with chat(router, client_key) as client:
-            assert (client.client._native is not None) == (transport == "native")
+            assert isinstance(client.client._transport, NativeTransport) == (transport == "native")
             reply = await client.create(**ask(f"hello from {backend}"))
             return reply, completions_queue()
 
@@ -143,7 +145,7 @@ def test_completion(
     if transport == "native":
         # Finished requests came through the loop's descriptor (no GIL on the workers),
         # and nothing is left waiting in it.
-        assert isinstance(queue, _native._LoopCompletions)
+        assert isinstance(queue, _completions.LoopCompletions)
         assert len(queue.futures) == 0
     else:
         assert queue is None
@@ -250,7 +252,7 @@ def test_cancelled_mid_flight_then_usable(
     router.router.faults.push(Fault(delay=5))
     before = router.router.secure_requests
 
-    async def go() -> tuple[bool, Any, _native._LoopCompletions | None]:
+    async def go() -> tuple[bool, Any, _completions.LoopCompletions | None]:
         async with chat(router, client_key) as client:
             cancelled = False
             async with anyio.create_task_group() as group:

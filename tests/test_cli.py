@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from nomyo import _core
 from nomyo._keys import load_private_key
-from nomyo.testing import DevCertificates, make_test_certificates
+from nomyo.testing import DevCertificates, DevRouter, RouterThread, make_test_certificates
 
 #: the conftest fixture: run_reference(*driver_args) -> (exit code, JSON output)
 RunReference = Callable[..., tuple[int, dict[str, Any]]]
@@ -731,3 +731,175 @@ def test_serve_dev_reports_a_busy_port(router: Server) -> None:
     result = nomyo("serve-dev", "--port", port, "--key-bits", "2048", timeout=60)
     assert result.returncode == 1
     assert "cannot start the dev router" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def dev_router() -> Iterator[RouterThread]:
+    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
+        yield handle
+
+
+NOMYO = [sys.executable, "-m", "nomyo"]
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "NO_PROXY": "*", **(env or {})}
+    full_env.pop("NOMYO_BASE_URL", None)
+    return subprocess.run(
+        [*NOMYO, *args], capture_output=True, text=True, timeout=120, env=full_env, input=stdin
+    )
+
+
+def test_cli_chat_pin(dev_router: RouterThread) -> None:
+    right = dev_router.router.public_key.fingerprint()
+    wrong = "sha256:" + "ab" * 32
+    base = ["chat", "--base-url", dev_router.url, "--allow-http", "-q", "hello"]
+    done = cli(*base, "--pin", wrong)
+    assert done.returncode == 4, done.stderr
+    assert "pinned" in done.stderr
+    done = cli(*base, "--server-key-fingerprint", wrong, "--pin", right)
+    assert done.returncode == 0, done.stderr
+    assert cli(*base, "--pin", "nonsense").returncode == 2
+
+
+def test_cli_chat_reads_the_file_keys_trust_keeps(tmp_path: Path) -> None:
+    hosts = tmp_path / "known_hosts"
+    with DevRouter(key_bits=2048).run_in_thread() as handle:
+        base = ["chat", "--base-url", handle.url, "--allow-http", "-q", "hello"]
+        done = cli("keys", "trust", "--base-url", handle.url, "--allow-http",
+                   "--known-hosts", str(hosts))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert cli(*base, "--known-hosts", str(hosts)).returncode == 0
+        handle.router.rotate_key()
+        done = cli(*base, "--known-hosts", str(hosts))
+        assert done.returncode == 4
+        assert "changed" in done.stderr and str(hosts) in done.stderr
+        # --tofu reads the default file ($NOMYO_KNOWN_HOSTS here), which keys trust writes.
+        env = {"NOMYO_KNOWN_HOSTS": str(tmp_path / "default_hosts")}
+        assert cli(*base, "--tofu", env=env).returncode == 0
+        handle.router.rotate_key()
+        assert cli(*base, "--tofu", env=env).returncode == 4
+        done = cli("keys", "trust", "--base-url", handle.url, "--allow-http", env=env)
+        assert done.returncode == 0, done.stderr
+        assert cli(*base, "--tofu", env=env).returncode == 0
+
+
+def test_cli_chat_attestation_and_reply_binding() -> None:
+    with DevRouter(key_bits=2048, reply_binding=False).run_in_thread() as handle:
+        base = ["chat", "--base-url", handle.url, "--allow-http", "-q", "hello"]
+        assert cli(*base).returncode == 0
+        done = cli(*base, "--reply-binding", "require")
+        assert done.returncode == 4 and "reply binding" in done.stderr
+        done = cli(*base, "--trusted-aik", "sha256:" + "cd" * 32)  # implies require
+        assert done.returncode == 4 and "attestation" in done.stderr
+        done = cli(*base, "--attestation", "off", "--trusted-aik", "sha256:" + "cd" * 32)
+        assert done.returncode == 2
+    assert cli("chat", "--local", "-q", "--reply-binding", "require", "hi").returncode == 0
+
+
+def test_cli_trust_options_reach_the_proxy_client() -> None:
+    """proxy and run share one option set with chat (the lead wires it into the proxy)."""
+    from nomyo.cli import build_parser
+    from nomyo.cli._args import trust_kwargs as _trust_kwargs
+
+    parser = build_parser()
+    fp = "sha256:" + "ab" * 32
+    for command in (["chat", "x"], ["proxy"]):
+        args = parser.parse_args(
+            [*command, "--pin", fp, "--known-hosts", "/tmp/kh", "--trusted-aik", fp,
+             "--reply-binding", "require"]
+        )  # fmt: skip
+        assert _trust_kwargs(args) == {
+            "server_key_fingerprint": [fp],
+            "known_hosts": "/tmp/kh",
+            "attestation": "require",
+            "trusted_aik": [fp],
+            "expected_pcrs": None,
+            "known_pcrs": None,
+            "receipts": None,
+            "reply_binding": "require",
+        }
+    args = parser.parse_args(["proxy"])
+    assert _trust_kwargs(args) == {
+        "server_key_fingerprint": None,
+        "known_hosts": None,
+        "attestation": "off",
+        "trusted_aik": None,
+        "expected_pcrs": None,
+        "known_pcrs": None,
+        "receipts": None,
+        "reply_binding": "off",
+    }
+
+
+class Proxy:
+    """``nomyo proxy`` as a subprocess on a free loopback port."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "NO_PROXY": "*"}
+        env.pop("NOMYO_BASE_URL", None)
+        self.proc = subprocess.Popen(
+            [*NOMYO, "proxy", "--listen", "127.0.0.1:0", "--allow-http", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "listening on " in line:
+                self.url = line.split("listening on ", 1)[1].split()[0]
+                break
+        else:
+            raise AssertionError(f"the proxy exited with {self.proc.wait(10)}")
+
+    def complete(self) -> httpx.Response:
+        body = {"model": "m", "messages": [{"role": "user", "content": "through the proxy"}]}
+        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as http:
+            return http.post("/v1/chat/completions", json=body)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def test_cli_proxy_applies_the_trust_options() -> None:
+    with DevRouter(key_bits=2048, reply_binding=False).run_in_thread() as plain:
+        wrong = "sha256:" + "ab" * 32
+        cases = [
+            (["--pin", plain.router.public_key.fingerprint()], 200),
+            (["--pin", wrong], None),
+            (["--reply-binding", "require"], None),
+            (["--trusted-aik", wrong], None),
+        ]
+        for options, status in cases:
+            proxy = Proxy("--base-url", plain.url, *options)
+            try:
+                reply = proxy.complete()
+            finally:
+                proxy.stop()
+            if status is None:
+                assert reply.status_code >= 400, (options, reply.text)
+                assert "error" in reply.json(), (options, reply.text)
+            else:
+                assert reply.status_code == status, (options, reply.text)
+                assert reply.json()["choices"][0]["message"]["content"] == "through the proxy"
+
+
+def test_serve_dev_refuses_non_loopback_without_flag() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nomyo", "serve-dev", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--allow-remote" in proc.stderr

@@ -22,7 +22,8 @@ import pytest
 
 import nomyo
 from nomyo import _core
-from nomyo._native import environment_proxies, proxy_for
+from nomyo._transports import NativeTransport
+from nomyo._transports.native import environment_proxies, proxy_for
 from nomyo.testing import DevCertificates, DevRouter, RouterThread, make_test_certificates
 
 TINYPROXY = shutil.which("tinyproxy")
@@ -248,7 +249,9 @@ def test_https_goes_through_the_proxy_as_a_connect_tunnel(
     monkeypatch.setenv("HTTPS_PROXY", tinyproxy.url)
     target = tls_router.url.removeprefix("https://")
     with nomyo.SyncSecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
-        assert client.client._native is not None, "the native engine handles the proxy"
+        assert isinstance(client.client._transport, NativeTransport), (
+            "the native engine handles the proxy"
+        )
         client.client._set_key(client_key)
         for i in range(3):
             reply = client.create(model="m", messages=user(f"via proxy {i}"))
@@ -267,7 +270,7 @@ def test_plain_http_is_forwarded_by_the_proxy(
 
     async def scenario() -> str:
         async with nomyo.SecureChatCompletion(plain_router.url, allow_http=True) as client:
-            assert client.client._native is not None
+            assert isinstance(client.client._transport, NativeTransport)
             client.client._set_key(client_key)
             reply = await client.create(model="m", messages=user("forwarded"))
             return str(reply.choices[0].message.content)
@@ -288,7 +291,7 @@ def test_no_proxy_bypasses_the_proxy(
     monkeypatch.setenv("HTTPS_PROXY", tinyproxy.url)
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
     with nomyo.SyncSecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
-        assert client.client._native is not None
+        assert isinstance(client.client._transport, NativeTransport)
         client.client._set_key(client_key)
         assert client.create(model="m", messages=user("direct")).choices[0].message.content
     assert tinyproxy.lines("CONNECT ") == [] or all(
@@ -314,7 +317,7 @@ def test_proxy_credentials_are_sent_and_never_shown(
         with nomyo.SyncSecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
             client.client._set_key(client_key)
             assert client.create(model="m", messages=user("authed")).choices[0].message.content
-            for shown in (client, client.client, client.client._native):
+            for shown in (client, client.client, client.client._transport):
                 assert "s3cr3t" not in repr(shown)
         # Through the proxy (its pool may open a spare tunnel besides: see below).
         assert proxy.connects(target) >= 1
@@ -455,7 +458,7 @@ def test_http2_concurrent_requests_share_one_connection(
 
     async def scenario() -> list[str]:
         async with nomyo.SecureChatCompletion(nginx_h2.url, verify=certs.ca_cert) as client:
-            assert client.client._native is not None
+            assert isinstance(client.client._transport, NativeTransport)
             client.client._set_key(client_key)
             replies = await asyncio.gather(
                 *(client.create(model="m", messages=user(f"h2 {i}")) for i in range(64))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import nomyo
 from nomyo import _core
 from nomyo._client import SecureCompletionClient
+from nomyo.testing import DevRouter, RouterThread
 
 EXPECTED_ALL = [
     "NOT_GIVEN",
@@ -481,3 +484,161 @@ def test_native_module_matches_its_stub() -> None:
             f"runtime has {cls_name}.{m}, stub lacks it" for m in sorted(runtime - declared)
         ]
     assert problems == [], "\n".join(problems)
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def client_key() -> _core.PrivateKey:
+    return _core.PrivateKey.generate(2048)
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[RouterThread]:
+    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture
+def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("NOMYO_"):
+            monkeypatch.delenv(name)
+    router.router.faults.clear()
+    yield
+    router.router.faults.clear()
+
+
+def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
+    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
+    client.client._set_key(key)
+    return client
+
+
+_TYPED_PROGRAM = """
+from __future__ import annotations
+
+from typing import Literal
+
+import openai
+from openai.types.chat import ChatCompletion as SDKCompletion
+
+import nomyo
+from nomyo import (
+    ChatCompletion,
+    ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
+    Choice,
+    CompletionUsage,
+    FinishReason,
+)
+
+
+# -- SDK --
+def with_the_sdk() -> str | None:
+    http = nomyo.openai_http_client("https://router.example", api_key="k")
+    client = openai.OpenAI(api_key="unused", http_client=http)
+    reply: SDKCompletion = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    return reply.choices[0].message.content
+
+
+async def with_the_async_sdk() -> str | None:
+    http = nomyo.openai_async_http_client("https://router.example")
+    client = openai.AsyncOpenAI(api_key="unused", http_client=http)
+    reply = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    return reply.choices[0].message.content
+# -- end SDK --
+
+
+def with_nomyo() -> list[str]:
+    with nomyo.SyncSecureChatCompletion() as client:
+        reply: ChatCompletion = client.create(
+            "m", [{"role": "user", "content": "hi"}], timeout=5, max_retries=0,
+            extra_headers={"X-Trace": "1"}, extra_query={"a": "b"},
+        )
+    choice: Choice = reply.choices[0]
+    reason: FinishReason = choice.finish_reason
+    stop: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] = reason
+    message: ChatCompletionMessage = choice.message
+    calls: list[ChatCompletionMessageToolCall] = list(message.tool_calls or [])
+    names = [call.function.name for call in calls]
+    kind: Literal["function"] | None = calls[0].type if calls else None
+    usage: CompletionUsage | None = reply.usage
+    total: int = usage.total_tokens if usage is not None else 0
+    dumped: dict[str, object] = reply.model_dump()
+    text: str = reply.model_dump_json() + reply.to_json()
+    again: ChatCompletion = ChatCompletion.model_validate(dumped)
+    return [*names, stop, str(kind), str(total), text, again.id]
+"""
+
+
+def mypy_strict(program: Path) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict`` on one file, with no project configuration and no cache."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            os.devnull,
+            "--config-file",
+            os.devnull,
+            str(program),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=program.parent,
+    )
+
+
+def without_sdk(program: str) -> str:
+    head, _, rest = program.partition("# -- SDK --")
+    return head + rest.partition("# -- end SDK --")[2]
+
+
+@pytest.mark.usefixtures("_clean")
+def test_user_program_type_checks_under_mypy_strict(tmp_path: Path) -> None:
+    program = tmp_path / "user_program.py"
+    program.write_text(without_sdk(_TYPED_PROGRAM))
+    proc = mypy_strict(program)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # ... and mypy does check it: a wrong type is reported.
+    wrong = "\nwrong: int = ChatCompletion({}).choices[0].finish_reason\n"
+    program.write_text(without_sdk(_TYPED_PROGRAM) + wrong)
+    proc = mypy_strict(program)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'expression has type "Literal' in proc.stdout
+
+
+@pytest.mark.usefixtures("_clean")
+def test_openai_sdk_with_nomyo_http_client_type_checks(tmp_path: Path) -> None:
+    program = tmp_path / "sdk_program.py"
+    program.write_text(_TYPED_PROGRAM)
+    proc = mypy_strict(program)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.usefixtures("_clean")
+def test_nested_reply_types_are_exported(
+    router: RouterThread, client_key: _core.PrivateKey
+) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    with sync_chat(router.url, client_key) as client:
+        reply = client.create("m", HELLO, tools=tools, tool_choice="required")
+    choice = reply.choices[0]
+    assert isinstance(choice, nomyo.Choice)
+    assert isinstance(choice.message, nomyo.ChatCompletionMessage)
+    assert choice.message.tool_calls
+    assert isinstance(choice.message.tool_calls[0], nomyo.ChatCompletionMessageToolCall)
+    assert isinstance(choice.message.tool_calls[0].function, nomyo.Function)
+    assert choice.finish_reason == "tool_calls"
+    assert isinstance(reply.usage, nomyo.CompletionUsage)

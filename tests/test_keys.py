@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from oracle_server import OracleServer
 
+import nomyo
 from nomyo import KeyFormatError, SecureChatCompletion, SecureCompletionClient, _core
+from nomyo._keys import save_key_pair
 
 PASSWORD = "pässwörd ✓ 123"
 PRIVATE = "private_key.pem"
@@ -576,3 +578,116 @@ def test_chat_corrupt_key_raises_and_is_kept(oracle: OracleServer, tmp_path: Pat
     with pytest.raises(KeyFormatError):
         _chat_once(oracle, tmp_path)
     assert snapshot(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def key() -> _core.PrivateKey:
+    return _core.PrivateKey.generate(2048)
+
+
+def test_load_round_trip(tmp_path: Path, key: _core.PrivateKey) -> None:
+    path = tmp_path / "k.pem"
+    key.save(str(path), password="pw")
+    loaded = _core.PrivateKey.load(path, "pw")
+    assert loaded.public_key() == key.public_key()
+    plain = tmp_path / "plain.pem"
+    key.save(str(plain))
+    assert _core.PrivateKey.load(str(plain)).public_key() == key.public_key()
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        _core.PrivateKey.load(tmp_path / "nope.pem")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix permissions")
+def test_load_refuses_group_readable(tmp_path: Path, key: _core.PrivateKey) -> None:
+    path = tmp_path / "k.pem"
+    key.save(str(path))
+    os.chmod(path, 0o640)
+    with pytest.raises(KeyFormatError, match=r"mode 0640.*chmod 600"):
+        _core.PrivateKey.load(path)
+    assert _core.PrivateKey.load(path, allow_readable=True).public_key() == key.public_key()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs")
+def test_load_refuses_symlinks_and_special_files(tmp_path: Path, key: _core.PrivateKey) -> None:
+    path = tmp_path / "k.pem"
+    key.save(str(path))
+    link = tmp_path / "link.pem"
+    link.symlink_to(path)
+    with pytest.raises(OSError):
+        _core.PrivateKey.load(link)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFormatError, match="not a regular file"):
+        _core.PrivateKey.load(fifo)
+    with pytest.raises(KeyFormatError, match="not a regular file"):
+        _core.PrivateKey.load(tmp_path)
+
+
+def test_load_refuses_huge_files(tmp_path: Path) -> None:
+    path = tmp_path / "big.pem"
+    path.write_bytes(b"A" * ((1 << 20) + 1))
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFormatError, match="too large"):
+        _core.PrivateKey.load(path)
+
+
+def test_write_file(tmp_path: Path) -> None:
+    path = tmp_path / "public_key.pem"
+    _core.write_file(path, "text ✓\n")
+    assert path.read_bytes() == "text ✓\n".encode()
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~current_umask()
+    with pytest.raises(FileExistsError):
+        _core.write_file(path, b"other")
+    assert path.read_bytes() == "text ✓\n".encode()
+    _core.write_file(str(path), b"other", overwrite=True, mode=0o600)
+    assert path.read_bytes() == b"other"
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["public_key.pem"]
+    with pytest.raises(ValueError):
+        _core.write_file(tmp_path / "x", b"", mode=0o10000)
+    with pytest.raises(TypeError):
+        _core.write_file(tmp_path / "x", bytearray(b"x"))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+def test_write_file_does_not_follow_symlinks(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    link = tmp_path / "link"
+    link.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        _core.write_file(link, b"evil")
+    assert victim.read_bytes() == b"keep"
+    with pytest.raises(FileNotFoundError):
+        _core.write_file(tmp_path / "missing-dir" / "f", b"x")
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_group_writable_key_dir_is_refused(tmp_path: Path) -> None:
+    key_dir = tmp_path / "shared"
+    key_dir.mkdir()
+    key_dir.chmod(0o777)
+    with pytest.raises(nomyo.KeyFormatError, match="chmod 700"):
+        save_key_pair(_core.PrivateKey.generate(2048), key_dir)
+    assert list(key_dir.iterdir()) == []
+
+
+def test_public_key_file_is_not_replaced_through_a_symlink(tmp_path: Path) -> None:
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (key_dir / "public_key.pem").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        save_key_pair(_core.PrivateKey.generate(2048), key_dir)
+    assert victim.read_text() == "precious"

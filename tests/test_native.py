@@ -9,18 +9,26 @@ both transports.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import socketserver
 import ssl
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import nomyo
 from nomyo import _core
+from nomyo._transports import NativeTransport
 from nomyo.testing import DevCertificates, DevRouter, Fault, RouterThread, make_test_certificates
 
 
@@ -55,7 +63,9 @@ def user(text: str) -> list[dict[str, Any]]:
 
 
 def native(client: nomyo.SecureChatCompletion | nomyo.SyncSecureChatCompletion) -> Any:
-    return client.client._native
+    """The client's native pool; None when it was given the httpx transport."""
+    transport = client.client._transport
+    return transport.pool if isinstance(transport, NativeTransport) else None
 
 
 #: Body limits and timeouts for requests started on a bare ``_core.Transport``.
@@ -101,7 +111,6 @@ def test_native_is_the_default_and_httpx_is_chosen_when_needed(
     assert native(nomyo.SyncSecureChatCompletion(url, verify=certs.ca_cert)) is not None
     context = ssl.create_default_context(cafile=certs.ca_cert)
     assert native(nomyo.SecureChatCompletion(url, verify=context)) is None
-    import httpx
 
     transport = httpx.AsyncHTTPTransport(verify=context)
     assert native(nomyo.SecureChatCompletion(url, transport=transport)) is None
@@ -297,7 +306,7 @@ def test_a_forked_child_uses_its_own_pool(
 def test_concurrent_replies_reach_their_own_requests_through_the_loop_queue(
     tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
 ) -> None:
-    from nomyo import _native
+    from nomyo._transports import native as _native
 
     async def scenario() -> None:
         async with nomyo.SecureChatCompletion(tls_router.url, verify=certs.ca_cert) as client:
@@ -317,7 +326,7 @@ def test_concurrent_replies_reach_their_own_requests_through_the_loop_queue(
 def test_a_loop_that_cannot_watch_descriptors_gets_callbacks(
     tls_router: RouterThread, certs: DevCertificates, client_key: _core.PrivateKey
 ) -> None:
-    from nomyo import _native
+    from nomyo._transports import native as _native
 
     class NoReaders(asyncio.SelectorEventLoop):  # like the proactor loop on Windows
         def add_reader(self, *args: Any, **kwargs: Any) -> None:
@@ -466,7 +475,7 @@ def test_a_loop_closed_with_a_request_in_flight_is_not_kept_alive(
     import gc
     import weakref
 
-    from nomyo import _native
+    from nomyo._transports import native as _native
 
     gc.collect()
     queues = len(_native._COMPLETIONS)
@@ -487,3 +496,128 @@ def test_a_loop_closed_with_a_request_in_flight_is_not_kept_alive(
     gc.collect()
     assert gone() is None, "nothing of ours keeps the closed loop (and its queue) alive"
     assert len(_native._COMPLETIONS) == queues, "its queue (and descriptors) went with it"
+
+
+MiB = 1 << 20
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    import nomyo
+
+    url, limit = sys.argv[1], int(sys.argv[2])
+    client = nomyo.SyncSecureCompletionClient(
+        url, allow_http=True, max_retries=0, max_response_size=limit
+    )
+    client.generate_keys()
+    client.fetch_server_public_key()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        client.send_secure_request({"model": "m", "messages": []}, "p")
+        outcome = "accepted"
+    except nomyo.NomyoError as exc:
+        outcome = type(exc).__name__
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"outcome": outcome, "grew_kib": after - before}))
+    """
+)
+
+
+class DeclaringServer(socketserver.ThreadingTCPServer):
+    """Serves a real key, then declares ``declared`` reply bytes, sends 1 KiB and closes."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, declared: int) -> None:
+        self.declared = declared
+        self.key_pem = _core.PrivateKey.generate(2048).public_key().to_pem().encode()
+        super().__init__(("127.0.0.1", 0), _DeclaringHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _DeclaringHandler(socketserver.StreamRequestHandler):
+    server: DeclaringServer
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline(65536)
+            if not line:
+                return
+            head = [line]
+            while head[-1] not in (b"\r\n", b"\n", b""):
+                head.append(self.rfile.readline(65536))
+            length = 0
+            for header in head[1:]:
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            self.rfile.read(length)
+            if line.startswith(b"GET"):
+                body = self.server.key_pem
+                self.wfile.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+                continue
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                + f"Content-Length: {self.server.declared}\r\n\r\n".encode()
+                + b"{" * 1024
+            )
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+
+
+@pytest.mark.parametrize("transport", ["native", "httpx"])
+def test_declared_length_is_not_reserved(transport: str) -> None:
+    """A reply declaring (almost) 1 GiB and sending 1 KiB costs no more than it sends.
+
+    Before the fix the native transport reserved the declared length up front (and, with
+    every freed block wiped, touched all of it): the child's peak RSS grew by ~1 GiB.
+    """
+    server = DeclaringServer((1 << 30) - 1)
+    try:
+        env = {**os.environ, "NOMYO_TRANSPORT": transport, "NO_PROXY": "*"}
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, server.url, str(1 << 30)],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr  # no abort (134)
+    result = json.loads(done.stdout)
+    assert result["outcome"] in ("APIConnectionError", "EnvelopeError"), result
+    assert result["grew_kib"] * 1024 < 64 * MiB, result
+
+
+def test_declared_terabyte_is_refused_not_fatal() -> None:
+    server = DeclaringServer(1 << 40)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, server.url, str(1 << 30)],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "NO_PROXY": "*"},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] in ("APIConnectionError", "EnvelopeError")
+
+
+@pytest.mark.parametrize("size", [0, -1, (1 << 30) + 1, 1 << 40, 2.5, True])
+def test_max_response_size_is_bounded(size: Any) -> None:
+    for cls in (nomyo.SecureCompletionClient, nomyo.SyncSecureCompletionClient):
+        with pytest.raises(nomyo.ConfigurationError, match="max_response_size"):
+            cls("https://x.example", max_response_size=size)
+    nomyo.SyncSecureCompletionClient("https://x.example", max_response_size=1 << 30).close()

@@ -28,6 +28,7 @@ from nomyo._keys import save_key_pair
 from nomyo._known_pcrs import KnownPcrs
 from nomyo._proxy import ChatProxy
 from nomyo._receipts import receipt_digest, verify_receipt
+from nomyo._transports import HttpxTransport
 from nomyo.testing import DevRouter, Fault, RouterThread, SwtpmAttestation
 
 pytestmark = pytest.mark.swtpm
@@ -103,7 +104,7 @@ def test_one_receipt_per_request_native_httpx_streamed(
         receipts=str(path),
         transport=httpx.HTTPTransport(),
     ) as sync:
-        assert sync.client._native is None  # the httpx transport
+        assert isinstance(sync.client._transport, HttpxTransport)
         ask(sync)
         assert list(ask(sync, stream=True))
     text = path.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import pickle
 from collections.abc import Iterator
 from typing import Any
@@ -211,3 +212,69 @@ def test_both_clients_return_chat_completion(
     call = sync_reply.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert sync_reply.choices[0].finish_reason == "tool_calls"
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("NOMYO_"):
+            monkeypatch.delenv(name)
+    router.router.faults.clear()
+    yield
+    router.router.faults.clear()
+
+
+def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
+    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
+    client.client._set_key(key)
+    return client
+
+
+@pytest.mark.usefixtures("_clean")
+def test_model_dump_and_json_like_the_sdk(
+    router: RouterThread, client_key: _core.PrivateKey
+) -> None:
+    import openai.types.chat as sdk
+
+    with sync_chat(router.url, client_key) as client:
+        reply = client.create("m", [{"role": "user", "content": "grüße"}])
+    dumped = reply.model_dump()
+    assert type(dumped) is dict and type(dumped["choices"][0]) is dict
+    assert dumped == reply.to_dict()
+    compact = reply.model_dump_json()
+    assert json.loads(compact) == dumped
+    assert compact == json.dumps(dumped, separators=(",", ":"), ensure_ascii=False)
+    assert "grüße" in compact
+    assert reply.to_json() == json.dumps(dumped, indent=2, ensure_ascii=False)
+    assert json.loads(reply.model_dump_json(indent=4)) == dumped
+    assert "null" not in reply.model_dump_json(exclude_none=True)
+    # the SDK's own model reads what we dump
+    parsed = sdk.ChatCompletion.model_validate(dumped)
+    assert parsed.choices[0].message.content == "grüße"
+
+
+@pytest.mark.usefixtures("_clean")
+def test_a_cached_reply_rebuilt_from_plain_data(
+    router: RouterThread, client_key: _core.PrivateKey
+) -> None:
+    with sync_chat(router.url, client_key) as client:
+        reply = client.create("m", HELLO)
+    cached = json.loads(reply.model_dump_json())
+    for rebuilt in (
+        nomyo.ChatCompletion(cached),
+        nomyo.ChatCompletion(**cached),
+        nomyo.ChatCompletion.model_validate(cached),
+        pickle.loads(pickle.dumps(nomyo.ChatCompletion(cached))),
+    ):
+        assert rebuilt == reply
+        assert rebuilt.choices[0].message.content == "hello"
+        assert isinstance(rebuilt.choices[0], nomyo.Choice)
+        assert isinstance(rebuilt.choices, nomyo.ResponseList)
+        assert rebuilt.usage is not None and rebuilt.usage.total_tokens > 0
+        assert rebuilt._metadata.payload_id == reply._metadata.payload_id
+        assert "hello" not in repr(rebuilt), "content stays hidden"
+    with pytest.raises(TypeError):
+        nomyo.ChatCompletion.model_validate([1, 2])  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -521,3 +522,35 @@ def test_core_dump_holds_the_control_canary_but_not_the_secret(
     # Not the canary, and not any 16-byte piece of it.
     leaked = [i for i in range(0, size, 16) if secret[i : i + 16] in data]
     assert not leaked, f"pieces of the secret buffer's canary are in the dump at {leaked[:8]}"
+
+
+def test_wipe_on_fork_reported() -> None:
+    info = _core.memory_protection_info()
+    assert isinstance(info["has_wipe_on_fork"], bool)
+    if sys.platform == "linux":
+        assert info["has_wipe_on_fork"] is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_forked_child_sees_zeros() -> None:
+    if not _core.memory_protection_info()["has_wipe_on_fork"]:
+        pytest.skip("MADV_WIPEONFORK unavailable")
+    secret = b"top secret plaintext"
+    buf = _core.SecretBuffer(secret)
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.write(w, bytes(buf))
+        finally:
+            os._exit(0)
+    os.close(w)
+    child = b""
+    while chunk := os.read(r, 4096):
+        child += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert bytes(buf) == secret
+    assert child == b"\0" * len(secret)

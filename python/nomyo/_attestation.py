@@ -6,7 +6,7 @@ import os
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import _core
+from ._core import verify_attestation
 from ._exceptions import ConfigurationError, SecurityError
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def apply_attestation_policy(
     block = metadata.get("tpm_attestation")
     policy = None if expected_pcrs is None else {k: dict(v) for k, v in expected_pcrs.items()}
     pins = sorted(trusted_aiks) if trusted_aiks else None
-    result = _core.verify_attestation(block, payload_id, policy, pins)
+    result = verify_attestation(block, payload_id, policy, pins)
     metadata["attestation_verification"] = result
     if mode == "require" and not result["valid"]:
         why = "absent" if not result["available"] else f"invalid ({result['reason']})"

@@ -15,34 +15,26 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, urlencode
 
-from . import _core
 from ._attestation import (
-    AttestationMode,
-    PcrPolicy,
-    ReplyBindingMode,
     apply_attestation_policy,
-    check_mode,
     check_remembered,
-    check_reply_binding,
-    remembered_pcrs,
 )
-from ._config import resolve_base_url
+from ._config import ClientOptions
 from ._constants import (
     COMPLETION_PATH,
     KEY_SIZE,
     MAX_DETAIL_CHARS,
-    MAX_REQUEST_BYTES,
-    MAX_RESPONSE_LIMIT,
     MAX_RETRY_AFTER,
     PUBLIC_KEY_PATH,
     REPLY_BINDING_KEY,
     SECURITY_TIERS,
 )
-from ._ephemeral import ProcessKey, process_key, resolve_rotation_interval
+from ._core import PrivateKey, PublicKey
+from ._ephemeral import ProcessKey, process_key
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -57,13 +49,11 @@ from ._exceptions import (
 )
 from ._keys import Password, load_private_key, read_public_key_pem, save_key_pair
 from ._known_hosts import KnownHosts, normalise_fingerprints
-from ._memory import SecureMemoryMode, SecureMemoryOption, secure_memory_mode
-from ._params import NOT_GIVEN, NotGiven, is_given
-from ._ratelimit import RateLimiter, make_rate_limiter
-from ._receipts import ReceiptContext, receipts_writer
+from ._memory import SecureMemoryMode
+from ._params import NotGiven, is_given
+from ._receipts import ReceiptContext
 from ._response import ChatCompletion, to_response
 from ._retry import is_permanent_network_failure, parse_retry_after, should_retry
-from ._transport import check_base_url
 
 __all__ = ["BaseSecureClient", "KeyRotated", "error_details", "normalise_fingerprints"]
 
@@ -164,78 +154,38 @@ def complete_metadata(
 class BaseSecureClient:
     """Shared state and logic of the secure-completion clients (see their docstrings)."""
 
-    def __init__(
-        self,
-        router_url: str | None,
-        allow_http: bool,
-        secure_memory: SecureMemoryOption,
-        max_retries: int,
-        *,
-        server_key_fingerprint: str | Iterable[str] | None,
-        known_hosts: bool | str | os.PathLike[str] | None,
-        attestation: AttestationMode,
-        expected_pcrs: PcrPolicy | Literal["tofu"] | None,
-        max_response_size: int,
-        rate_limit: bool | RateLimiter | None,
-        trusted_aik: str | Iterable[str] | None = None,
-        reply_binding: ReplyBindingMode = "off",
-        max_request_size: int = MAX_REQUEST_BYTES,
-        receipts: bool | str | os.PathLike[str] | None = None,
-        known_pcrs: str | os.PathLike[str] | None = None,
-        key_rotation_interval: float | NotGiven | None = NOT_GIVEN,
-    ) -> None:
-        if max_retries < 0:
-            raise ConfigurationError("max_retries must be >= 0")
-        if (
-            isinstance(max_request_size, bool)
-            or not isinstance(max_request_size, int)
-            or max_request_size <= 0
-        ):
-            raise ConfigurationError("max_request_size must be a positive int (bytes)")
-        if (
-            isinstance(max_response_size, bool)
-            or not isinstance(max_response_size, int)
-            or not 1 <= max_response_size <= MAX_RESPONSE_LIMIT
-        ):
-            raise ConfigurationError(
-                f"max_response_size must be an int from 1 to {MAX_RESPONSE_LIMIT} bytes (1 GiB)"
-            )
-        self.router_url = check_base_url(resolve_base_url(router_url), allow_http)
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self.router_url = options.url
         self._closed = False
-        self.allow_http = allow_http
-        self.max_retries = max_retries
+        self.allow_http = options.allow_http
+        self.max_retries = options.max_retries
         self.key_size = KEY_SIZE
-        self.private_key: _core.PrivateKey | None = None
+        self.private_key: PrivateKey | None = None
         self.public_key_pem: str | None = None
         self._quoted_public_key: tuple[str, str] | None = None
         #: Seconds between rotations of the process-wide key (None: never); a client given
         #: a key of its own (``generate_keys``, ``load_keys``, ``key_dir``) keeps that one.
-        self.key_rotation_interval = resolve_rotation_interval(key_rotation_interval)
-        self._secure_memory = secure_memory
+        self.key_rotation_interval = options.rotation_interval
         #: The policy of its secret buffers (see :func:`~nomyo._memory.secure_memory_mode`).
-        self.secure_memory_mode: SecureMemoryMode = secure_memory_mode(secure_memory)
-        self._pins = normalise_fingerprints(server_key_fingerprint)
+        self.secure_memory_mode: SecureMemoryMode = options.secure_memory_mode
+        self._pins = options.pins
+        known_hosts = options.known_hosts
         self._known_hosts = (
             None
             if known_hosts is None or known_hosts is False
             else KnownHosts(None if known_hosts is True else known_hosts)
         )
-        self.attestation = check_mode(attestation)
-        self._known_pcrs = remembered_pcrs(expected_pcrs, known_pcrs, self.attestation)
-        self.expected_pcrs: PcrPolicy | None = (
-            None if self._known_pcrs is not None or expected_pcrs == "tofu" else expected_pcrs
-        )
-        self._receipts = receipts_writer(receipts)
-        self.trusted_aiks = normalise_fingerprints(trusted_aik)
-        if self.trusted_aiks and self.attestation == "off":
-            raise ConfigurationError(
-                "trusted_aik needs attestation='require' (or 'verify' to only report it)"
-            )
-        self.reply_binding = check_reply_binding(reply_binding)
-        self.rate_limiter = make_rate_limiter(rate_limit)
-        self._max_response = max_response_size
-        self.max_request_size = max_request_size
-        self._server_key: _core.PublicKey | None = None
+        self.attestation = options.attestation
+        self._known_pcrs = options.remembered_pcrs
+        self.expected_pcrs = options.pcr_policy
+        self._receipts = options.receipt_writer
+        self.trusted_aiks = options.trusted_aiks
+        self.reply_binding = options.reply_binding
+        self.rate_limiter = options.rate_limiter
+        self._max_response = options.max_response_size
+        self.max_request_size = options.max_request_size
+        self._server_key: PublicKey | None = None
         self._server_key_pem: str | None = None
         self.server_key_fetches = 0
 
@@ -244,7 +194,7 @@ class BaseSecureClient:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def _set_key(self, key: _core.PrivateKey, public_key_pem: str | None = None) -> None:
+    def _set_key(self, key: PrivateKey, public_key_pem: str | None = None) -> None:
         self.private_key = key
         self.public_key_pem = public_key_pem or key.public_key().to_pem()
 
@@ -261,7 +211,7 @@ class BaseSecureClient:
         Raises:
             FileExistsError: a key file exists in ``key_dir`` and ``overwrite`` is false.
         """
-        key = _core.PrivateKey.generate(self.key_size)
+        key = PrivateKey.generate(self.key_size)
         if save_to_file:
             save_key_pair(key, key_dir, password, overwrite=overwrite)
         self._set_key(key)
@@ -284,13 +234,13 @@ class BaseSecureClient:
         pem = None
         if public_key_path is not None:
             pem = read_public_key_pem(public_key_path)
-            if _core.PublicKey.from_pem(pem) != key.public_key():
+            if PublicKey.from_pem(pem) != key.public_key():
                 raise KeyFormatError(
                     f"{public_key_path} does not hold the public key of {private_key_path}"
                 )
         self._set_key(key, pem)
 
-    def _public_key_header(self, private_key: _core.PrivateKey) -> str:
+    def _public_key_header(self, private_key: PrivateKey) -> str:
         """The URL-quoted public key PEM, quoted once per key."""
         pem = self.public_key_pem or private_key.public_key().to_pem()
         cached = self._quoted_public_key
@@ -307,7 +257,7 @@ class BaseSecureClient:
         if self._closed:
             raise ClientClosedError("Cannot send a request, as the client has been closed.")
 
-    def _require_keys(self) -> _core.PrivateKey:
+    def _require_keys(self) -> PrivateKey:
         """This client's own key, else the process-wide one (made now if needed: blocks)."""
         if self.private_key is not None:
             return self.private_key
@@ -318,7 +268,7 @@ class BaseSecureClient:
         """The process-wide key pair this client seals under while it has none of its own."""
         return process_key(self.key_rotation_interval, self.key_size)
 
-    def _sealing_key(self) -> tuple[_core.PrivateKey, str] | None:
+    def _sealing_key(self) -> tuple[PrivateKey, str] | None:
         """The key to seal the next request under and its ``X-Public-Key`` header value.
 
         This client's own key, else the process-wide pair; None while that is still being
@@ -331,7 +281,7 @@ class BaseSecureClient:
         return None if pair is None else (pair.private_key, pair.quoted_public_key)
 
     @property
-    def server_public_key(self) -> _core.PublicKey | None:
+    def server_public_key(self) -> PublicKey | None:
         """The cached server key, once fetched."""
         return self._server_key
 
@@ -351,7 +301,7 @@ class BaseSecureClient:
                 error_for_status(status, error_details(body)), PUBLIC_KEY_PATH
             )
         try:
-            key = _core.PublicKey.from_pem(text)
+            key = PublicKey.from_pem(text)
         except KeyFormatError as exc:
             raise KeyFormatError(f"the server returned an invalid public key: {exc}") from None
         if self._pins and key.fingerprint() not in self._pins:

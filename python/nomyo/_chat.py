@@ -9,48 +9,61 @@ the ``stream=True`` refusal, the request body, and loading or generating the key
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
 
-from . import _aio, _core
+from . import _aio
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
-from ._base import BaseSecureClient
 from ._client import SecureCompletionClient
-from ._config import normalise_base_url, resolve_api_key
+from ._config import ClientOptions, VerifyTypes, normalise_base_url, resolve_api_key
 from ._constants import (
     DEFAULT_MAX_RETRIES,
     MAX_REQUEST_BYTES,
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
 )
+from ._core import PrivateKey
 from ._exceptions import InvalidRequestError
 from ._keys import Password, password_from_env, save_key_pair
 from ._lifecycle import AsyncCloseable, Closeable
 from ._memory import SecureMemoryOption
 from ._params import (
     NOT_GIVEN,
-    OPENAI_PARAMETERS,
+    CreateArguments,
     NotGiven,
-    SecurityTier,
-    given_parameters,
+    RequestOptions,
+    TimeoutTypes,
+    create_signature,
+    split_arguments,
 )
-from ._ratelimit import RateLimiter, make_rate_limiter
+from ._pipeline import ClientT, HttpClientT, TransportT
+from ._ratelimit import RateLimiter
 from ._receipts import streamed
 from ._response import ChatCompletion
-from ._signature import takes_arguments_of
 from ._stream import AsyncStream, Stream
 from ._sync_client import SyncSecureCompletionClient
-from ._transport import TimeoutTypes, VerifyTypes
 
 if TYPE_CHECKING:
     import httpx  # noqa: F401  (the twins' generic arguments name it)
+    from typing_extensions import Unpack
 
 __all__ = [
-    "CLIENT_ARGUMENTS",
     "AsyncChat",
     "AsyncCompletions",
     "BaseSecureChat",
@@ -61,31 +74,14 @@ __all__ = [
     "checked_messages",
 ]
 
-#: Arguments of ``create`` that configure the request instead of going into its body: nomyo's
-#: own, and the official SDK's per-call options (honoured as the SDK does).
-CLIENT_ARGUMENTS = (
-    "security_tier",
-    "api_key",
-    "base_url",
-    "extra_body",
-    "timeout",
-    "max_retries",
-    "extra_headers",
-    "extra_query",
-)
-
-ClientT = TypeVar("ClientT", bound=BaseSecureClient)
-TransportT = TypeVar("TransportT")
-HttpClientT = TypeVar("HttpClientT")
-
 
 class PreparedRequest(NamedTuple):
-    """A checked ``create`` call: the router override, then ``send_secure_request``'s
-    positional and keyword arguments."""
+    """A checked ``create`` call: its plaintext body, payload id and options (``api_key``
+    resolved to the client's when not given)."""
 
-    base_url: str | None
-    arguments: tuple[dict[str, Any], str, str | None, str | None]
-    options: dict[str, Any]
+    payload: dict[str, Any]
+    payload_id: str
+    options: RequestOptions
 
 
 Messages = Iterable[Mapping[str, Any]]
@@ -150,43 +146,28 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         known_pcrs: str | os.PathLike[str] | None = None,
         key_rotation_interval: float | NotGiven | None = NOT_GIVEN,
     ) -> None:
-        options: dict[str, Any] = {
-            "receipts": receipts,
-            "known_pcrs": known_pcrs,
-            "max_request_size": max_request_size,
-            "known_hosts": known_hosts,
-            "attestation": attestation,
-            "expected_pcrs": expected_pcrs,
-            "trusted_aik": trusted_aik,
-            "reply_binding": reply_binding,
-            "allow_http": allow_http,
-            "secure_memory": secure_memory,
-            "max_retries": max_retries,
-            "timeout": timeout,
-            "verify": verify,
-            "server_key_fingerprint": server_key_fingerprint,
-            "transport": transport,
-            "rate_limit": rate_limit,
-            "key_rotation_interval": key_rotation_interval,
-        }
-        self._setup(base_url, api_key, key_dir, key_password, http_client, options)
-        # A thread lock (taken on a worker thread by the async twin): unlike an async lock it
-        # is not tied to one event loop (or backend).
-        self._keys_lock = threading.Lock()
-        self.chat = self._chat_class(self)
-
-    def _setup(
-        self,
-        base_url: str | None,
-        api_key: str | None,
-        key_dir: str | os.PathLike[str] | None,
-        key_password: Password,
-        http_client: object,
-        options: dict[str, Any],
-    ) -> None:
-        options["rate_limit"] = make_rate_limiter(options.get("rate_limit"))
-        self._options = options
-        self.client = self._new_client(base_url, http_client)
+        options = ClientOptions(
+            base_url,
+            allow_http,
+            secure_memory,
+            max_retries,
+            timeout=timeout,
+            verify=verify,
+            server_key_fingerprint=server_key_fingerprint,
+            known_hosts=known_hosts,
+            attestation=attestation,
+            expected_pcrs=expected_pcrs,
+            transport=transport,
+            http_client=http_client,
+            rate_limit=rate_limit,
+            trusted_aik=trusted_aik,
+            reply_binding=reply_binding,
+            max_request_size=max_request_size,
+            receipts=receipts,
+            known_pcrs=known_pcrs,
+            key_rotation_interval=key_rotation_interval,
+        )
+        self.client = self._client_class.from_options(options)
         self.api_key = resolve_api_key(api_key)
         self._key_dir = None if key_dir is None else Path(key_dir)
         if self._key_dir is None:
@@ -194,14 +175,15 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         self._key_password = key_password if key_password is not None else password_from_env()
         self._other_clients: dict[str, ClientT] = {}
         self._clients_lock = threading.Lock()
+        # A thread lock (taken on a worker thread by the async twin): unlike an async lock it
+        # is not tied to one event loop (or backend).
+        self._keys_lock = threading.Lock()
+        self.chat = self._chat_class(self)
 
     #: The class of ``client`` (and of the per-call ``base_url`` clients).
-    _client_class: Callable[..., ClientT]
+    _client_class: type[ClientT]
     #: The class of ``chat`` (``client.chat.completions.create(...)``).
     _chat_class: Callable[[Any], Any]
-
-    def _new_client(self, base_url: str | None, http_client: object = None) -> ClientT:
-        return self._client_class(base_url, http_client=http_client, **self._options)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.client.router_url}>"
@@ -229,7 +211,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
                 password=self._key_password,
             )
             return
-        key = _core.PrivateKey.generate(self.client.key_size)
+        key = PrivateKey.generate(self.client.key_size)
         # FileExistsError: another process created the pair first; use that one.
         with contextlib.suppress(FileExistsError):
             save_key_pair(key, self._key_dir, self._key_password)
@@ -248,7 +230,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         with self._clients_lock:
             other = self._other_clients.get(url)
             if other is None:
-                other = self._new_client(url)
+                other = self._client_class.from_options(self.client.options.for_router(url))
                 self._other_clients[url] = other
         if other.private_key is None and self.client.private_key is not None:
             other._set_key(self.client.private_key, self.client.public_key_pem)
@@ -285,39 +267,7 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
         return payload
 
     def _prepare(
-        self,
-        /,
-        model: str,
-        messages: Messages,
-        *,
-        frequency_penalty: float | NotGiven | None = NOT_GIVEN,
-        logit_bias: Mapping[str, int] | NotGiven | None = NOT_GIVEN,
-        logprobs: bool | NotGiven | None = NOT_GIVEN,
-        max_completion_tokens: int | NotGiven | None = NOT_GIVEN,
-        max_tokens: int | NotGiven | None = NOT_GIVEN,
-        n: int | NotGiven | None = NOT_GIVEN,
-        parallel_tool_calls: bool | NotGiven = NOT_GIVEN,
-        presence_penalty: float | NotGiven | None = NOT_GIVEN,
-        reasoning_effort: str | NotGiven | None = NOT_GIVEN,
-        response_format: Mapping[str, Any] | NotGiven = NOT_GIVEN,
-        seed: int | NotGiven | None = NOT_GIVEN,
-        stop: str | Sequence[str] | NotGiven | None = NOT_GIVEN,
-        stream: bool | NotGiven | None = NOT_GIVEN,
-        temperature: float | NotGiven | None = NOT_GIVEN,
-        tool_choice: str | Mapping[str, Any] | NotGiven = NOT_GIVEN,
-        tools: Iterable[Mapping[str, Any]] | NotGiven = NOT_GIVEN,
-        top_logprobs: int | NotGiven | None = NOT_GIVEN,
-        top_p: float | NotGiven | None = NOT_GIVEN,
-        user: str | NotGiven = NOT_GIVEN,
-        security_tier: SecurityTier | str | None = None,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        extra_headers: Mapping[str, str | None] | None = None,
-        extra_query: Mapping[str, object] | None = None,
-        **kwargs: Any,
+        self, model: str, messages: Messages, stream: object, kwargs: Mapping[str, Any]
     ) -> PreparedRequest:
         """Check the arguments of ``create`` (both twins) and build the request.
 
@@ -325,22 +275,13 @@ class BaseSecureChat(Generic[ClientT, TransportT, HttpClientT]):
             TypeError / InvalidRequestError: see ``create``; RuntimeError: the client is
                 closed.
         """
-        parameters = given_parameters(locals(), OPENAI_PARAMETERS)
-        payload = self._payload(model, messages, parameters, extra_body, kwargs)
-        self._client_for(base_url)
-        return PreparedRequest(
-            base_url,
-            (payload, _new_payload_id(), self._api_key_for(api_key), security_tier),
-            {
-                "timeout": timeout,
-                "max_retries": max_retries,
-                "extra_headers": extra_headers,
-                "extra_query": extra_query,
-            },
-        )
-
-    def _api_key_for(self, api_key: str | None) -> str | None:
-        return api_key if api_key is not None else self.api_key
+        given = {**kwargs, "stream": stream} if stream is not NOT_GIVEN else kwargs
+        parameters, options, other = split_arguments(given)
+        payload = self._payload(model, messages, parameters, options.extra_body, other)
+        self._client_for(options.base_url)
+        if options.api_key is None and self.api_key is not None:
+            options = dataclasses.replace(options, api_key=self.api_key)
+        return PreparedRequest(payload, options.payload_id or _new_payload_id(), options)
 
 
 def _stream_arguments(
@@ -370,6 +311,37 @@ def _as_stream(
     return stream_class(completion, include_usage=include_usage) if stream else completion
 
 
+CompletionT = TypeVar("CompletionT", covariant=True)
+ChunksT = TypeVar("ChunksT", covariant=True)
+
+
+class CreateCall(Protocol[CompletionT, ChunksT]):
+    """``chat.completions.create`` of either client, typed once: ``stream=True`` gives the
+    chunks (a stream), anything else the completion; ``**kwargs`` are ``CreateArguments``."""
+
+    @overload
+    def __call__(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: Literal[True],
+        stream_options: Mapping[str, Any] | None = None,
+        **kwargs: Unpack[CreateArguments],
+    ) -> ChunksT: ...
+
+    @overload
+    def __call__(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
+        stream_options: None = None,
+        **kwargs: Unpack[CreateArguments],
+    ) -> CompletionT: ...
+
+
 class AsyncCompletions:
     """``client.chat.completions`` of :class:`SecureChatCompletion`.
 
@@ -378,38 +350,19 @@ class AsyncCompletions:
     answers once; the stream gives that reply back as OpenAI's chunks, see ``nomyo._stream``).
     """
 
+    create: CreateCall[Awaitable[ChatCompletion], Awaitable[AsyncStream]]
+
     def __init__(self, owner: SecureChatCompletion) -> None:
         self._owner = owner
+        self.create = self._create
 
-    @overload
-    async def create(
-        self,
-        *args: Any,
-        stream: Literal[True],
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> AsyncStream: ...
-
-    @overload
-    async def create(
-        self,
-        *args: Any,
-        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
-        stream_options: None = None,
-        **kwargs: Any,
-    ) -> ChatCompletion: ...
-
-    async def create(
-        self,
-        *args: Any,
-        stream: bool | NotGiven | None = NOT_GIVEN,
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> ChatCompletion | AsyncStream:
+    async def _create(self, model: str, messages: Messages, **kwargs: Any) -> Any:
         """``await client.chat.completions.create(model=..., messages=..., ...)``"""
-        streaming = _stream_arguments(stream, stream_options)
+        streaming = _stream_arguments(
+            kwargs.pop("stream", NOT_GIVEN), kwargs.pop("stream_options", None)
+        )
         with streamed(streaming[0]):
-            completion = await self._owner.create(*args, **kwargs)
+            completion = await self._owner.create(model, messages, **kwargs)
         return _as_stream(completion, streaming, AsyncStream)
 
 
@@ -428,38 +381,19 @@ class SyncCompletions:
     :class:`AsyncCompletions`).
     """
 
+    create: CreateCall[ChatCompletion, Stream]
+
     def __init__(self, owner: SyncSecureChatCompletion) -> None:
         self._owner = owner
+        self.create = self._create
 
-    @overload
-    def create(
-        self,
-        *args: Any,
-        stream: Literal[True],
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Stream: ...
-
-    @overload
-    def create(
-        self,
-        *args: Any,
-        stream: Literal[False] | NotGiven | None = NOT_GIVEN,
-        stream_options: None = None,
-        **kwargs: Any,
-    ) -> ChatCompletion: ...
-
-    def create(
-        self,
-        *args: Any,
-        stream: bool | NotGiven | None = NOT_GIVEN,
-        stream_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> ChatCompletion | Stream:
+    def _create(self, model: str, messages: Messages, **kwargs: Any) -> Any:
         """``client.chat.completions.create(model=..., messages=..., ...)``"""
-        streaming = _stream_arguments(stream, stream_options)
+        streaming = _stream_arguments(
+            kwargs.pop("stream", NOT_GIVEN), kwargs.pop("stream_options", None)
+        )
         with streamed(streaming[0]):
-            completion = self._owner.create(*args, **kwargs)
+            completion = self._owner.create(model, messages, **kwargs)
         return _as_stream(completion, streaming, Stream)
 
 
@@ -472,6 +406,19 @@ class SyncChat:
 
 def _new_payload_id() -> str:
     return str(uuid.uuid4())
+
+
+CreateT = TypeVar("CreateT", bound=Callable[..., Any])
+
+
+def _create_signature(create: CreateT) -> CreateT:
+    """Show every keyword of ``create`` in ``help()`` and ``inspect.signature``: its typed
+    ``**kwargs`` stand for the OpenAI parameters and request options of ``_params``."""
+    signature = inspect.signature(create)
+    owner = [p for p in signature.parameters.values() if p.name in ("self", "model", "messages")]
+    parameters = create_signature(owner)
+    create.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return create
 
 
 class SecureChatCompletion(
@@ -527,8 +474,15 @@ class SecureChatCompletion(
             if self.client.private_key is None:
                 self._load_or_generate()
 
-    @takes_arguments_of(BaseSecureChat._prepare)
-    async def create(self, *args: Any, **kwargs: Any) -> ChatCompletion:
+    @_create_signature
+    async def create(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: bool | NotGiven | None = NOT_GIVEN,
+        **kwargs: Unpack[CreateArguments],
+    ) -> ChatCompletion:
         """Create an encrypted chat completion.
 
         The OpenAI parameters go into the encrypted request only when given (``NOT_GIVEN``
@@ -537,7 +491,7 @@ class SecureChatCompletion(
         and never go into its body: ``timeout``, ``max_retries``, ``extra_headers`` (HTTP
         headers to the router; ``Authorization``/``X-Security-Tier`` may be replaced, None
         removes one), ``extra_query`` (the URL's query), and nomyo's ``security_tier``,
-        ``api_key`` and ``base_url``.
+        ``api_key``, ``base_url`` and ``payload_id`` (the request's ``X-Payload-ID``).
 
         Returns:
             The decrypted ``chat.completion`` (a ``dict`` with attribute access), with
@@ -552,10 +506,10 @@ class SecureChatCompletion(
             SecurityError, EnvelopeError, APIError, APIConnectionError: see
                 :meth:`SecureCompletionClient.send_secure_request`.
         """
-        request = self._prepare(*args, **kwargs)
+        request = self._prepare(model, messages, stream, kwargs)
         await self._ensure_keys()
-        client = self._client_for(request.base_url)
-        return await client.send_secure_request(*request.arguments, **request.options)
+        client = self._client_for(request.options.base_url)
+        return await client._drive(client._call_flow(*request))
 
     async def acreate(self, model: str, messages: Messages, **kwargs: Any) -> ChatCompletion:
         """Alias of :meth:`create`."""
@@ -588,13 +542,20 @@ class SyncSecureChatCompletion(
                 if self.client.private_key is None:
                     self._load_or_generate()
 
-    @takes_arguments_of(BaseSecureChat._prepare)
-    def create(self, *args: Any, **kwargs: Any) -> ChatCompletion:
+    @_create_signature
+    def create(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        stream: bool | NotGiven | None = NOT_GIVEN,
+        **kwargs: Unpack[CreateArguments],
+    ) -> ChatCompletion:
         """Create an encrypted chat completion (blocking); see ``SecureChatCompletion.create``."""
-        request = self._prepare(*args, **kwargs)
+        request = self._prepare(model, messages, stream, kwargs)
         self._ensure_keys()
-        client = self._client_for(request.base_url)
-        return client.send_secure_request(*request.arguments, **request.options)
+        client = self._client_for(request.options.base_url)
+        return client._drive(client._call_flow(*request))
 
     def close(self) -> None:
         """Close the connection pools."""

@@ -1,23 +1,22 @@
 """``SecureCompletionClient``: the async secure-completion client.
 
 A thin shell over the pipeline (``_pipeline``): it drives the flows awaiting each effect
-on the running loop (asyncio, uvloop or trio), and keeps its pool and lock on that loop.
+on the running loop (asyncio, uvloop or trio); its transport keeps its pool on that loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from . import _aio
+from ._effects import Flow, T, adrive
 from ._lifecycle import AsyncCloseable
-from ._pipeline import Flow, PipelineClient, T, adrive
+from ._pipeline import PipelineClient
 from ._response import ChatCompletion
 from ._signature import takes_arguments_of
-from ._transport import make_async_client
 
 if TYPE_CHECKING:
-    import httpx
+    import httpx  # noqa: F401  (the generic arguments name it)
 
 __all__ = ["SecureCompletionClient"]
 
@@ -92,38 +91,15 @@ class SecureCompletionClient(
         SecurityError: an ``http://`` URL without ``allow_http=True``.
     """
 
-    #: The event loop the pool and lock belong to (an asyncio loop, or a trio run's token).
-    _loop: object | None = None
+    _asynchronous = True
     _server_key_lock: _aio.AsyncLock
-
-    def _new_http(self) -> httpx.AsyncClient:
-        return make_async_client(**self._http_options)
 
     @staticmethod
     def _new_lock() -> _aio.AsyncLock:
         return _aio.new_lock()
 
     async def _drive(self, flow: Flow[T]) -> T:
-        return await adrive(flow, self)
-
-    def _bind_loop(self) -> None:
-        """Keep the pool and locks on the running event loop (asyncio, uvloop or trio).
-
-        Connections belong to the loop that opened them; when the client is used from a new
-        loop (e.g. a second ``asyncio.run`` or ``trio.run``), a fresh pool replaces the
-        orphaned one.
-        """
-        self._check_open()
-        try:  # asyncio's loop without a call more: this runs for every request
-            loop: object = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = _aio.current_loop()  # trio's run, or no loop (RuntimeError)
-        if self._loop is loop:
-            return
-        if self._loop is not None and self._owns_http and self._http is not None:
-            self._http = make_async_client(**self._http_options)
-        self._server_key_lock = _aio.new_lock()
-        self._loop = loop
+        return await adrive(flow, self._transport)
 
     async def fetch_server_public_key(self) -> str:
         """Fetch, validate and cache the server's public key; returns its PEM.
@@ -188,14 +164,4 @@ class SecureCompletionClient(
         """Close the connection pool (if this client created it); later requests raise
         ``RuntimeError``."""
         self._closed = True
-        if self._native is not None:
-            self._native.close()
-            return
-        if not self._owns_http or self._http is None:
-            return
-        if self._loop is not None and self._loop is not _aio.current_loop():
-            # The pool belongs to an event loop that has ended; its connections went with it.
-            self._http = make_async_client(**self._http_options)
-            self._loop = None
-            return
-        await self._http.aclose()
+        await self._transport.aclose()

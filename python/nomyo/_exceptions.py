@@ -183,23 +183,10 @@ class RequestTooLargeError(InvalidRequestError):
     default_status = 413
 
     def __init__(
-        self,
-        message: str,
-        status_code: int | None = None,
-        error_details: dict[str, Any] | None = None,
-        *,
-        payload_id: str | None = None,
-        retry_after: float | None = None,
-        limit: int | None = None,
-        size: int | None = None,
+        self, *args: Any, limit: int | None = None, size: int | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(
-            message,
-            status_code,
-            error_details,
-            payload_id=payload_id,
-            retry_after=retry_after,
-        )
+        """Takes :class:`APIError`'s arguments, then ``limit`` and ``size``."""
+        super().__init__(*args, **kwargs)
         self.limit = limit
         self.size = size
 

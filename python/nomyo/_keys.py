@@ -8,8 +8,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from . import _core
 from ._constants import KEY_SIZE, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
+from ._core import PrivateKey, write_file
 from ._exceptions import KeyFormatError
 from ._files import UnsafeFileError, check_directory, read_text
 
@@ -89,7 +89,7 @@ def read_public_key_pem(path: str | os.PathLike[str]) -> str:
 
 def load_private_key(
     path: str | os.PathLike[str], password: Password = None, *, allow_readable: bool = False
-) -> _core.PrivateKey:
+) -> PrivateKey:
     """Load a PKCS#8 PEM private key file.
 
     Args:
@@ -109,7 +109,7 @@ def load_private_key(
     # PEM of an unencrypted key never becomes a Python bytes object.
     _check_key_dir(Path(os.path.abspath(path)).parent)
     try:
-        return _core.PrivateKey.load(os.fspath(path), resolve_password(password), allow_readable)
+        return PrivateKey.load(os.fspath(path), resolve_password(password), allow_readable)
     except OSError as exc:
         if exc.errno == errno.ELOOP or Path(path).is_symlink():  # O_NOFOLLOW met a link
             raise KeyFormatError(
@@ -120,7 +120,7 @@ def load_private_key(
 
 
 def save_key_pair(
-    key: _core.PrivateKey,
+    key: PrivateKey,
     key_dir: str | os.PathLike[str],
     password: Password = None,
     *,
@@ -142,12 +142,12 @@ def save_key_pair(
                 raise FileExistsError(f"{existing} already exists; refusing to overwrite a key")
     secret = resolve_password(password)
     key.save(str(private_path), secret, overwrite)
-    _core.write_file(str(public_path), key.public_key().to_pem(), overwrite, 0o644)
+    write_file(str(public_path), key.public_key().to_pem(), overwrite, 0o644)
     if not secret:
         logger.warning("private key saved without a password in %s", directory)
     return private_path, public_path
 
 
-def generate_key(bits: int = KEY_SIZE) -> _core.PrivateKey:
+def generate_key(bits: int = KEY_SIZE) -> PrivateKey:
     """Generate an RSA key pair (e = 65537)."""
-    return _core.PrivateKey.generate(bits)
+    return PrivateKey.generate(bits)

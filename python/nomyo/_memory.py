@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
-from . import _core
+from ._core import disable_core_dumps as _disable_core_dumps
+from ._core import lock_bytearray, memory_protection_info, unlock_bytearray, wipe_bytearray
 from ._exceptions import ConfigurationError
 
 __all__ = [
@@ -109,7 +110,7 @@ def get_memory_protection_info() -> dict[str, Any]:
         ``secret_bytes_locked``, ``secret_bytes_not_locked``, ``lock_failures``,
         ``dump_exclusion_failures``, ``require_refusals``.
     """
-    info = dict(_core.memory_protection_info())
+    info = dict(memory_protection_info())
     info["enabled"] = _enabled
     if not _enabled:
         info["protection_level"] = "zeroing_only"
@@ -129,7 +130,7 @@ def disable_core_dumps() -> bool:
     Returns:
         True if every step succeeded.
     """
-    return _core.disable_core_dumps()
+    return _disable_core_dumps()
 
 
 def disable_secure_memory() -> None:
@@ -159,7 +160,7 @@ class SecureBuffer:
         self._data = bytearray(data)
         self._locked = False
         if isinstance(data, bytearray):
-            _core.wipe_bytearray(data)
+            wipe_bytearray(data)
 
     @property
     def data(self) -> bytearray:
@@ -179,18 +180,18 @@ class SecureBuffer:
     def lock(self) -> bool:
         """Lock the pages in RAM (best effort); returns whether they are locked."""
         if not self._locked and _enabled:
-            self._locked = _core.lock_bytearray(self._data)
+            self._locked = lock_bytearray(self._data)
         return self._locked
 
     def unlock(self) -> bool:
         """Unlock the pages; returns True when they are no longer locked."""
-        if self._locked and _core.unlock_bytearray(self._data):
+        if self._locked and unlock_bytearray(self._data):
             self._locked = False
         return not self._locked
 
     def zero(self) -> None:
         """Overwrite the contents with zeros."""
-        _core.wipe_bytearray(self._data)
+        wipe_bytearray(self._data)
 
     def __enter__(self) -> SecureBuffer:
         self.lock()

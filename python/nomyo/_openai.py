@@ -71,7 +71,7 @@ from ._relay import (
 from ._response import ChatCompletion
 from ._responses import RESPONSES
 from ._signature import same_arguments_as
-from ._transport import default_timeout
+from ._transports.httpx import default_timeout
 
 if TYPE_CHECKING:
     # The clients are of the httpx the installed SDK builds on: httpx2 for openai 3.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core
+from ._core import dumps
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -24,6 +24,7 @@ from ._exceptions import (
     SecureMemoryError,
     SecurityError,
 )
+from ._params import REQUEST_OPTIONS
 from ._stream import completion_chunks
 
 __all__ = [
@@ -46,17 +47,10 @@ __all__ = [
     "sse_stream",
 ]
 
-#: Fields of a relayed body that would reconfigure the client: redirect it, swap its API key,
-#: change its timeouts or retries, or add HTTP headers to the router request.
-REFUSED_FIELDS = (
-    "api_key",
-    "base_url",
-    "extra_body",
-    "extra_headers",
-    "extra_query",
-    "timeout",
-    "max_retries",
-)
+#: Fields of a relayed body that would reconfigure the client (redirect it, swap its API key,
+#: change its timeouts or retries, add HTTP headers to the router request): every option of
+#: a call but the security tier, so a new option is refused here until allowed on purpose.
+REFUSED_FIELDS = tuple(name for name in REQUEST_OPTIONS if name != "security_tier")
 #: The content type of a streamed reply.
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 _NAME, _EVENT, _EVENT_END, _DONE = b"event: ", b"data: ", b"\n\n", b"data: [DONE]\n\n"
@@ -266,7 +260,7 @@ def sse_stream(
     pieces: list[tuple[bytes | None, bytearray]] = []
     try:
         for name, value in events:
-            with _core.dumps(value) as serialised:
+            with dumps(value) as serialised:
                 head = _NAME + name.encode("ascii") + b"\n" if name is not None else None
                 pieces.append((head, serialised.to_bytearray()))
         size = sum(len(h or b"") + len(_EVENT) + len(p) + len(_EVENT_END) for h, p in pieces)
@@ -287,7 +281,7 @@ def sse_stream(
 def reply_body(reply: Mapping[str, Any]) -> bytearray:
     """The reply as compact JSON, serialised in native memory and copied once into a
     ``bytearray`` the caller can wipe."""
-    with _core.dumps(reply) as serialised:
+    with dumps(reply) as serialised:
         return serialised.to_bytearray()
 
 

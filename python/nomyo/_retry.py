@@ -17,7 +17,8 @@ import ssl
 import time
 from collections.abc import Mapping
 
-from . import _core
+import nomyo._core as _core  # the native module itself, not the package above it
+
 from ._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, RETRYABLE_STATUS
 
 __all__ = [

@@ -11,14 +11,14 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._effects import Flow, T, drive
 from ._lifecycle import Closeable
-from ._pipeline import Flow, PipelineClient, T, drive
+from ._pipeline import PipelineClient
 from ._response import ChatCompletion
 from ._signature import takes_arguments_of
-from ._transport import make_sync_client
 
 if TYPE_CHECKING:
-    import httpx
+    import httpx  # noqa: F401  (the generic arguments name it)
 
 __all__ = ["SyncSecureCompletionClient"]
 
@@ -31,15 +31,12 @@ class SyncSecureCompletionClient(PipelineClient["httpx.BaseTransport", "httpx.Cl
     :meth:`close` or use it as a context manager.
     """
 
-    def _new_http(self) -> httpx.Client:
-        return make_sync_client(**self._http_options)
-
     @staticmethod
     def _new_lock() -> threading.Lock:
         return threading.Lock()
 
     def _drive(self, flow: Flow[T]) -> T:
-        return drive(flow, self)
+        return drive(flow, self._transport)
 
     def fetch_server_public_key(self) -> str:
         """Fetch, validate and cache the server's public key; returns its PEM (blocking).
@@ -74,7 +71,4 @@ class SyncSecureCompletionClient(PipelineClient["httpx.BaseTransport", "httpx.Cl
         """Close the connection pool (if this client created it); later requests raise
         ``RuntimeError``."""
         self._closed = True
-        if self._native is not None:
-            self._native.close()
-        elif self._owns_http and self._http is not None:
-            self._http.close()
+        self._transport.close()

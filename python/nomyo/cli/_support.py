@@ -171,7 +171,7 @@ def client_transport(url: str, ca_file: str | None) -> httpx.AsyncBaseTransport 
     configured or ``NO_PROXY`` covers it. httpx ignores ``HTTP(S)_PROXY`` when a transport is
     given, so its TLS settings go here.
     """
-    from .._native import environment_proxies, proxy_configured, proxy_for
+    from .._transports.native import environment_proxies, proxy_configured, proxy_for
 
     host = urlsplit(url).hostname
     if host is None or not is_loopback_host(host) or not proxy_configured():

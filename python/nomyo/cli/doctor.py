@@ -95,7 +95,7 @@ def _proxies() -> dict[str, str]:
 
 
 def _trust_store() -> str:
-    from .._native import native_trust
+    from .._transports.native import native_trust
 
     try:
         paths = native_trust(True, False)

@@ -60,9 +60,9 @@ def make_test_certificates(directory: str | os.PathLike[str], *, days: int = 7) 
     try:
         import cryptography  # noqa: F401
     except ImportError:
-        from .. import _core
+        from .._core import write_dev_certificates
 
-        _core.write_dev_certificates(paths.ca_cert, paths.cert, paths.key, days)
+        write_dev_certificates(paths.ca_cert, paths.cert, paths.key, days)
     else:
         _with_cryptography(paths, days)
     return paths

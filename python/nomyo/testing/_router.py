@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
-from nomyo import _core
 from nomyo._constants import REPLY_BINDING_KEY
 from nomyo._exceptions import EnvelopeError, KeyFormatError, SecurityError
 from nomyo._http_server import Connections, HTTPRequest, HTTPResponse, Limits
+from nomyo._lifecycle import Closeable
 
+from .._core import PrivateKey, PublicKey, memory_protection_info, open_json, seal_json
 from ._backend import Backend, BackendError, EchoBackend, UpstreamBackend, check_chat_request
 from ._faults import Fault, FaultQueue
 
@@ -44,7 +45,6 @@ _MAX_REMEMBERED_REPLIES = 64
 _SECRET_HEADERS = frozenset({"authorization", "x-public-key", "cookie", "proxy-authorization"})
 
 _R = TypeVar("_R", bound="DevRouter")
-_T = TypeVar("_T", bound="RouterThread")
 
 #: Called with the request's payload id; returns the ``_metadata.tpm_attestation`` block.
 AttestationProvider = Callable[[str], dict[str, Any]]
@@ -105,7 +105,7 @@ class _Outcome:
 
     response: HTTPResponse
     record: RecordedRequest
-    client_key: _core.PublicKey | None = None
+    client_key: PublicKey | None = None
     reply: dict[str, Any] | None = field(default=None, repr=False)
 
 
@@ -148,7 +148,7 @@ class DevRouter:
         port: int = 0,
         *,
         api_keys: Iterable[str] | None = None,
-        key: _core.PrivateKey | None = None,
+        key: PrivateKey | None = None,
         key_bits: int = 4096,
         tls_cert: str | None = None,
         tls_key: str | None = None,
@@ -168,7 +168,7 @@ class DevRouter:
         self.port = port
         self._api_keys = tuple(api_keys) if api_keys is not None else None
         self._key_bits = key.key_size if key is not None else key_bits
-        self._key = key if key is not None else _core.PrivateKey.generate(key_bits)
+        self._key = key if key is not None else PrivateKey.generate(key_bits)
         self._tls_cert = tls_cert
         self._tls_key = tls_key
         self.upstream = upstream
@@ -194,12 +194,12 @@ class DevRouter:
         self._stopped: asyncio.Event | None = None
         self._memory_protection: dict[str, Any] | None = None
         self._earlier_replies: OrderedDict[str, bytes] = OrderedDict()
-        self._strangers: dict[int, _core.PrivateKey] = {}
+        self._strangers: dict[int, PrivateKey] = {}
 
     # -- keys ---------------------------------------------------------------------------
 
     @property
-    def public_key(self) -> _core.PublicKey:
+    def public_key(self) -> PublicKey:
         """The server's current public key."""
         return self._key.public_key()
 
@@ -208,9 +208,9 @@ class DevRouter:
         """The server's current public key as SPKI PEM."""
         return self.public_key.to_pem()
 
-    def rotate_key(self) -> _core.PublicKey:
+    def rotate_key(self) -> PublicKey:
         """Replace the server key with a new one (same size); returns the new public key."""
-        self._key = _core.PrivateKey.generate(self._key_bits)
+        self._key = PrivateKey.generate(self._key_bits)
         logger.info("server key rotated: %s", self._key.public_key().fingerprint())
         return self._key.public_key()
 
@@ -243,7 +243,7 @@ class DevRouter:
         if self._server is not None:
             raise RuntimeError("the router is already running")
         context = self._ssl_context()
-        self._memory_protection = dict(_core.memory_protection_info())
+        self._memory_protection = dict(memory_protection_info())
         self._backend = UpstreamBackend(self.upstream) if self.upstream else EchoBackend()
         self._stopped = asyncio.Event()
         try:
@@ -392,9 +392,7 @@ class DevRouter:
                 response.body = fault.garbage_reply
             elif fault.wrong_key_reply:
                 stranger = await self._stranger(outcome.client_key.key_size)
-                response.body = _core.seal_json(
-                    outcome.reply, stranger, processed_at=int(time.time())
-                )
+                response.body = seal_json(outcome.reply, stranger, processed_at=int(time.time()))
             elif fault.tamper_reply:
                 response.body = _tamper(genuine)
             elif fault.replay_reply:
@@ -406,12 +404,12 @@ class DevRouter:
         record.status = response.status
         return response
 
-    async def _stranger(self, bits: int) -> _core.PublicKey:
+    async def _stranger(self, bits: int) -> PublicKey:
         """A key that is not the client's, of its size (so only the decryption can fail);
         made once per size."""
         key = self._strangers.get(bits)
         if key is None:
-            key = await asyncio.to_thread(_core.PrivateKey.generate, bits)
+            key = await asyncio.to_thread(PrivateKey.generate, bits)
             self._strangers[bits] = key
         return key.public_key()
 
@@ -474,7 +472,7 @@ class DevRouter:
         if not request.body:
             raise _Reject(400, "Empty request body")
         try:
-            payload, _, _ = _core.open_json(request.body, self._key)
+            payload, _, _ = open_json(request.body, self._key)
         except SecurityError:
             raise _Reject(
                 400, "Decryption failed: the payload was not encrypted to this server key"
@@ -502,7 +500,7 @@ class DevRouter:
         if binding is not None:
             reply["_metadata"]["reply_binding"] = binding
         try:
-            sealed = _core.seal_json(reply, client_key, processed_at=int(time.time()))
+            sealed = seal_json(reply, client_key, processed_at=int(time.time()))
         except (TypeError, ValueError):
             raise _Reject(502, "backend reply cannot be encoded as JSON") from None
         response = HTTPResponse(200, sealed, "application/octet-stream")
@@ -563,11 +561,11 @@ def _method_not_allowed(allowed: str) -> HTTPResponse:
     return response
 
 
-def _client_key(quoted: str | None) -> _core.PublicKey:
+def _client_key(quoted: str | None) -> PublicKey:
     if not quoted:
         raise _Reject(400, "Missing X-Public-Key header")
     try:
-        return _core.PublicKey.from_pem(urllib.parse.unquote(quoted))
+        return PublicKey.from_pem(urllib.parse.unquote(quoted))
     except KeyFormatError:
         raise _Reject(400, "Invalid X-Public-Key: not an RSA public key of 2048+ bits") from None
 
@@ -598,7 +596,7 @@ def _tamper(envelope: bytes) -> bytes:
         return envelope[:-1] + bytes([envelope[-1] ^ 0x01]) if envelope else envelope
 
 
-class RouterThread:
+class RouterThread(Closeable):
     """A DevRouter running on its own event loop in a daemon thread (for synchronous code).
 
     Use as a context manager, or call ``stop()``. ``url``, ``router`` (its ``faults``,
@@ -653,15 +651,8 @@ class RouterThread:
                 future.result(timeout)
         self._thread.join(timeout)
 
-    def __enter__(self: _T) -> _T:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """:meth:`stop` (``with`` calls it)."""
         self.stop()
 
     def __repr__(self) -> str:

@@ -30,8 +30,9 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
+
+from .._lifecycle import Closeable
 
 __all__ = ["SwtpmAttestation"]
 
@@ -51,10 +52,8 @@ _TOOLS = (
 _MEASUREMENTS = ((0, "nomyo-dev-firmware"), (7, "nomyo-dev-secureboot"), (10, "nomyo-dev-ima"))
 _SELECTION_RE = re.compile(r"^[a-z0-9]+:\d+(,\d+)*(\+[a-z0-9]+:\d+(,\d+)*)*$")
 
-_S = TypeVar("_S", bound="SwtpmAttestation")
 
-
-class SwtpmAttestation:
+class SwtpmAttestation(Closeable):
     """An attestation provider for ``DevRouter`` that makes real quotes with a software TPM.
 
     Calling the object with a payload id returns the ``_metadata.tpm_attestation`` block:
@@ -242,17 +241,6 @@ class SwtpmAttestation:
         with self._lock:
             self._process = None
             self._finalizer()
-
-    def __enter__(self: _S) -> _S:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "closed"

@@ -1,90 +1,61 @@
-"""HTTP plumbing: one pooled ``httpx`` client per nomyo client, and bounded body reads."""
+"""The ``httpx`` transport (:class:`HttpxTransport`): one pooled ``httpx`` client per nomyo
+client, bounded body reads, and the checks of a caller's httpx transport or client."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import logging
 import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._constants import (
-    CONNECT_TIMEOUT,
-    POOL_TIMEOUT,
-    READ_TIMEOUT,
-    WRITE_TIMEOUT,
-)
-from ._exceptions import APITimeoutError, ConfigurationError, EnvelopeError, SecurityError
-from ._params import NotGiven, is_given
+from .. import _aio
+from .._config import Timeouts, VerifyTypes
+from .._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
+from .._core import open_json, seal_json
+from .._effects import Effect, Flow, OffLoop, RateWait, TransportLike
+from .._exceptions import APITimeoutError, ConfigurationError, EnvelopeError
+from .._params import NOT_GIVEN, TimeoutTypes, is_given
+from .base import Reply, SealedRequest, Timings, Transport
 
 if TYPE_CHECKING:
     import httpx
 
 __all__ = [
     "IDENTITY",
+    "HttpSend",
+    "HttpxTransport",
     "TimeoutTypes",
     "VerifyTypes",
     "aread_limited",
     "asend_streamed",
     "body_deadline",
-    "check_base_url",
     "check_caller_http",
     "default_timeout",
     "http2_available",
     "make_async_client",
     "make_sync_client",
-    "native_timeouts",
     "read_limited",
     "request_timeout",
     "send_streamed",
-    "timeout_seconds",
 ]
 
 logger = logging.getLogger("nomyo")
 
-# httpx is imported only where the httpx transport is used (not on the native path).
-TimeoutTypes: TypeAlias = "float | httpx.Timeout | None"
-VerifyTypes: TypeAlias = "bool | str | ssl.SSLContext"
-
 
 def default_timeout() -> httpx.Timeout:
     """Connect fast, allow long inference."""
-    import httpx
-
-    return httpx.Timeout(
-        connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
-    )
+    return Timeouts().to_httpx()
 
 
 def http2_available() -> bool:
     """True when the optional ``h2`` package is installed (``pip install nomyo-rs[http2]``)."""
     return importlib.util.find_spec("h2") is not None
-
-
-def check_base_url(base_url: str, allow_http: bool) -> str:
-    """Validate and normalise a router URL; refuse plain HTTP unless explicitly allowed.
-
-    Raises:
-        SecurityError: an ``http://`` URL without ``allow_http=True``.
-        ConfigurationError: not an http(s) URL.
-    """
-    url = base_url.rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError("base_url must be an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(
-            "base_url must not carry credentials (user:password@); pass api_key instead"
-        )
-    if parts.scheme == "http" and not allow_http:
-        raise SecurityError(
-            "refusing plain HTTP: the server key would be fetched unauthenticated. "
-            "Use https://, or allow_http=True for local development only."
-        )
-    return url
 
 
 def _verify(verify: VerifyTypes) -> bool | ssl.SSLContext:
@@ -199,29 +170,6 @@ def make_sync_client(**options: Any) -> httpx.Client:
     import httpx
 
     return httpx.Client(**_client_options(**options))
-
-
-Seconds = tuple[float | None, float | None, float | None, float | None]
-
-
-def timeout_seconds(timeout: TimeoutTypes) -> Seconds:
-    """A client's ``timeout=`` as ``(connect, read, write, pool)`` seconds (None: default)."""
-    if timeout is None:
-        return (CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT, POOL_TIMEOUT)
-    if isinstance(timeout, (int, float)):
-        seconds = float(timeout)
-        return (seconds, seconds, seconds, seconds)
-    return (timeout.connect, timeout.read, timeout.write, timeout.pool)
-
-
-def native_timeouts(timeout: TimeoutTypes | NotGiven) -> Seconds | None:
-    """A per-request ``timeout=`` for the native transport, as httpx reads it: not given
-    means the client's, ``None`` means no limit."""
-    if isinstance(timeout, NotGiven):
-        return None
-    if timeout is None:
-        return (None, None, None, None)
-    return timeout_seconds(timeout)
 
 
 def request_timeout(timeout: object) -> Any:
@@ -365,3 +313,136 @@ async def asend_streamed(
                 raise
             body = b""
     return response, body
+
+
+@dataclass
+class HttpSend(Effect):
+    """One request on the transport's ``httpx`` pool; the outcome is ``(response, body)``."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    content: bytes | None = None
+    timeout: Any = NOT_GIVEN
+    ok_limit: int = MAX_KEY_BYTES
+    error_limit: int = MAX_KEY_BYTES
+    #: An error body too large (or undecodable) reads as empty instead of raising.
+    error_body_optional: bool = False
+
+    def run(self, transport: TransportLike) -> tuple[httpx.Response, bytes]:
+        assert isinstance(transport, HttpxTransport)
+        return send_streamed(transport.http, self)
+
+    async def arun(self, transport: TransportLike) -> tuple[httpx.Response, bytes]:
+        assert isinstance(transport, HttpxTransport)
+        return await asend_streamed(transport.http, self)
+
+
+class HttpxTransport(Transport):
+    """The ``httpx`` transport: sealed and opened with ``_core``, sent by an httpx pool it
+    makes (or a caller's ``http_client``, which it never closes).
+
+    Args:
+        asynchronous: an ``httpx.AsyncClient`` pool (else an ``httpx.Client``).
+        http_client: the caller's pool, used as is.
+        options: ``timeout``, ``verify`` and ``transport`` of the pool it makes.
+    """
+
+    def __init__(self, asynchronous: bool, http_client: Any = None, **options: Any) -> None:
+        self._asynchronous = asynchronous
+        self._options = options
+        self._owns = http_client is None
+        self.http: Any = http_client if http_client is not None else self._new_pool()
+
+    def __repr__(self) -> str:
+        kind = "async" if self._asynchronous else "blocking"
+        return f"<HttpxTransport {kind}{'' if self._owns else ' (caller' + chr(39) + 's pool)'}>"
+
+    def _new_pool(self) -> Any:
+        make = make_async_client if self._asynchronous else make_sync_client
+        return make(**self._options)
+
+    @staticmethod
+    def _failure(exc: httpx.TransportError, payload_id: str | None, what: str) -> Exception:
+        import httpx
+
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        return Transport.connection_error(timed_out, exc, payload_id, what)
+
+    def get_key(self, url: str) -> Flow[Reply]:
+        import httpx
+
+        try:
+            response, body = yield HttpSend("GET", url, IDENTITY)
+        except httpx.TransportError as exc:
+            raise self._failure(exc, None, "fetching the server key") from exc
+        return Reply(response.status_code, response.headers, body, response.encoding or "utf-8")
+
+    def post_sealed(self, request: SealedRequest) -> Flow[Reply]:
+        import httpx
+
+        started = time.perf_counter()
+        seal = functools.partial(seal_json, secure_memory=request.secure_memory)
+        body = yield OffLoop(seal, request.payload, request.server_key)
+        sealed = time.perf_counter()
+        limiter = request.rate_limiter
+        waited = (yield RateWait(limiter)) if limiter is not None else 0.0
+        sending = time.perf_counter()
+        send = HttpSend(
+            "POST",
+            request.url,
+            request.headers,
+            content=body,
+            timeout=request.timeout,
+            ok_limit=request.max_response,
+            error_limit=MAX_ERROR_BODY_BYTES,
+            error_body_optional=True,
+        )
+        try:
+            response, data = yield send
+        except httpx.TransportError as exc:
+            raise self._failure(exc, request.payload_id, "request") from exc
+        reply = Reply(
+            response.status_code,
+            response.headers,
+            data,
+            timings=Timings(
+                len(body), len(data), sealed - started, waited, time.perf_counter() - sending, 0.0
+            ),
+            digests=lambda: (hashlib.sha256(body).digest(), hashlib.sha256(data).digest()),
+        )
+
+        def opener() -> Flow[tuple[Any, Any, str]]:
+            opening = time.perf_counter()
+            opener = functools.partial(open_json, secure_memory=request.secure_memory)
+            opened = yield OffLoop(opener, data, request.client_key, request.max_response)
+            reply.timings = reply.timings._replace(open_seconds=time.perf_counter() - opening)
+            return opened  # type: ignore[no-any-return]
+
+        if reply.status == 200:
+            reply.opener = opener
+        return reply
+
+    def _on_new_loop(self, previous: object | None) -> None:
+        """Connections belong to the loop that opened them: on a new loop (a second
+        ``asyncio.run`` or ``trio.run``), a fresh pool replaces the orphaned one."""
+        if previous is not None and self._owns:
+            self.http = self._new_pool()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._owns and not self._asynchronous:
+            self.http.close()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if not self._owns:
+            return
+        if not self._asynchronous:
+            self.http.close()
+        elif self._loop is not None and self._loop is not _aio.current_loop():
+            # The pool belongs to an event loop that has ended; its connections went with it.
+            self.http = self._new_pool()
+            self._loop = None
+        else:
+            await self.http.aclose()

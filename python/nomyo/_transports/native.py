@@ -21,22 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import os
 import re
 import ssl
 import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from . import _core
-from ._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
-from ._exceptions import ConfigurationError
-from ._signature import takes_arguments_of
+import nomyo._core as _core  # the native module itself, not the package above it
+
+from .._config import Timeouts
+from .._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
+from .._effects import Effect, Flow, RateWait, TransportLike
+from .._exceptions import ConfigurationError
+from .._signature import takes_arguments_of
+from ._completions import TOKENS, LoopCompletions, settle
+from .base import Reply, SealedRequest, Timings, Transport
 
 __all__ = [
+    "NativeCall",
+    "NativePool",
     "NativeTransport",
     "ProxyRule",
     "environment_proxies",
@@ -48,9 +54,7 @@ __all__ = [
 _PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
 _USER_AGENT = f"nomyo-rs/{_core.__version__}"
 
-Timeouts = tuple[float | None, float | None, float | None, float | None]
-
-#: Pools inherited from a parent process: kept alive, never used (see NativeTransport).
+#: Pools inherited from a parent process: kept alive, never used (see NativePool).
 _ORPHANED: list[_core.Transport] = []
 
 
@@ -209,60 +213,13 @@ def native_trust(verify: object, custom_http: bool) -> list[str] | None:
     return [certifi.where()]
 
 
-class _Settleable(Protocol):
-    """What a finished request settles: an ``asyncio.Future``, or a trio waiter."""
-
-    def done(self) -> bool: ...
-    def set_result(self, result: Any, /) -> None: ...
-    def set_exception(self, exception: BaseException, /) -> None: ...
-
-
-def _settle(future: _Settleable, ok: bool, value: Any) -> None:
-    if future.done():  # cancelled meanwhile
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
-class _LoopCompletions:
-    """The finished requests of one event loop: the native workers queue them and wake the
-    loop through a descriptor it watches, so no worker waits for the GIL and no other
-    thread is woken. Used by selector loops (the default on POSIX, uvloop) and by trio runs
-    (see ``_trio``); loops that cannot watch a descriptor get a callback per request instead."""
-
-    def __init__(self) -> None:
-        self.queue = _core.Completions()
-        # Weak: a future holds its loop, and this (the loop's entry in _COMPLETIONS) must not;
-        # the task awaiting a future keeps it alive for as long as anyone waits.
-        self.futures: weakref.WeakValueDictionary[int, _Settleable]
-        self.futures = weakref.WeakValueDictionary()
-        self.pid = os.getpid()
-
-    def drain(self) -> None:
-        batch = self.queue.drain()
-        failed: BaseException | None = None
-        while batch:
-            token, ok, value = batch.pop(0)  # no iterator to allocate
-            try:
-                future = self.futures.pop(token, None)
-                if future is not None:  # None: cancelled meanwhile
-                    _settle(future, ok, value)
-            except BaseException as exc:  # settle the rest first; the loop reports the first
-                failed = failed or exc
-        if failed is not None:
-            raise failed
-
-
 #: One queue per event loop, or None where the loop cannot watch a descriptor. The loop
 #: holds the queue (its reader); the queue never holds the loop.
-_COMPLETIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopCompletions | None]
+_COMPLETIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopCompletions | None]
 _COMPLETIONS = weakref.WeakKeyDictionary()
-_TOKENS = itertools.count(1)
 
 
-def _completions(loop: asyncio.AbstractEventLoop) -> _LoopCompletions | None:
+def _completions(loop: asyncio.AbstractEventLoop) -> LoopCompletions | None:
     try:
         found = _COMPLETIONS[loop]
     except TypeError:  # a loop without weak references: callbacks
@@ -270,7 +227,7 @@ def _completions(loop: asyncio.AbstractEventLoop) -> _LoopCompletions | None:
     except KeyError:
         found = None
         if hasattr(_core, "Completions"):  # POSIX builds
-            found = _LoopCompletions()
+            found = LoopCompletions()
             try:
                 loop.add_reader(found.queue.fileno(), found.drain)
             except NotImplementedError:  # e.g. the proactor loop on Windows
@@ -281,7 +238,7 @@ def _completions(loop: asyncio.AbstractEventLoop) -> _LoopCompletions | None:
     return found
 
 
-class NativeTransport:
+class NativePool:
     """One native connection pool with the client's default timeouts.
 
     Args:
@@ -312,12 +269,12 @@ class NativeTransport:
             self._pid = os.getpid()
         return self._native
 
-    def _timeouts(self, timeouts: Timeouts | None) -> Timeouts:
-        return self.timeouts if timeouts is None else timeouts
+    def _timeouts(self, timeouts: Timeouts | None) -> _core._Timeouts:
+        return (self.timeouts if timeouts is None else timeouts).seconds()
 
     def _body_deadline(self) -> float:
         # Like the httpx path: the whole body within the client's read timeout.
-        return self.timeouts[1] or READ_TIMEOUT
+        return self.timeouts.read or READ_TIMEOUT
 
     @staticmethod
     def _headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -380,13 +337,13 @@ class NativeTransport:
         completions = _completions(loop)
         token = 0
         if completions is not None:
-            token = next(_TOKENS)
+            token = next(TOKENS)
             pending = self._transport.start(completions.queue, request, token=token)
             completions.futures[token] = future
         else:
 
             def done(ok: bool, value: Any) -> None:  # runs on a native worker thread
-                loop.call_soon_threadsafe(_settle, future, ok, value)
+                loop.call_soon_threadsafe(settle, future, ok, value)
 
             pending = self._transport.start(done, request)
         try:
@@ -425,3 +382,85 @@ class NativeTransport:
     @property
     def idle_connections(self) -> int:
         return self._native.idle_connections if os.getpid() == self._pid else 0
+
+
+@dataclass
+class NativeCall(Effect):
+    """One request on the native pool: ``send`` blocking, ``asend`` awaited."""
+
+    send: Callable[..., _core.Reply]
+    asend: Callable[..., Awaitable[_core.Reply]]
+    args: tuple[Any, ...]
+
+    def run(self, transport: TransportLike) -> _core.Reply:
+        return self.send(*self.args)
+
+    async def arun(self, transport: TransportLike) -> _core.Reply:
+        return await self.asend(*self.args)
+
+
+class NativeTransport(Transport):
+    """The native transport: sealed, sent, read and opened in Rust without the GIL, on one
+    :class:`NativePool` it owns (the same pool serves blocking and awaited calls)."""
+
+    def __init__(
+        self, trust: list[str], timeouts: Timeouts, *, secure_memory: str = "best_effort"
+    ) -> None:
+        self.pool = NativePool(trust, timeouts, secure_memory=secure_memory)
+
+    def __repr__(self) -> str:
+        return f"<NativeTransport idle={self.pool.idle_connections}>"
+
+    @staticmethod
+    def _failure(exc: _core.TransportError, payload_id: str | None, what: str) -> Exception:
+        return Transport.connection_error(exc.kind == "timeout", exc, payload_id, what)
+
+    def get_key(self, url: str) -> Flow[Reply]:
+        try:
+            exchange = yield NativeCall(self.pool.get_key, self.pool.aget_key, (url,))
+        except _core.TransportError as exc:
+            raise self._failure(exc, None, "fetching the server key") from exc
+        return Reply(exchange.status, {}, exchange.body())
+
+    def post_sealed(self, request: SealedRequest) -> Flow[Reply]:
+        limiter = request.rate_limiter
+        waited = (yield RateWait(limiter)) if limiter is not None else 0.0
+        arguments = (
+            request.url,
+            request.headers,
+            request.payload,
+            request.server_key,
+            request.client_key,
+            request.max_response,
+            Timeouts.of_call(request.timeout),
+        )
+        try:
+            exchange = yield NativeCall(self.pool.post_sealed, self.pool.apost_sealed, arguments)
+        except _core.TransportError as exc:
+            raise self._failure(exc, request.payload_id, "request") from exc
+
+        def opener() -> Flow[tuple[Any, Any, str]]:
+            yield from ()
+            opened: tuple[Any, Any, str] = exchange.reply()
+            return opened
+
+        opened = exchange.opened
+        return Reply(
+            exchange.status,
+            {} if opened else exchange.headers(),
+            b"" if opened else exchange.body(),
+            timings=Timings(
+                exchange.sent_bytes,
+                exchange.received_bytes,
+                exchange.seal_seconds,
+                waited,
+                exchange.exchange_seconds,
+                exchange.open_seconds,
+            ),
+            opener=opener if opened else None,
+            digests=lambda: (exchange.request_sha256, exchange.reply_sha256),
+        )
+
+    def close(self) -> None:
+        self.closed = True
+        self.pool.close()

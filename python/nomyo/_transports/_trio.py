@@ -1,4 +1,4 @@
-"""The native transport under trio (imported only there, see ``NativeTransport._run``).
+"""The native transport under trio (imported only there, see ``NativePool._run``).
 
 As under asyncio, finished requests reach the run through a ``_core.Completions`` queue: the
 native workers queue them and write a wake byte, never waiting for the GIL. Each trio run
@@ -13,22 +13,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _core
-from ._native import _TOKENS, _LoopCompletions, _settle
+from .._core import Reply as NativeReply
+from .._core import Transport
+from ._completions import TOKENS, Completions, LoopCompletions, settle
+
+if TYPE_CHECKING:
+    from .._core import _Request  # the stub's type of one request
 
 __all__ = ["run"]
 
 logger = logging.getLogger("nomyo")
 
-_QUEUE: trio.lowlevel.RunVar[_LoopCompletions | None] = trio.lowlevel.RunVar("nomyo_completions")
+_QUEUE: trio.lowlevel.RunVar[LoopCompletions | None] = trio.lowlevel.RunVar("nomyo_completions")
 
 
 class _Waiter:
-    """One request's outcome, settled like an ``asyncio.Future`` (see ``_native._settle``)."""
+    """One request's outcome, settled like an ``asyncio.Future`` (see ``_completions.settle``)."""
 
     __slots__ = ("__weakref__", "event", "ok", "value")
 
@@ -49,7 +53,7 @@ class _Waiter:
         self.event.set()
 
 
-async def _deliver(found: _LoopCompletions) -> None:
+async def _deliver(found: LoopCompletions) -> None:
     """The run's system task: wake the waiting tasks whenever requests have finished."""
     fd = found.queue.fileno()
     while True:
@@ -63,12 +67,12 @@ async def _deliver(found: _LoopCompletions) -> None:
             await trio.lowlevel.checkpoint()
 
 
-def _completions() -> _LoopCompletions | None:
+def _completions() -> LoopCompletions | None:
     """This run's queue (made, with its system task, on first use); None: use callbacks."""
     try:
         found = _QUEUE.get()
     except LookupError:
-        found = _LoopCompletions() if hasattr(_core, "Completions") else None
+        found = LoopCompletions() if Completions is not None else None
         _QUEUE.set(found)
         if found is not None:
             trio.lowlevel.spawn_system_task(_deliver, found, name="nomyo completions")
@@ -77,14 +81,14 @@ def _completions() -> _LoopCompletions | None:
     return found
 
 
-async def run(transport: _core.Transport, request: _core._Request) -> _core.Reply:
+async def run(transport: Transport, request: _Request) -> NativeReply:
     """Start ``request`` on ``transport`` and wait for its exchange; cancelling the wait
     (a cancel scope, a timeout) stops the request."""
     waiter = _Waiter()
     completions = _completions()
     token = 0
     if completions is not None:
-        token = next(_TOKENS)
+        token = next(TOKENS)
         pending = transport.start(completions.queue, request, token=token)
         completions.futures[token] = waiter
     else:
@@ -92,7 +96,7 @@ async def run(transport: _core.Transport, request: _core._Request) -> _core.Repl
 
         def done(ok: bool, value: Any) -> None:  # runs on a native worker thread
             with contextlib.suppress(trio.RunFinishedError):
-                trio_token.run_sync_soon(_settle, waiter, ok, value)
+                trio_token.run_sync_soon(settle, waiter, ok, value)
 
         pending = transport.start(done, request)
     try:
@@ -104,5 +108,5 @@ async def run(transport: _core.Transport, request: _core._Request) -> _core.Repl
         raise
     if not waiter.ok:
         raise waiter.value
-    reply: _core.Reply = waiter.value
+    reply: NativeReply = waiter.value
     return reply

@@ -1,5 +1,7 @@
-"""The ``nomyo`` command's rough edges from issue 19 (items 3, 10 and 13), run as a user would:
-``python -m nomyo`` subprocesses against development routers."""
+"""The ``nomyo`` command's entry (``nomyo.cli``): stdin, help texts, exit codes on signals,
+``--json`` errors, sampling options and ``serve-dev --tls``, run as a user would:
+``python -m nomyo`` subprocesses against development routers. (Written for issue 19, items
+3, 10 and 13: the command's first hour.)"""
 
 from __future__ import annotations
 

@@ -1,21 +1,19 @@
-"""Security-review regressions for the native module: the JSON writer runs no user code,
-private key files are read natively, files are written atomically, secret pages are wiped in
-forked children."""
+"""The native JSON writer of ``nomyo._core`` (``dumps``): runs no user code, formats numbers
+and keys natively, and writes floats like Python's ``repr``. (Written for the security
+review of the native module; its file and fork tests moved to test_keys and
+test_secure_memory.)"""
 
 from __future__ import annotations
 
 import enum
 import json
 import os
-import stat
 import sys
-import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nomyo import KeyFormatError, _core
+from nomyo import _core
 
 EVIL = "INJECTED"
 
@@ -187,89 +185,7 @@ def key() -> _core.PrivateKey:
     return _core.PrivateKey.generate(2048)
 
 
-def test_load_round_trip(tmp_path: Path, key: _core.PrivateKey) -> None:
-    path = tmp_path / "k.pem"
-    key.save(str(path), password="pw")
-    loaded = _core.PrivateKey.load(path, "pw")
-    assert loaded.public_key() == key.public_key()
-    plain = tmp_path / "plain.pem"
-    key.save(str(plain))
-    assert _core.PrivateKey.load(str(plain)).public_key() == key.public_key()
-
-
-def test_load_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        _core.PrivateKey.load(tmp_path / "nope.pem")
-
-
-@pytest.mark.skipif(os.name != "posix", reason="Unix permissions")
-def test_load_refuses_group_readable(tmp_path: Path, key: _core.PrivateKey) -> None:
-    path = tmp_path / "k.pem"
-    key.save(str(path))
-    os.chmod(path, 0o640)
-    with pytest.raises(KeyFormatError, match=r"mode 0640.*chmod 600"):
-        _core.PrivateKey.load(path)
-    assert _core.PrivateKey.load(path, allow_readable=True).public_key() == key.public_key()
-
-
-@pytest.mark.skipif(os.name != "posix", reason="symlinks and FIFOs")
-def test_load_refuses_symlinks_and_special_files(tmp_path: Path, key: _core.PrivateKey) -> None:
-    path = tmp_path / "k.pem"
-    key.save(str(path))
-    link = tmp_path / "link.pem"
-    link.symlink_to(path)
-    with pytest.raises(OSError):
-        _core.PrivateKey.load(link)
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo, 0o600)
-    with pytest.raises(KeyFormatError, match="not a regular file"):
-        _core.PrivateKey.load(fifo)
-    with pytest.raises(KeyFormatError, match="not a regular file"):
-        _core.PrivateKey.load(tmp_path)
-
-
-def test_load_refuses_huge_files(tmp_path: Path) -> None:
-    path = tmp_path / "big.pem"
-    path.write_bytes(b"A" * ((1 << 20) + 1))
-    os.chmod(path, 0o600)
-    with pytest.raises(KeyFormatError, match="too large"):
-        _core.PrivateKey.load(path)
-
-
 # --- write_file ------------------------------------------------------------------------------
-
-
-def test_write_file(tmp_path: Path) -> None:
-    path = tmp_path / "public_key.pem"
-    _core.write_file(path, "text ✓\n")
-    assert path.read_bytes() == "text ✓\n".encode()
-    if os.name == "posix":
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~current_umask()
-    with pytest.raises(FileExistsError):
-        _core.write_file(path, b"other")
-    assert path.read_bytes() == "text ✓\n".encode()
-    _core.write_file(str(path), b"other", overwrite=True, mode=0o600)
-    assert path.read_bytes() == b"other"
-    if os.name == "posix":
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["public_key.pem"]
-    with pytest.raises(ValueError):
-        _core.write_file(tmp_path / "x", b"", mode=0o10000)
-    with pytest.raises(TypeError):
-        _core.write_file(tmp_path / "x", bytearray(b"x"))  # type: ignore[arg-type]
-
-
-@pytest.mark.skipif(os.name != "posix", reason="symlinks")
-def test_write_file_does_not_follow_symlinks(tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"keep")
-    link = tmp_path / "link"
-    link.symlink_to(victim)
-    with pytest.raises(FileExistsError):
-        _core.write_file(link, b"evil")
-    assert victim.read_bytes() == b"keep"
-    with pytest.raises(FileNotFoundError):
-        _core.write_file(tmp_path / "missing-dir" / "f", b"x")
 
 
 def current_umask() -> int:
@@ -279,38 +195,6 @@ def current_umask() -> int:
 
 
 # --- MADV_WIPEONFORK -------------------------------------------------------------------------
-
-
-def test_wipe_on_fork_reported() -> None:
-    info = _core.memory_protection_info()
-    assert isinstance(info["has_wipe_on_fork"], bool)
-    if sys.platform == "linux":
-        assert info["has_wipe_on_fork"] is True
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_forked_child_sees_zeros() -> None:
-    if not _core.memory_protection_info()["has_wipe_on_fork"]:
-        pytest.skip("MADV_WIPEONFORK unavailable")
-    secret = b"top secret plaintext"
-    buf = _core.SecretBuffer(secret)
-    r, w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.write(w, bytes(buf))
-        finally:
-            os._exit(0)
-    os.close(w)
-    child = b""
-    while chunk := os.read(r, 4096):
-        child += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert bytes(buf) == secret
-    assert child == b"\0" * len(secret)
 
 
 def test_floats_are_written_like_python_repr() -> None:

@@ -1,0 +1,394 @@
+"""``nomyo._chat``, the chat clients as a new user meets them against the development
+router: messages checked before anything is encrypted, the request size limit, a closed
+client, errors carrying the payload id. (Written for issue 19, the library's rough edges;
+its other items moved to test_params, test_retry, test_config, test_response, test_exports.)"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nomyo
+from nomyo import _core, _pipeline
+from nomyo.testing import DevRouter, Fault, RouterThread, make_test_certificates
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+HELLO = [{"role": "user", "content": "hello"}]
+
+#: Both transports: the native one (default) and httpx.
+TRANSPORTS = ["native", "httpx"]
+
+
+@pytest.fixture(scope="module")
+def client_key() -> _core.PrivateKey:
+    return _core.PrivateKey.generate(2048)
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[RouterThread]:
+    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture(autouse=True)
+def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("NOMYO_"):
+            monkeypatch.delenv(name)
+    router.router.faults.clear()
+    yield
+    router.router.faults.clear()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Retry after 10 ms instead of the backoff; records the delays asked for."""
+    asked: list[float] = []
+
+    def fast(attempt: int, retry_after: float | None = None) -> float:
+        asked.append(attempt)
+        return 0.01
+
+    monkeypatch.setattr(_pipeline, "retry_delay", fast)
+    return asked
+
+
+def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
+    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
+    client.client._set_key(key)
+    return client
+
+
+def async_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SecureChatCompletion:
+    client = nomyo.SecureChatCompletion(base_url=url, allow_http=True, **kwargs)
+    client.client._set_key(key)
+    return client
+
+
+# -- 1. messages of the wrong shape are refused, not mangled -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ("hello", r"messages must be a list of messages .* not a str"),
+        (b"hello", r"not a bytes"),
+        ({"role": "user", "content": "hi"}, r"not a dict"),
+        (["hello"], r"messages\[0\] must be a message mapping .* not a str"),
+        ([{"role": "user", "content": "a"}, ("role", "user")], r"messages\[1\] .* not a tuple"),
+        (42, r"not a int"),
+        (None, r"not a NoneType"),
+    ],
+)
+def test_wrong_messages_refused_before_anything_is_encrypted(
+    router: RouterThread, client_key: _core.PrivateKey, messages: Any, match: str
+) -> None:
+    before = (router.router.secure_requests, router.router.key_fetches)
+    with sync_chat(router.url, client_key) as client:
+        with pytest.raises(TypeError, match=match):
+            client.create("m", messages)
+        with pytest.raises(TypeError, match=match):
+            client.chat.completions.create(model="m", messages=messages)
+
+    async def go() -> None:
+        async with async_chat(router.url, client_key) as client:
+            with pytest.raises(TypeError, match=match):
+                await client.create("m", messages)
+            with pytest.raises(TypeError, match=match):
+                await client.chat.completions.create(model="m", messages=messages)
+
+    asyncio.run(go())
+    # Not even the server key was fetched: nothing was encrypted or sent.
+    assert (router.router.secure_requests, router.router.key_fetches) == before
+
+
+def test_any_iterable_of_message_mappings_is_sent_as_a_list(
+    router: RouterThread, client_key: _core.PrivateKey
+) -> None:
+    from types import MappingProxyType
+
+    with sync_chat(router.url, client_key) as client:
+        messages = (m for m in [MappingProxyType({"role": "user", "content": "from a generator"})])
+        reply = client.create("m", messages)
+    assert reply.choices[0].message.content == "from a generator"
+    assert router.router.requests[-1].body["messages"] == [
+        {"role": "user", "content": "from a generator"}
+    ]
+
+
+# -- 2. per-call options are honoured, never sent in the payload ---------------------------------
+
+
+# -- 4. failures that cannot succeed are not retried ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterThread]:
+    certs = make_test_certificates(tmp_path_factory.mktemp("certs"))
+    router = DevRouter(key_bits=2048, tls_cert=certs.cert, tls_key=certs.key)
+    with router.run_in_thread() as handle:
+        yield handle
+
+
+# -- 5. a base URL ending in /v1 ------------------------------------------------------------------
+
+
+# -- 6. no output unless the application asks for it ----------------------------------------------
+
+_QUIET_PROGRAM = """
+import sys
+from pathlib import Path
+import nomyo
+from nomyo import _pipeline
+from nomyo.testing import DevRouter, Fault
+
+_pipeline.retry_delay = lambda attempt, retry_after=None: 0.01
+with DevRouter(key_bits=2048).run_in_thread() as handle:
+    handle.router.faults.push(Fault(status=503, times=1))
+    key_dir = Path(sys.argv[1])
+
+    async def main():
+        async with nomyo.SecureChatCompletion(handle.url, allow_http=True, key_dir=key_dir) as c:
+            c.client.key_size = 2048
+            reply = await c.create("m", [{"role": "user", "content": "quiet"}])
+        print(reply.choices[0].message.content)
+
+    import asyncio
+    asyncio.run(main())
+    assert handle.router.secure_requests == 2, "the request was retried once"
+    assert (key_dir / "private_key.pem").exists(), "saved without a password"
+"""
+
+
+def run_program(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+# -- 7. a request too large is refused before it is encrypted -------------------------------------
+
+
+def test_too_large_refused_before_sealing(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str
+) -> None:
+    before = (router.router.secure_requests, router.router.key_fetches)
+    big = [{"role": "user", "content": "x" * 4096}]
+    with sync_chat(router.url, client_key, max_request_size=4000) as client:
+        with pytest.raises(nomyo.RequestTooLargeError) as info:
+            client.create("m", big)
+        assert info.value.limit == 4000
+        assert info.value.size is not None and info.value.size > 4000
+        assert "max_request_size=4000" in str(info.value)
+        assert isinstance(info.value, nomyo.InvalidRequestError)
+        # the default limit (32 MiB) lets it through
+    with sync_chat(router.url, client_key) as client:
+        assert client.client.max_request_size == 32 * 1024 * 1024
+        assert client.create("m", big).choices[0].message.content == "x" * 4096
+    assert router.router.secure_requests - before[0] == 1
+
+
+def test_default_limit_refuses_a_60_mb_prompt_without_sealing(
+    router: RouterThread, client_key: _core.PrivateKey
+) -> None:
+    huge = [{"role": "user", "content": "y" * (60 * 1000 * 1000)}]
+    before = (router.router.secure_requests, router.router.key_fetches)
+    with (
+        sync_chat(router.url, client_key) as client,
+        pytest.raises(nomyo.RequestTooLargeError, match="max_request_size=33554432"),
+    ):
+        client.create("m", huge)
+    assert (router.router.secure_requests, router.router.key_fetches) == before
+
+
+def test_router_413_names_the_limit(
+    client_key: _core.PrivateKey, transport: str, fast_retries: list[float]
+) -> None:
+    # The router takes 64 KiB bodies; the client allows 1 MiB of text.
+    with (
+        DevRouter(key_bits=2048, max_body=64 * 1024).run_in_thread() as handle,
+        sync_chat(handle.url, client_key, max_request_size=1 << 20) as client,
+        pytest.raises(nomyo.RequestTooLargeError) as info,
+    ):
+        client.create("m", [{"role": "user", "content": "z" * 100_000}])
+    assert fast_retries == [], "413 is not retried"
+    error = info.value
+    assert error.status_code == 413
+    assert error.limit == 1 << 20
+    message = str(error)
+    assert "HTTP 413" in message and "exceeds 65536 bytes" in message  # the router's limit
+    assert "max_request_size=1048576" in message  # and the client's
+    assert error.size is not None and error.size > 100_000
+    assert "Unexpected status" not in message
+
+
+def test_invalid_limit_refused() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(nomyo.ConfigurationError, match="max_request_size"):
+            nomyo.SecureChatCompletion(max_request_size=bad)  # type: ignore[arg-type]
+
+
+# -- 11. typed like the SDK under mypy --strict ---------------------------------------------------
+
+_TYPED_PROGRAM = """
+from __future__ import annotations
+
+from typing import Literal
+
+import openai
+from openai.types.chat import ChatCompletion as SDKCompletion
+
+import nomyo
+from nomyo import (
+    ChatCompletion,
+    ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
+    Choice,
+    CompletionUsage,
+    FinishReason,
+)
+
+
+# -- SDK --
+def with_the_sdk() -> str | None:
+    http = nomyo.openai_http_client("https://router.example", api_key="k")
+    client = openai.OpenAI(api_key="unused", http_client=http)
+    reply: SDKCompletion = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    return reply.choices[0].message.content
+
+
+async def with_the_async_sdk() -> str | None:
+    http = nomyo.openai_async_http_client("https://router.example")
+    client = openai.AsyncOpenAI(api_key="unused", http_client=http)
+    reply = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    return reply.choices[0].message.content
+# -- end SDK --
+
+
+def with_nomyo() -> list[str]:
+    with nomyo.SyncSecureChatCompletion() as client:
+        reply: ChatCompletion = client.create(
+            "m", [{"role": "user", "content": "hi"}], timeout=5, max_retries=0,
+            extra_headers={"X-Trace": "1"}, extra_query={"a": "b"},
+        )
+    choice: Choice = reply.choices[0]
+    reason: FinishReason = choice.finish_reason
+    stop: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] = reason
+    message: ChatCompletionMessage = choice.message
+    calls: list[ChatCompletionMessageToolCall] = list(message.tool_calls or [])
+    names = [call.function.name for call in calls]
+    kind: Literal["function"] | None = calls[0].type if calls else None
+    usage: CompletionUsage | None = reply.usage
+    total: int = usage.total_tokens if usage is not None else 0
+    dumped: dict[str, object] = reply.model_dump()
+    text: str = reply.model_dump_json() + reply.to_json()
+    again: ChatCompletion = ChatCompletion.model_validate(dumped)
+    return [*names, stop, str(kind), str(total), text, again.id]
+"""
+
+
+def mypy_strict(program: Path) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict`` on one file, with no project configuration and no cache."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            os.devnull,
+            "--config-file",
+            os.devnull,
+            str(program),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=program.parent,
+    )
+
+
+def without_sdk(program: str) -> str:
+    head, _, rest = program.partition("# -- SDK --")
+    return head + rest.partition("# -- end SDK --")[2]
+
+
+# -- 12. replies, errors, a closed client ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (Fault(tamper_reply=True), nomyo.SecurityError),
+        (Fault(garbage_reply=b'{"version": "1.0"}'), nomyo.EnvelopeError),
+    ],
+)
+def test_security_and_envelope_errors_carry_the_payload_id(
+    router: RouterThread,
+    client_key: _core.PrivateKey,
+    transport: str,
+    fault: Fault,
+    error: type[Exception],
+) -> None:
+    router.router.faults.push(fault)
+    with sync_chat(router.url, client_key) as client, pytest.raises(error) as info:
+        client.create("m", HELLO)
+    sent = router.router.requests[-1].payload_id
+    assert sent is not None
+    assert info.value.payload_id == sent  # type: ignore[attr-defined]
+    assert sent not in str(info.value), "the message stays as it was"
+
+    async def go() -> None:
+        router.router.faults.push(fault)
+        async with async_chat(router.url, client_key) as client:
+            with pytest.raises(error) as info:
+                await client.create("m", HELLO)
+        assert info.value.payload_id == router.router.requests[-1].payload_id  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+
+
+def test_closed_client_raises_a_nomyo_error(
+    router: RouterThread, client_key: _core.PrivateKey, transport: str
+) -> None:
+    client = sync_chat(router.url, client_key)
+    client.close()
+    with pytest.raises(nomyo.ClientClosedError, match="closed") as info:
+        client.create("m", HELLO)
+    assert isinstance(info.value, nomyo.NomyoError)
+    assert isinstance(info.value, RuntimeError)  # what httpx (and earlier nomyo) raised
+
+    async def go() -> None:
+        client = async_chat(router.url, client_key)
+        await client.aclose()
+        with pytest.raises(nomyo.ClientClosedError):
+            await client.create("m", HELLO)
+
+    asyncio.run(go())
