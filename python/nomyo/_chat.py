@@ -28,7 +28,7 @@ from typing import (
     overload,
 )
 
-from . import _aio
+from ._aio import run_sync
 from ._attestation import AttestationMode, PcrPolicy, ReplyBindingMode
 from ._client import SecureCompletionClient
 from ._config import ClientOptions, VerifyTypes, normalise_base_url, resolve_api_key
@@ -467,7 +467,7 @@ class SecureChatCompletion(
 
     async def _ensure_keys(self) -> None:
         if self.client.private_key is None and self._key_dir is not None:
-            await _aio.run_sync(self._load_or_generate_once)
+            await run_sync(self._load_or_generate_once)
 
     def _load_or_generate_once(self) -> None:
         with self._keys_lock:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _aio
+from ._aio import AsyncLock, new_lock
 from ._effects import Flow, T, adrive
 from ._lifecycle import AsyncCloseable
 from ._pipeline import PipelineClient
@@ -92,11 +92,11 @@ class SecureCompletionClient(
     """
 
     _asynchronous = True
-    _server_key_lock: _aio.AsyncLock
+    _server_key_lock: AsyncLock
 
     @staticmethod
-    def _new_lock() -> _aio.AsyncLock:
-        return _aio.new_lock()
+    def _new_lock() -> AsyncLock:
+        return new_lock()
 
     async def _drive(self, flow: Flow[T]) -> T:
         return await adrive(flow, self._transport)

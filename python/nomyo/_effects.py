@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import _aio
+from ._aio import run_sync, sleep
 from ._ratelimit import RateLimiter
 
 __all__ = [
@@ -75,7 +75,7 @@ class Sleep(Effect):
         time.sleep(self.seconds)
 
     async def arun(self, transport: TransportLike) -> None:
-        await _aio.sleep(self.seconds)
+        await sleep(self.seconds)
 
 
 class OffLoop(Effect):
@@ -88,7 +88,7 @@ class OffLoop(Effect):
         return self.fn(*self.args)
 
     async def arun(self, transport: TransportLike) -> Any:
-        return await _aio.run_sync(self.fn, *self.args)
+        return await run_sync(self.fn, *self.args)
 
 
 @dataclass

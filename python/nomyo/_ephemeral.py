@@ -22,8 +22,8 @@ from concurrent.futures import Future
 from typing import Final
 from urllib.parse import quote
 
-from . import _core
 from ._constants import KEY_SIZE
+from ._core import PrivateKey
 from ._exceptions import ConfigurationError
 from ._params import NotGiven
 
@@ -83,7 +83,7 @@ class KeyPair:
 
     __slots__ = ("__weakref__", "generation", "private_key", "public_key_pem", "quoted_public_key")
 
-    def __init__(self, private_key: _core.PrivateKey, generation: int) -> None:
+    def __init__(self, private_key: PrivateKey, generation: int) -> None:
         self.private_key = private_key
         self.public_key_pem = private_key.public_key().to_pem()
         self.quoted_public_key = quote(self.public_key_pem)
@@ -95,7 +95,7 @@ class KeyPair:
 
 
 def _make_pair(bits: int, generation: int) -> KeyPair:
-    return KeyPair(_core.PrivateKey.generate(bits), generation)
+    return KeyPair(PrivateKey.generate(bits), generation)
 
 
 class ProcessKey:

@@ -32,8 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import _core
 from ._attestation import PcrPolicy
+from ._core import __version__ as _NATIVE_VERSION
+from ._core import verify_attestation
 from ._exceptions import ConfigurationError, SecurityError
 from ._files import UnsafeFileError, append_line
 
@@ -229,7 +230,7 @@ class ReceiptContext:
         block = None if metadata is None else metadata.get("tpm_attestation")
         result = None if metadata is None else metadata.get("attestation_verification")
         if not isinstance(result, Mapping):
-            result = _core.verify_attestation(block, self.payload_id, None)
+            result = verify_attestation(block, self.payload_id, None)
         reported = None if metadata is None else metadata.get("security_tier")
         record: dict[str, Any] = {
             "nomyo_receipt": RECEIPT_VERSION,
@@ -251,7 +252,7 @@ class ReceiptContext:
             "tpm_attestation": block if isinstance(block, Mapping) else None,
             "verification": _checks(result),
             "reply_binding": reply_binding,
-            "nomyo_version": _core.__version__,
+            "nomyo_version": _NATIVE_VERSION,
         }
         self.writer.write(record)
 
@@ -295,9 +296,7 @@ def verify_receipt(
     }
     policy = None if expected_pcrs is None else {k: dict(v) for k, v in expected_pcrs.items()}
     pins = sorted(trusted_aiks) if trusted_aiks else None
-    result = _core.verify_attestation(
-        record.get("tpm_attestation"), record["payload_id"], policy, pins
-    )
+    result = verify_attestation(record.get("tpm_attestation"), record["payload_id"], policy, pins)
     out["checks"] = _checks(result)
     if receipt_digest(record) != record["receipt_sha256"]:
         out.update(reason="altered", detail="receipt_sha256 does not match the receipt's fields")

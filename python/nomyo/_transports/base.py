@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .. import _aio
+from .._aio import current_loop
 from .._config import Timeouts
 from .._core import PrivateKey, PublicKey
 from .._effects import Flow
@@ -113,7 +113,7 @@ class Transport(ABC):
         try:  # asyncio's loop without a call more: this runs for every request
             loop: object = asyncio.get_running_loop()
         except RuntimeError:
-            loop = _aio.current_loop()  # trio's run, or no loop (RuntimeError)
+            loop = current_loop()  # trio's run, or no loop (RuntimeError)
         if self._loop is loop:
             return False
         previous, self._loop = self._loop, loop

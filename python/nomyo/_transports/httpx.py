@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import _aio
+from .._aio import current_loop
 from .._config import Timeouts, VerifyTypes
 from .._constants import MAX_ERROR_BODY_BYTES, MAX_KEY_BYTES, READ_TIMEOUT
 from .._core import open_json, seal_json
@@ -440,7 +440,7 @@ class HttpxTransport(Transport):
             return
         if not self._asynchronous:
             self.http.close()
-        elif self._loop is not None and self._loop is not _aio.current_loop():
+        elif self._loop is not None and self._loop is not current_loop():
             # The pool belongs to an event loop that has ended; its connections went with it.
             self.http = self._new_pool()
             self._loop = None

@@ -24,8 +24,8 @@ import signal
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
-from . import _tether
 from ._support import CLIError
+from ._tether import SUPPORTED, become_subreaper, end_descendants, launch_argv, reap_orphans
 
 __all__ = [
     "CHILD_VARIABLES",
@@ -126,8 +126,8 @@ async def run_with_proxy(
     # Anthropic's SDK appends /v1/messages itself.
     env.update({"ANTHROPIC_BASE_URL": base_url.removesuffix("/v1"), "ANTHROPIC_API_KEY": token})
     env.update(extra_env or {})
-    argv = _tether.launch_argv(_resolve(command[0]), command)
-    _tether.become_subreaper()
+    argv = launch_argv(_resolve(command[0]), command)
+    become_subreaper()
     try:
         child = await asyncio.create_subprocess_exec(*argv, env=env)
     except FileNotFoundError:
@@ -162,13 +162,13 @@ async def run_with_proxy(
                 child.kill()
             await child.wait()
         # Whatever the child started and left behind goes with it.
-        await asyncio.to_thread(_tether.end_descendants)
+        await asyncio.to_thread(end_descendants)
     return code if code >= 0 else 128 - code
 
 
 async def _wait_reaping(child: asyncio.subprocess.Process) -> int:
     """The child's status; meanwhile reap the orphans re-parented to us (no zombies pile up)."""
-    if not _tether.SUPPORTED:
+    if not SUPPORTED:
         return await child.wait()
     waiting = asyncio.ensure_future(child.wait())
     try:
@@ -176,6 +176,6 @@ async def _wait_reaping(child: asyncio.subprocess.Process) -> int:
             done, _ = await asyncio.wait({waiting}, timeout=_REAP_EVERY)
             if done:
                 return waiting.result()
-            _tether.reap_orphans(keep=child.pid)
+            reap_orphans(keep=child.pid)
     finally:
         waiting.cancel()
