@@ -179,7 +179,8 @@ def check_base_url(base_url: str, allow_http: bool) -> str:
     if parts.scheme == "http" and not allow_http:
         raise SecurityError(
             "refusing plain HTTP: the server key would be fetched unauthenticated. "
-            "Use https://, or allow_http=True for local development only."
+            "Use https://, or allow_http=True for local development only.",
+            plain_http=True,
         )
     return url
 

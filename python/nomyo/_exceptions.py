@@ -61,11 +61,16 @@ class SecurityError(NomyoError):
 
     Attributes:
         payload_id: the ``X-Payload-ID`` of the request whose reply failed, when known.
+        plain_http: the refusal of an ``http://`` URL without ``allow_http=True`` (so a
+            caller can say how to allow it without reading the message).
     """
 
-    def __init__(self, *args: object, payload_id: str | None = None) -> None:
+    def __init__(
+        self, *args: object, payload_id: str | None = None, plain_http: bool = False
+    ) -> None:
         super().__init__(*args)
         self.payload_id = payload_id
+        self.plain_http = plain_http
 
 
 class SecureMemoryError(SecurityError):
@@ -90,11 +95,16 @@ class EnvelopeError(NomyoError, ValueError):
 
     Attributes:
         payload_id: the ``X-Payload-ID`` of the request whose reply failed, when known.
+        plain_http: the refusal of an ``http://`` URL without ``allow_http=True`` (so a
+            caller can say how to allow it without reading the message).
     """
 
-    def __init__(self, *args: object, payload_id: str | None = None) -> None:
+    def __init__(
+        self, *args: object, payload_id: str | None = None, plain_http: bool = False
+    ) -> None:
         super().__init__(*args)
         self.payload_id = payload_id
+        self.plain_http = plain_http
 
 
 class ClientClosedError(NomyoError, RuntimeError):

@@ -133,7 +133,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, APIConnectionError):
         return f"cannot reach the server: {exc}"
     if isinstance(exc, SecurityError):
-        hint = " (command line: --allow-http)" if "allow_http" in str(exc) else ""
+        hint = " (command line: --allow-http)" if exc.plain_http else ""
         return f"security check failed: {exc}{hint}"
     if isinstance(exc, EnvelopeError):
         return f"the server's reply was refused: {exc}"
