@@ -27,6 +27,7 @@ from ._relay import (
     ChatCall,
     ErrorReply,
     error_reply,
+    json_object,
     reply_body,
     sse_stream,
 )
@@ -69,12 +70,9 @@ def parse_messages_body(
     body: bytes, *, default_model: str | None = None, security_tier: str | None = None
 ) -> ChatCall | ErrorReply:
     """Check a Messages request and translate it to a :class:`ChatCall`."""
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return error_reply(400, "the request body is not valid JSON")
-    if not isinstance(request, dict):
-        return error_reply(400, "the request body must be a JSON object")
+    request = json_object(body)
+    if isinstance(request, ErrorReply):
+        return request
     try:
         return _translate(request, default_model, security_tier)
     except _Refused as exc:

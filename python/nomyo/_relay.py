@@ -39,6 +39,7 @@ __all__ = [
     "error_reply",
     "event_stream",
     "failure_reply",
+    "json_object",
     "openai_error_body",
     "parse_chat_body",
     "refusal",
@@ -120,6 +121,17 @@ class ChatCall:
     context: Any = None
 
 
+def json_object(body: bytes) -> dict[str, Any] | ErrorReply:
+    """``body`` parsed as a JSON object, or the 400 reply every relayed API gives otherwise."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error_reply(400, "the request body is not valid JSON")
+    if not isinstance(value, dict):
+        return error_reply(400, "the request body must be a JSON object")
+    return value
+
+
 def parse_chat_body(
     body: bytes,
     *,
@@ -133,12 +145,9 @@ def parse_chat_body(
         default_model: the model when the body names none (None: ``model`` is required).
         security_tier: the tier when the body has none (e.g. an ``X-Security-Tier`` header).
     """
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return error_reply(400, "the request body is not valid JSON")
-    if not isinstance(value, dict):
-        return error_reply(400, "the request body must be a JSON object")
+    value = json_object(body)
+    if isinstance(value, ErrorReply):
+        return value
     for name in REFUSED_FIELDS:
         if name in value:
             return error_reply(400, f"'{name}' is not accepted in a relayed request", param=name)

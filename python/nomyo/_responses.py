@@ -22,7 +22,6 @@ The ``output`` holds a ``reasoning`` item (when the model reasoned), a ``message
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from ._relay import (
     ChatCall,
     ErrorReply,
     error_reply,
+    json_object,
     reply_body,
     sse_stream,
 )
@@ -63,12 +63,9 @@ def parse_responses_body(
 ) -> ChatCall | ErrorReply:
     """Check a Responses request and translate it to a :class:`ChatCall` (context: the
     request, for the reply)."""
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return error_reply(400, "the request body is not valid JSON")
-    if not isinstance(request, dict):
-        return error_reply(400, "the request body must be a JSON object")
+    request = json_object(body)
+    if isinstance(request, ErrorReply):
+        return request
     try:
         return _translate(request, default_model, security_tier)
     except _Refused as exc:
