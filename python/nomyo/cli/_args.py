@@ -33,6 +33,7 @@ __all__ = [
     "positive_int",
     "temperature",
     "trust_kwargs",
+    "whole_number",
 ]
 
 ENV_PROXY_TOKEN = "NOMYO_PROXY_TOKEN"
@@ -273,11 +274,16 @@ def temperature(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, what: str = "whole number") -> int:
+    """``text`` as an int; otherwise an argparse error naming ``what`` it should be."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not positive")
     return value

@@ -25,7 +25,7 @@ from .._ephemeral import resolve_rotation_interval
 from .._exceptions import ConfigurationError, SecureMemoryError
 from .._memory import get_memory_protection_info
 from .._params import NOT_GIVEN
-from ._args import command_parser
+from ._args import command_parser, whole_number
 
 __all__ = ["DEFAULT_SIZE", "add_parser", "cmd_doctor", "diagnose"]
 
@@ -277,10 +277,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r}") from None
+    value = whole_number(text, "whole number of bytes")
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
