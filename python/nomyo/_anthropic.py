@@ -20,15 +20,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._relay import (
-    EVENT_STREAM,
-    JSON,
     REFUSED_FIELDS,
     Api,
     ChatCall,
     ErrorReply,
-    error_reply,
-    reply_body,
-    sse_stream,
+    Refused,
+    object_answer,
+    translated,
 )
 
 __all__ = ["MESSAGES", "anthropic_error_body", "message_events", "message_object"]
@@ -59,26 +57,11 @@ def anthropic_error_body(reply: ErrorReply) -> bytes:
     return json.dumps(error).encode("utf-8")
 
 
-class _Refused(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 def parse_messages_body(
     body: bytes, *, default_model: str | None = None, security_tier: str | None = None
 ) -> ChatCall | ErrorReply:
     """Check a Messages request and translate it to a :class:`ChatCall`."""
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return error_reply(400, "the request body is not valid JSON")
-    if not isinstance(request, dict):
-        return error_reply(400, "the request body must be a JSON object")
-    try:
-        return _translate(request, default_model, security_tier)
-    except _Refused as exc:
-        return error_reply(400, exc.message)
+    return translated(body, _translate, default_model, security_tier)
 
 
 def _translate(
@@ -86,20 +69,20 @@ def _translate(
 ) -> ChatCall:
     for name in REFUSED_FIELDS:
         if name in request:
-            raise _Refused(f"{name}: not accepted in a relayed request")
+            raise Refused(f"{name}: not accepted in a relayed request")
     model = request.get("model") or default_model
     if not isinstance(model, str) or not model:
-        raise _Refused("model: must be a non-empty string")
+        raise Refused("model: must be a non-empty string")
     stream = request.get("stream")
     if stream not in (None, True, False):
-        raise _Refused("stream: must be a boolean")
+        raise Refused("stream: must be a boolean")
     messages: list[dict[str, Any]] = []
     system = request.get("system")
     if system is not None:
         messages.append({"role": "system", "content": _system_text(system)})
     given = request.get("messages")
     if not isinstance(given, list) or not given:
-        raise _Refused("messages: must be a non-empty list")
+        raise Refused("messages: must be a non-empty list")
     for number, message in enumerate(given):
         messages.extend(_chat_messages(message, f"messages.{number}"))
     options: dict[str, Any] = {}
@@ -131,7 +114,7 @@ def _system_text(system: Any) -> str:
         isinstance(block, Mapping) and block.get("type") == "text" for block in system
     ):
         return "\n\n".join(str(block.get("text", "")) for block in system)
-    raise _Refused("system: must be a string or a list of text blocks")
+    raise Refused("system: must be a string or a list of text blocks")
 
 
 def _chat_messages(message: Any, where: str) -> list[dict[str, Any]]:
@@ -139,12 +122,12 @@ def _chat_messages(message: Any, where: str) -> list[dict[str, Any]]:
     messages), then the rest."""
     role = message.get("role") if isinstance(message, Mapping) else None
     if role not in ("user", "assistant"):
-        raise _Refused(f"{where}.role: must be user or assistant")
+        raise Refused(f"{where}.role: must be user or assistant")
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise _Refused(f"{where}.content: must be a string or a list of blocks")
+        raise Refused(f"{where}.content: must be a string or a list of blocks")
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
@@ -164,7 +147,7 @@ def _chat_messages(message: Any, where: str) -> list[dict[str, Any]]:
         elif kind in ("thinking", "redacted_thinking"):
             continue  # earlier reasoning: chat completions have no place for it
         else:
-            raise _Refused(
+            raise Refused(
                 f"{at}: blocks of type {kind!r} are not available through the NOMYO router "
                 "(text, images, tool_use and tool_result are); nothing was sent"
             )
@@ -190,7 +173,7 @@ def _image(source: Any, where: str) -> dict[str, Any]:
     elif kind == "url":
         url = str(source.get("url"))
     else:
-        raise _Refused(f"{where}.source: images must be base64 data or a URL")
+        raise Refused(f"{where}.source: images must be base64 data or a URL")
     return {"type": "image_url", "image_url": {"url": url}}
 
 
@@ -200,7 +183,7 @@ def _tool_result(block: Mapping[str, Any], where: str) -> dict[str, Any]:
         texts = []
         for number, part in enumerate(content):
             if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise _Refused(f"{where}.content.{number}: tool results must be text")
+                raise Refused(f"{where}.content.{number}: tool results must be text")
             texts.append(str(part.get("text", "")))
         content = "".join(texts)
     text = "" if content is None else str(content)
@@ -211,12 +194,12 @@ def _tool_result(block: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _Refused("tools: must be a list")
+        raise Refused("tools: must be a list")
     translated = []
     for number, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, Mapping) else None
         if kind not in (None, "custom") or not isinstance(tool.get("name"), str):
-            raise _Refused(
+            raise Refused(
                 f"tools.{number}: {kind!r} is a server tool that runs at Anthropic; the NOMYO "
                 "router runs none, only tools your program runs (name, input_schema); "
                 "nothing was sent"
@@ -240,7 +223,7 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     elif kind == "tool" and isinstance(choice.get("name"), str):
         options["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
-        raise _Refused("tool_choice: must be auto, any, none or tool")
+        raise Refused("tool_choice: must be auto, any, none or tool")
     if choice.get("disable_parallel_tool_use"):
         options["parallel_tool_calls"] = False
     return options
@@ -340,11 +323,7 @@ def message_events(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _answer(call: ChatCall, reply: Mapping[str, Any]) -> tuple[bytearray, str]:
-    message = message_object(call.context, reply)
-    if not call.stream:
-        return reply_body(message), JSON
-    events = ((event["type"], event) for event in message_events(message))
-    return sse_stream(events), EVENT_STREAM
+    return object_answer(message_object(call.context, reply), call.stream, message_events)
 
 
 #: Anthropic's Messages API.

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
+from ._http_server import close_server
+
 __all__ = ["Destination", "EgressGuard", "parse_destination"]
 
 _HEAD_LIMIT = 64 * 1024
@@ -127,12 +129,7 @@ class EgressGuard:
         server, self._server = self._server, None
         if server is None:
             return
-        server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 5.0)
+        await close_server(server, self._tasks)
 
     async def __aenter__(self) -> EgressGuard:
         return await self.start()

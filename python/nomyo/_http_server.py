@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -42,6 +42,7 @@ __all__ = [
     "HTTPRequest",
     "HTTPResponse",
     "Limits",
+    "close_server",
     "default_max_connections",
 ]
 
@@ -521,6 +522,18 @@ def _with_retry_after(response: HTTPResponse) -> HTTPResponse:
     return response
 
 
+async def close_server(server: asyncio.Server, tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Stop listening, cancel the connections' ``tasks`` and wait (bounded) for the end."""
+    server.close()
+    open_tasks = list(tasks)
+    for task in open_tasks:
+        task.cancel()
+    if open_tasks:
+        await asyncio.gather(*open_tasks, return_exceptions=True)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(server.wait_closed(), 5.0)
+
+
 class Connections:
     """The open connections of one server: admission, the body budget, and closing them all.
 
@@ -642,11 +655,4 @@ class Connections:
 
     async def close(self, server: asyncio.Server) -> None:
         """Stop listening, cancel every open connection and wait (bounded) for the end."""
-        server.close()
-        tasks = list(self._open)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 5.0)
+        await close_server(server, self._open)

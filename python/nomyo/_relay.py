@@ -36,15 +36,19 @@ __all__ = [
     "Api",
     "ChatCall",
     "ErrorReply",
+    "Refused",
     "error_reply",
     "event_stream",
     "failure_reply",
+    "json_object",
+    "object_answer",
     "openai_error_body",
     "parse_chat_body",
     "refusal",
     "reply_body",
     "reply_headers",
     "sse_stream",
+    "translated",
 ]
 
 #: Fields of a relayed body that would reconfigure the client (redirect it, swap its API key,
@@ -120,6 +124,54 @@ class ChatCall:
     context: Any = None
 
 
+def json_object(body: bytes) -> dict[str, Any] | ErrorReply:
+    """``body`` parsed as a JSON object, or the 400 reply every relayed API gives otherwise."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error_reply(400, "the request body is not valid JSON")
+    if not isinstance(value, dict):
+        return error_reply(400, "the request body must be a JSON object")
+    return value
+
+
+class Refused(Exception):
+    """A relayed request a translation cannot answer: a 400 (``param``: the field at fault)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def translated(
+    body: bytes,
+    translate: Callable[[dict[str, Any], str | None, str | None], ChatCall],
+    default_model: str | None,
+    security_tier: str | None,
+) -> ChatCall | ErrorReply:
+    """``translate(request, default_model, security_tier)`` of a JSON-object ``body``; a
+    :class:`Refused` request and a body that is no JSON object get their 400 reply."""
+    request = json_object(body)
+    if isinstance(request, ErrorReply):
+        return request
+    try:
+        return translate(request, default_model, security_tier)
+    except Refused as exc:
+        return error_reply(400, exc.message, param=exc.param)
+
+
+def object_answer(
+    value: dict[str, Any],
+    stream: bool,
+    events: Callable[[dict[str, Any]], Iterable[dict[str, Any]]],
+) -> tuple[bytearray, str]:
+    """``value`` as a JSON reply, or (``stream``) its ``events`` as server-sent events."""
+    if not stream:
+        return reply_body(value), JSON
+    return sse_stream((event["type"], event) for event in events(value)), EVENT_STREAM
+
+
 def parse_chat_body(
     body: bytes,
     *,
@@ -133,12 +185,9 @@ def parse_chat_body(
         default_model: the model when the body names none (None: ``model`` is required).
         security_tier: the tier when the body has none (e.g. an ``X-Security-Tier`` header).
     """
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return error_reply(400, "the request body is not valid JSON")
-    if not isinstance(value, dict):
-        return error_reply(400, "the request body must be a JSON object")
+    value = json_object(body)
+    if isinstance(value, ErrorReply):
+        return value
     for name in REFUSED_FIELDS:
         if name in value:
             return error_reply(400, f"'{name}' is not accepted in a relayed request", param=name)

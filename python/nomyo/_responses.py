@@ -22,21 +22,18 @@ The ``output`` holds a ``reasoning`` item (when the model reasoned), a ``message
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._relay import (
-    EVENT_STREAM,
-    JSON,
     REFUSED_FIELDS,
     Api,
     ChatCall,
     ErrorReply,
-    error_reply,
-    reply_body,
-    sse_stream,
+    Refused,
+    object_answer,
+    translated,
 )
 
 __all__ = ["RESPONSES", "parse_responses_body", "response_events", "response_object"]
@@ -49,30 +46,12 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 _FINISHED = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-class _Refused(Exception):
-    """A request this translation cannot answer (400 with ``param``)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
 def parse_responses_body(
     body: bytes, *, default_model: str | None = None, security_tier: str | None = None
 ) -> ChatCall | ErrorReply:
     """Check a Responses request and translate it to a :class:`ChatCall` (context: the
     request, for the reply)."""
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return error_reply(400, "the request body is not valid JSON")
-    if not isinstance(request, dict):
-        return error_reply(400, "the request body must be a JSON object")
-    try:
-        return _translate(request, default_model, security_tier)
-    except _Refused as exc:
-        return error_reply(400, exc.message, param=exc.param)
+    return translated(body, _translate, default_model, security_tier)
 
 
 def _translate(
@@ -80,31 +59,31 @@ def _translate(
 ) -> ChatCall:
     for name in REFUSED_FIELDS:
         if name in request:
-            raise _Refused(f"'{name}' is not accepted in a relayed request", name)
+            raise Refused(f"'{name}' is not accepted in a relayed request", name)
     for name in _STATEFUL:
         if request.get(name) is not None:
-            raise _Refused(
+            raise Refused(
                 f"'{name}' needs state the NOMYO router does not keep (it stores no "
                 "responses): send the whole conversation in 'input'; nothing was sent",
                 name,
             )
     if request.get("background"):
-        raise _Refused("background responses need stored state; nothing was sent", "background")
+        raise Refused("background responses need stored state; nothing was sent", "background")
     model = request.get("model") or default_model
     if not isinstance(model, str) or not model:
-        raise _Refused("'model' must be a non-empty string", "model")
+        raise Refused("'model' must be a non-empty string", "model")
     stream = request.get("stream")
     if stream not in (None, True, False):
-        raise _Refused("'stream' must be a boolean", "stream")
+        raise Refused("'stream' must be a boolean", "stream")
     messages: list[dict[str, Any]] = []
     instructions = request.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
-            raise _Refused("'instructions' must be a string", "instructions")
+            raise Refused("'instructions' must be a string", "instructions")
         messages.append({"role": "system", "content": instructions})
     messages.extend(_input_messages(request.get("input")))
     if not messages:
-        raise _Refused("'input' must not be empty", "input")
+        raise Refused("'input' must not be empty", "input")
     options = _options(request)
     tier = request.get("security_tier") or security_tier
     if tier:
@@ -139,12 +118,12 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list):
-        raise _Refused("'input' must be a string or a list of items", "input")
+        raise Refused("'input' must be a string or a list of items", "input")
     messages: list[dict[str, Any]] = []
     for number, item in enumerate(value):
         where = f"input[{number}]"
         if not isinstance(item, Mapping):
-            raise _Refused(f"{where} must be an object", where)
+            raise Refused(f"{where} must be an object", where)
         kind = item.get("type", "message")
         if kind == "message":
             messages.append(_message(item, where))
@@ -161,13 +140,13 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
         elif kind == "reasoning":
             continue  # a model's earlier reasoning: chat completions have no place for it
         elif kind == "item_reference":
-            raise _Refused(
+            raise Refused(
                 f"{where}: item references need stored state the NOMYO router does not keep; "
                 "nothing was sent",
                 where,
             )
         else:
-            raise _Refused(
+            raise Refused(
                 f"{where}: items of type {kind!r} are not available through the NOMYO router "
                 "(it runs no server-side tools); nothing was sent",
                 where,
@@ -178,19 +157,19 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
 def _string(item: Mapping[str, Any], name: str, where: str) -> str:
     value = item.get(name)
     if not isinstance(value, str):
-        raise _Refused(f"{where}.{name} must be a string", f"{where}.{name}")
+        raise Refused(f"{where}.{name} must be a string", f"{where}.{name}")
     return value
 
 
 def _message(item: Mapping[str, Any], where: str) -> dict[str, Any]:
     role = _ROLES.get(item.get("role"))  # type: ignore[arg-type]
     if role is None:
-        raise _Refused(f"{where}.role must be user, assistant, system or developer", where)
+        raise Refused(f"{where}.role must be user, assistant, system or developer", where)
     content = item.get("content")
     if isinstance(content, str):
         return {"role": role, "content": content}
     if not isinstance(content, list):
-        raise _Refused(f"{where}.content must be a string or a list of parts", where)
+        raise Refused(f"{where}.content must be a string or a list of parts", where)
     parts = [_part(part, f"{where}.content[{n}]") for n, part in enumerate(content)]
     if role != "user" and all(part["type"] == "text" for part in parts):
         return {"role": role, "content": "".join(part["text"] for part in parts)}
@@ -208,7 +187,7 @@ def _part(part: Any, where: str) -> dict[str, Any]:
         if part.get("detail") is not None:
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
-    raise _Refused(
+    raise Refused(
         f"{where}: content parts of type {kind!r} are not available through the NOMYO router "
         "(text and images by URL or data URL are); nothing was sent",
         where,
@@ -222,7 +201,7 @@ def _add_call(messages: list[dict[str, Any]], item: Mapping[str, Any], where: st
         "function": {"name": _string(item, "name", where), "arguments": item.get("arguments")},
     }
     if not isinstance(call["function"]["arguments"], str):  # type: ignore[index]
-        raise _Refused(f"{where}.arguments must be a string", f"{where}.arguments")
+        raise Refused(f"{where}.arguments must be a string", f"{where}.arguments")
     last = messages[-1] if messages else None
     if last is not None and last["role"] == "assistant" and "tool_call_id" not in last:
         last.setdefault("tool_calls", []).append(call)
@@ -236,17 +215,17 @@ def _output_text(output: Any, where: str) -> Any:
         return output
     if isinstance(output, list):
         return [_part(part, f"{where}.output[{n}]") for n, part in enumerate(output)]
-    raise _Refused(f"{where}.output must be a string or a list of parts", f"{where}.output")
+    raise Refused(f"{where}.output must be a string or a list of parts", f"{where}.output")
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _Refused("'tools' must be a list", "tools")
+        raise Refused("'tools' must be a list", "tools")
     translated = []
     for number, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, Mapping) else None
         if kind != "function":
-            raise _Refused(
+            raise Refused(
                 f"tools[{number}]: {kind!r} tools run on OpenAI's servers; the NOMYO router "
                 "runs no server-side tools (web search, file search, code interpreter, ...), "
                 "only function tools that your program runs; nothing was sent",
@@ -265,7 +244,7 @@ def _tool_choice(choice: Any) -> Any:
         return choice
     if isinstance(choice, Mapping) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": _string(choice, "name", "tool_choice")}}
-    raise _Refused(
+    raise Refused(
         "'tool_choice' must be auto, none, required or a function; nothing was sent",
         "tool_choice",
     )
@@ -280,7 +259,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     if kind == "json_schema" and isinstance(value, Mapping):
         schema = {k: value[k] for k in ("name", "schema", "strict", "description") if k in value}
         return {"type": "json_schema", "json_schema": schema}
-    raise _Refused("'text.format' must be text, json_object or json_schema", "text.format")
+    raise Refused("'text.format' must be text, json_object or json_schema", "text.format")
 
 
 # --- the reply ----------------------------------------------------------------------------
@@ -454,11 +433,7 @@ def response_events(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _answer(call: ChatCall, reply: Mapping[str, Any]) -> tuple[bytearray, str]:
-    response = response_object(call.context, reply)
-    if not call.stream:
-        return reply_body(response), JSON
-    events = ((event["type"], event) for event in response_events(response))
-    return sse_stream(events), EVENT_STREAM
+    return object_answer(response_object(call.context, reply), call.stream, response_events)
 
 
 #: The Responses API.

@@ -24,6 +24,7 @@ __all__ = [
     "add_server_args",
     "add_trust_args",
     "api_key",
+    "command_parser",
     "common",
     "key_rotation_kwargs",
     "memory_kwargs",
@@ -32,6 +33,7 @@ __all__ = [
     "positive_int",
     "temperature",
     "trust_kwargs",
+    "whole_number",
 ]
 
 ENV_PROXY_TOKEN = "NOMYO_PROXY_TOKEN"
@@ -54,6 +56,32 @@ def model(given: str | None) -> str:
 
 def api_key(given: str | None) -> str | None:
     return given or os.environ.get(ENV_API_KEY) or None
+
+
+def command_parser(
+    sub: Any,
+    common: argparse.ArgumentParser,
+    name: str,
+    help: str,
+    description: str,
+    *,
+    epilog: str | None = EPILOG,
+    usage: str | None = None,
+) -> argparse.ArgumentParser:
+    """A command's parser on ``sub``, with the shared options of ``common``.
+
+    With an ``epilog`` (``None``: none) the description and epilog are printed as written.
+    """
+    extra: dict[str, Any] = {}
+    if epilog is not None:
+        extra["epilog"] = epilog
+        extra["formatter_class"] = argparse.RawDescriptionHelpFormatter
+    if usage is not None:
+        extra["usage"] = usage
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, parents=[common], help=help, description=description, **extra
+    )
+    return parser
 
 
 def common() -> argparse.ArgumentParser:
@@ -246,11 +274,16 @@ def temperature(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, what: str = "whole number") -> int:
+    """``text`` as an int; otherwise an argparse error naming ``what`` it should be."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not positive")
     return value

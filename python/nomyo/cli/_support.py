@@ -122,23 +122,27 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+#: What ``describe_error`` puts before these errors' messages (the first that matches).
+_PREFIXES: tuple[tuple[type[NomyoError], str], ...] = (
+    (APITimeoutError, "the server did not answer in time"),
+    (APIConnectionError, "cannot reach the server"),
+    (EnvelopeError, "the server's reply was refused"),
+    (KeyFormatError, "key error"),
+)
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for stderr. nomyo's messages never hold keys, API keys or plaintext."""
     if isinstance(exc, CLIError):
         return exc.message
     if isinstance(exc, APIConnectionError) and is_certificate_failure(exc):
         return f"the server's TLS certificate was refused (see --ca-file): {exc}"
-    if isinstance(exc, APITimeoutError):
-        return f"the server did not answer in time: {exc}"
-    if isinstance(exc, APIConnectionError):
-        return f"cannot reach the server: {exc}"
     if isinstance(exc, SecurityError):
         hint = " (command line: --allow-http)" if exc.plain_http else ""
         return f"security check failed: {exc}{hint}"
-    if isinstance(exc, EnvelopeError):
-        return f"the server's reply was refused: {exc}"
-    if isinstance(exc, KeyFormatError):
-        return f"key error: {exc}"
+    for kind, prefix in _PREFIXES:
+        if isinstance(exc, kind):
+            return f"{prefix}: {exc}"
     if isinstance(exc, APIError):
         status = f"HTTP {exc.status_code}" if exc.status_code is not None else "error"
         message = str(exc)

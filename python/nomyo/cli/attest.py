@@ -7,9 +7,13 @@ import json
 from typing import Any
 
 from .._known_pcrs import KnownPcrs, changed_pcrs
+from ._args import command_parser
 from ._support import EXIT_FAILURE, EXIT_OK, out
 
 __all__ = ["add_parser", "cmd_attest_forget", "cmd_attest_show", "cmd_attest_trust"]
+
+_HELP = "remembered PCR values of routers (--expected-pcrs tofu): show, trust, forget"
+_DESCRIPTION = "Manage the known-PCRs file: each router's remembered TPM measurements."
 
 _EPILOG = """\
 With --expected-pcrs tofu (library: expected_pcrs="tofu") the first verified quote of a router
@@ -84,14 +88,7 @@ def _pcrs_json(text: str) -> dict[str, dict[str, str]]:
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    attest = sub.add_parser(
-        "attest",
-        parents=[common],
-        help="remembered PCR values of routers (--expected-pcrs tofu): show, trust, forget",
-        description="Manage the known-PCRs file: each router's remembered TPM measurements.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    attest = command_parser(sub, common, "attest", _HELP, _DESCRIPTION, epilog=_EPILOG)
     asub = attest.add_subparsers(dest="attest_command", metavar="ACTION", required=True)
     file_help = "default $NOMYO_KNOWN_PCRS, else known_pcrs beside the known-hosts file"
     show = asub.add_parser("show", parents=[common], help="remembered values and history")

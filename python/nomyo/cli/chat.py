@@ -12,12 +12,12 @@ from .._chat import SecureChatCompletion
 from .._keys import password_from_env
 from ._args import (
     DEFAULT_MODEL,
-    EPILOG,
     add_key_rotation_arg,
     add_memory_arg,
     add_server_args,
     add_trust_args,
     api_key,
+    command_parser,
     key_rotation_kwargs,
     memory_kwargs,
     model,
@@ -40,6 +40,12 @@ from ._support import (
 )
 
 __all__ = ["add_parser", "attestation_line", "cmd_chat"]
+
+_HELP = "one end-to-end encrypted chat completion"
+_DESCRIPTION = (
+    "Send one encrypted chat completion and print the reply. The prompt is "
+    "read from stdin when not given."
+)
 
 
 def _read_prompt(given: str | None) -> str:
@@ -172,15 +178,7 @@ def _reply_text(response: dict[str, Any]) -> str:
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    chat = sub.add_parser(
-        "chat",
-        parents=[common],
-        help="one end-to-end encrypted chat completion",
-        description="Send one encrypted chat completion and print the reply. The prompt is "
-        "read from stdin when not given.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    chat = command_parser(sub, common, "chat", _HELP, _DESCRIPTION)
     chat.add_argument("prompt", nargs="?", help="the user message (default: stdin)")
     add_server_args(chat)
     add_trust_args(chat)

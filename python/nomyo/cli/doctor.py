@@ -25,8 +25,18 @@ from .._ephemeral import resolve_rotation_interval
 from .._exceptions import ConfigurationError, SecureMemoryError
 from .._memory import get_memory_protection_info
 from .._params import NOT_GIVEN
+from ._args import command_parser, whole_number
 
 __all__ = ["DEFAULT_SIZE", "add_parser", "cmd_doctor", "diagnose"]
+
+_HELP = "check what secret memory gets here (memlock, core dumps, crypto, trust)"
+_DESCRIPTION = (
+    "Report what this machine and process give secrets: the memlock limit "
+    "and CAP_IPC_LOCK, core-dump settings, whether a probe page is locked, "
+    "dump-excluded and wiped on fork, the crypto library and its seed, the trust store "
+    "and proxy variables; with one line of advice per problem. Exit code 1 when "
+    'secure_memory="require" would refuse a request of --size bytes (tried for real).'
+)
 
 #: Request size ``--size`` checks by default (JSON bytes): a long conversation.
 DEFAULT_SIZE = 1 << 20
@@ -267,10 +277,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r}") from None
+    value = whole_number(text, "whole number of bytes")
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
@@ -278,16 +285,7 @@ def _nonnegative(text: str) -> int:
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``nomyo doctor`` on the CLI's subcommands."""
-    doctor = sub.add_parser(
-        "doctor",
-        parents=[common],
-        help="check what secret memory gets here (memlock, core dumps, crypto, trust)",
-        description="Report what this machine and process give secrets: the memlock limit "
-        "and CAP_IPC_LOCK, core-dump settings, whether a probe page is locked, "
-        "dump-excluded and wiped on fork, the crypto library and its seed, the trust store "
-        "and proxy variables; with one line of advice per problem. Exit code 1 when "
-        'secure_memory="require" would refuse a request of --size bytes (tried for real).',
-    )
+    doctor = command_parser(sub, common, "doctor", _HELP, _DESCRIPTION, epilog=None)
     doctor.add_argument(
         "--size",
         type=_nonnegative,

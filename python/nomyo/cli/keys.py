@@ -13,7 +13,7 @@ from .._client import SecureCompletionClient
 from .._constants import KEY_SIZE, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
 from .._keys import generate_key, load_private_key, save_key_pair
 from .._known_hosts import KnownHosts, normalise_fingerprint
-from ._args import KEY_SIZES, add_server_args
+from ._args import KEY_SIZES, add_server_args, command_parser
 from ._support import (
     EXIT_KEY,
     EXIT_OK,
@@ -27,6 +27,29 @@ from ._support import (
 )
 
 __all__ = ["add_parser"]
+
+_GENERATE_HELP = "create a key pair in a directory"
+_GENERATE_DESCRIPTION = (
+    "Generate an RSA key pair and save it as DIR/private_key.pem (mode 0600, "
+    "created atomically) and DIR/public_key.pem; use it with `nomyo chat --key-dir DIR` "
+    "or key_dir= in Python."
+)
+_SHOW_HELP = "describe a key directory"
+_SHOW_DESCRIPTION = (
+    "Print the fingerprint, size, password protection and file modes of the "
+    "key pair in DIR, and check that the two files belong together."
+)
+_FINGERPRINT_HELP = "print sha256:<hex> of the router's public key (SPKI DER)"
+_FINGERPRINT_DESCRIPTION = (
+    "Fetch the router's public key and print its fingerprint, sha256:<hex> "
+    "over the SPKI DER; compare it out of band, then pin it (server_key_fingerprint=)."
+)
+_TRUST_HELP = "accept a router's key in the known-hosts file (trust on first use)"
+_TRUST_DESCRIPTION = (
+    "Record the router's key fingerprint (fetched, or given with "
+    "--fingerprint) as trusted for its URL in the known-hosts file; this is how a "
+    "changed key is accepted after checking it."
+)
 
 
 def _mode(path: Path) -> str:
@@ -136,13 +159,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "file.",
     )
     ksub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
-    generate = ksub.add_parser(
-        "generate",
-        parents=[common],
-        help="create a key pair in a directory",
-        description="Generate an RSA key pair and save it as DIR/private_key.pem (mode 0600, "
-        "created atomically) and DIR/public_key.pem; use it with `nomyo chat --key-dir DIR` "
-        "or key_dir= in Python.",
+    generate = command_parser(
+        ksub, common, "generate", _GENERATE_HELP, _GENERATE_DESCRIPTION, epilog=None
     )
     generate.add_argument(
         "--dir",
@@ -167,35 +185,23 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="RSA key size in bits (default %(default)s)",
     )
     generate.set_defaults(handler=cmd_keys_generate)
-    show = ksub.add_parser(
-        "show",
-        parents=[common],
-        help="describe a key directory",
-        description="Print the fingerprint, size, password protection and file modes of the "
-        "key pair in DIR, and check that the two files belong together.",
-    )
+    show = command_parser(ksub, common, "show", _SHOW_HELP, _SHOW_DESCRIPTION, epilog=None)
     show.add_argument("--dir", required=True, metavar="DIR", help="the key directory to describe")
     show.add_argument(
         "--password-stdin", action="store_true", help="check the password read from stdin"
     )
     show.set_defaults(handler=cmd_keys_show)
-    fingerprint = ksub.add_parser(
+    fingerprint = command_parser(
+        ksub,
+        common,
         "server-fingerprint",
-        parents=[common],
-        help="print sha256:<hex> of the router's public key (SPKI DER)",
-        description="Fetch the router's public key and print its fingerprint, sha256:<hex> "
-        "over the SPKI DER; compare it out of band, then pin it (server_key_fingerprint=).",
+        _FINGERPRINT_HELP,
+        _FINGERPRINT_DESCRIPTION,
+        epilog=None,
     )
     add_server_args(fingerprint, api_key=False)
     fingerprint.set_defaults(handler=cmd_keys_server_fingerprint)
-    trust = ksub.add_parser(
-        "trust",
-        parents=[common],
-        help="accept a router's key in the known-hosts file (trust on first use)",
-        description="Record the router's key fingerprint (fetched, or given with "
-        "--fingerprint) as trusted for its URL in the known-hosts file; this is how a "
-        "changed key is accepted after checking it.",
-    )
+    trust = command_parser(ksub, common, "trust", _TRUST_HELP, _TRUST_DESCRIPTION, epilog=None)
     add_server_args(trust, api_key=False)
     trust.add_argument("--fingerprint", help="sha256:<hex> to accept (default: fetch it)")
     trust.add_argument("--known-hosts", metavar="PATH", help="default ~/.config/nomyo/known_hosts")

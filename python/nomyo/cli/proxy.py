@@ -14,9 +14,9 @@ from .._chat import SecureChatCompletion
 from .._exceptions import NomyoError
 from ._args import (
     ENV_PROXY_TOKEN,
-    EPILOG,
     add_forwarding_args,
     api_key,
+    command_parser,
     key_rotation_kwargs,
     memory_kwargs,
     model,
@@ -41,6 +41,20 @@ if TYPE_CHECKING:
     from .._proxy import ChatProxy
 
 __all__ = ["add_parser", "cmd_proxy", "serving_proxy"]
+
+_HELP = "a local OpenAI-compatible endpoint that forwards end-to-end encrypted"
+_DESCRIPTION = (
+    "Serve POST /v1/chat/completions, POST /v1/responses (OpenAI's Responses "
+    "API), POST /v1/messages (Anthropic's Messages API), streaming too, GET /v1/models and "
+    "GET /healthz on a local address; every completion is encrypted to the NOMYO router, "
+    "other routes are refused (501, nothing sent). "
+    "Without a token ($NOMYO_PROXY_TOKEN or --auth-token-file) any local user who can "
+    "reach the port uses the proxy, and with it your API key: set one on a shared host. "
+    "Callers send it as 'Authorization: Bearer TOKEN' or 'x-api-key: TOKEN'; it is never "
+    "forwarded to the router. "
+    "--allow-remote needs a token (or --no-auth); web pages (an Origin header) are "
+    "refused unless --allow-origin names them."
+)
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -209,23 +223,7 @@ async def _run_proxy(args: argparse.Namespace, host: str, port: int, token: str 
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    proxy = sub.add_parser(
-        "proxy",
-        parents=[common],
-        help="a local OpenAI-compatible endpoint that forwards end-to-end encrypted",
-        description="Serve POST /v1/chat/completions, POST /v1/responses (OpenAI's Responses "
-        "API), POST /v1/messages (Anthropic's Messages API), streaming too, GET /v1/models and "
-        "GET /healthz on a local address; every completion is encrypted to the NOMYO router, "
-        "other routes are refused (501, nothing sent). "
-        "Without a token ($NOMYO_PROXY_TOKEN or --auth-token-file) any local user who can "
-        "reach the port uses the proxy, and with it your API key: set one on a shared host. "
-        "Callers send it as 'Authorization: Bearer TOKEN' or 'x-api-key: TOKEN'; it is never "
-        "forwarded to the router. "
-        "--allow-remote needs a token (or --no-auth); web pages (an Origin header) are "
-        "refused unless --allow-origin names them.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    proxy = command_parser(sub, common, "proxy", _HELP, _DESCRIPTION)
     proxy.add_argument(
         "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="default %(default)s"
     )

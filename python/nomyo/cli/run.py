@@ -6,12 +6,25 @@ import argparse
 import asyncio
 from typing import Any
 
-from ._args import EPILOG, add_forwarding_args
+from ._args import add_forwarding_args, command_parser
 from ._egress import add_egress_args, check_egress_args, egress_guard
 from ._support import EXIT_USAGE, CLIError, check_file, display_url, err
 from .proxy import serving_proxy
 
 __all__ = ["add_parser", "cmd_run"]
+
+_HELP = "run a program built on the OpenAI SDK through a private encrypting proxy"
+_DESCRIPTION = (
+    "Start the proxy on a free loopback port with a fresh random token, run "
+    "CMD with OPENAI_BASE_URL, OPENAI_API_BASE and OPENAI_API_KEY pointing at it, forward "
+    "signals to it, and exit with its status. The program's requests are encrypted end to "
+    "end without a code change. ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY point at it too. "
+    "An egress guard (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY of the program) refuses every other "
+    "destination unless allowed with --allow-egress. CMD does not get NOMYO_API_KEY, "
+    "NOMYO_KEY_PASSWORD, NOMYO_PROXY_TOKEN or NOMYO_BASE_URL (--pass-env hands one over), "
+    "and on Linux it cannot outlive nomyo run: it is killed when nomyo run dies, and "
+    "whatever it leaves running is ended when nomyo run exits."
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -39,22 +52,8 @@ async def _run_child(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    run = sub.add_parser(
-        "run",
-        parents=[common],
-        help="run a program built on the OpenAI SDK through a private encrypting proxy",
-        usage="nomyo run [options] -- CMD [ARGS...]",
-        description="Start the proxy on a free loopback port with a fresh random token, run "
-        "CMD with OPENAI_BASE_URL, OPENAI_API_BASE and OPENAI_API_KEY pointing at it, forward "
-        "signals to it, and exit with its status. The program's requests are encrypted end to "
-        "end without a code change. ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY point at it too. "
-        "An egress guard (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY of the program) refuses every other "
-        "destination unless allowed with --allow-egress. CMD does not get NOMYO_API_KEY, "
-        "NOMYO_KEY_PASSWORD, NOMYO_PROXY_TOKEN or NOMYO_BASE_URL (--pass-env hands one over), "
-        "and on Linux it cannot outlive nomyo run: it is killed when nomyo run dies, and "
-        "whatever it leaves running is ended when nomyo run exits.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    run = command_parser(
+        sub, common, "run", _HELP, _DESCRIPTION, usage="nomyo run [options] -- CMD [ARGS...]"
     )
     add_forwarding_args(run, callers=False)
     add_egress_args(run)

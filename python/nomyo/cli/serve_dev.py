@@ -8,7 +8,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from .._constants import KEY_SIZE
-from ._args import KEY_SIZES
+from ._args import KEY_SIZES, command_parser
 from ._support import (
     EXIT_USAGE,
     CLIError,
@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from ..testing import DevRouter, SwtpmAttestation
 
 __all__ = ["add_parser", "cmd_serve_dev"]
+
+_HELP = "run the development router (echo backend) until Ctrl-C"
+_DESCRIPTION = (
+    "The development NOMYO router: speaks the secure-completion protocol with "
+    "a deterministic echo backend, or forwards to an OpenAI-compatible --upstream."
+)
 
 _SERVE_DEV_EPILOG = """\
 Try it locally: `nomyo serve-dev --tls` makes a local CA and a certificate for localhost,
@@ -153,15 +159,7 @@ async def _serve(
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    serve = sub.add_parser(
-        "serve-dev",
-        parents=[common],
-        help="run the development router (echo backend) until Ctrl-C",
-        description="The development NOMYO router: speaks the secure-completion protocol with "
-        "a deterministic echo backend, or forwards to an OpenAI-compatible --upstream.",
-        epilog=_SERVE_DEV_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    serve = command_parser(sub, common, "serve-dev", _HELP, _DESCRIPTION, epilog=_SERVE_DEV_EPILOG)
     serve.add_argument("--host", default="127.0.0.1", help="default %(default)s")
     serve.add_argument("--port", type=int, default=12434, help="default %(default)s; 0: any")
     serve.add_argument(

@@ -8,10 +8,13 @@ from typing import Any
 
 from .._known_hosts import normalise_fingerprint
 from .._receipts import verify_receipt
-from ._args import pcr_policy
+from ._args import command_parser, pcr_policy
 from ._support import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CLIError, out
 
 __all__ = ["add_parser", "cmd_verify"]
+
+_HELP = "re-check receipts (--receipts files) offline"
+_DESCRIPTION = "Re-check receipts offline: one line per receipt and a summary; exit 1 if any fails."
 
 _EPILOG = """\
 Each receipt is re-checked with the verifier used at call time: receipt_sha256 over its fields,
@@ -76,15 +79,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    verify = sub.add_parser(
-        "verify",
-        parents=[common],
-        help="re-check receipts (--receipts files) offline",
-        description="Re-check receipts offline: one line per receipt and a summary; exit 1 "
-        "if any fails.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    verify = command_parser(sub, common, "verify", _HELP, _DESCRIPTION, epilog=_EPILOG)
     verify.add_argument("receipts", nargs="+", metavar="RECEIPTS", help="receipts file(s)")
     verify.add_argument("--json", action="store_true", help="one JSON document on stdout")
     verify.add_argument(
