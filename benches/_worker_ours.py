@@ -136,7 +136,9 @@ class OursAdapter:
             "error_limit": 1 << 16,
             "timeouts": (60.0, 60.0, 60.0, 60.0),
         }
-        answer = transport.send("GET", spec["url"] + PUBLIC_KEY_PATH, [], **limits)
+        answer = transport.send(
+            {"method": "GET", "url": spec["url"] + PUBLIC_KEY_PATH, "headers": [], **limits}
+        )
         server_key = _core.PublicKey.from_pem(answer.body())
         payload = {"model": MODEL, "messages": [{"role": "user", "content": payload_text(size)}]}
         envelope = _core.seal_json(payload, server_key)
@@ -149,7 +151,9 @@ class OursAdapter:
         times = []
         for i in range(n + 1):  # the first is a warm-up
             start = time.perf_counter()
-            answer = transport.send("POST", url, headers, body=envelope, **limits)
+            answer = transport.send(
+                {"method": "POST", "url": url, "headers": headers, "body": envelope, **limits}
+            )
             if answer.status != 200 or answer.received_bytes <= size:
                 raise RuntimeError(f"router answered {answer.status}, {answer.received_bytes} B")
             if i:
