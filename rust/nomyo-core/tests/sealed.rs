@@ -98,7 +98,12 @@ async fn serve(answer: Answer) -> (SocketAddr, Arc<Mutex<Seen>>) {
 
 fn http_client() -> Client {
     let ca = nomyo_core::devcert::make_dev_certificates(1).unwrap();
-    let path = std::env::temp_dir().join(format!("nomyo-sealed-ca-{}.pem", std::process::id()));
+    // One file per call: the tests run in parallel threads of one process, and a file shared
+    // by name was read by one test while another rewrote it.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path =
+        std::env::temp_dir().join(format!("nomyo-sealed-ca-{}-{call}.pem", std::process::id()));
     std::fs::write(&path, &ca.ca_pem).unwrap();
     Client::new(
         client_config(&[path]).unwrap(),
