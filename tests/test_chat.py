@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,6 @@ from nomyo import _core, _pipeline
 from nomyo.testing import DevRouter, Fault, RouterThread, make_test_certificates
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 HELLO = [{"role": "user", "content": "hello"}]
 
 #: Both transports: the native one (default) and httpx.
@@ -150,42 +146,6 @@ def tls_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterThrea
 
 # -- 6. no output unless the application asks for it ----------------------------------------------
 
-_QUIET_PROGRAM = """
-import sys
-from pathlib import Path
-import nomyo
-from nomyo import _pipeline
-from nomyo.testing import DevRouter, Fault
-
-_pipeline.retry_delay = lambda attempt, retry_after=None: 0.01
-with DevRouter(key_bits=2048).run_in_thread() as handle:
-    handle.router.faults.push(Fault(status=503, times=1))
-    key_dir = Path(sys.argv[1])
-
-    async def main():
-        async with nomyo.SecureChatCompletion(handle.url, allow_http=True, key_dir=key_dir) as c:
-            c.client.key_size = 2048
-            reply = await c.create("m", [{"role": "user", "content": "quiet"}])
-        print(reply.choices[0].message.content)
-
-    import asyncio
-    asyncio.run(main())
-    assert handle.router.secure_requests == 2, "the request was retried once"
-    assert (key_dir / "private_key.pem").exists(), "saved without a password"
-"""
-
-
-def run_program(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
 
 # -- 7. a request too large is refused before it is encrypted -------------------------------------
 
@@ -250,94 +210,6 @@ def test_invalid_limit_refused() -> None:
 
 
 # -- 11. typed like the SDK under mypy --strict ---------------------------------------------------
-
-_TYPED_PROGRAM = """
-from __future__ import annotations
-
-from typing import Literal
-
-import openai
-from openai.types.chat import ChatCompletion as SDKCompletion
-
-import nomyo
-from nomyo import (
-    ChatCompletion,
-    ChatCompletionMessage,
-    ChatCompletionMessageToolCall,
-    Choice,
-    CompletionUsage,
-    FinishReason,
-)
-
-
-# -- SDK --
-def with_the_sdk() -> str | None:
-    http = nomyo.openai_http_client("https://router.example", api_key="k")
-    client = openai.OpenAI(api_key="unused", http_client=http)
-    reply: SDKCompletion = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}]
-    )
-    return reply.choices[0].message.content
-
-
-async def with_the_async_sdk() -> str | None:
-    http = nomyo.openai_async_http_client("https://router.example")
-    client = openai.AsyncOpenAI(api_key="unused", http_client=http)
-    reply = await client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}]
-    )
-    return reply.choices[0].message.content
-# -- end SDK --
-
-
-def with_nomyo() -> list[str]:
-    with nomyo.SyncSecureChatCompletion() as client:
-        reply: ChatCompletion = client.create(
-            "m", [{"role": "user", "content": "hi"}], timeout=5, max_retries=0,
-            extra_headers={"X-Trace": "1"}, extra_query={"a": "b"},
-        )
-    choice: Choice = reply.choices[0]
-    reason: FinishReason = choice.finish_reason
-    stop: Literal["stop", "length", "tool_calls", "content_filter", "function_call"] = reason
-    message: ChatCompletionMessage = choice.message
-    calls: list[ChatCompletionMessageToolCall] = list(message.tool_calls or [])
-    names = [call.function.name for call in calls]
-    kind: Literal["function"] | None = calls[0].type if calls else None
-    usage: CompletionUsage | None = reply.usage
-    total: int = usage.total_tokens if usage is not None else 0
-    dumped: dict[str, object] = reply.model_dump()
-    text: str = reply.model_dump_json() + reply.to_json()
-    again: ChatCompletion = ChatCompletion.model_validate(dumped)
-    return [*names, stop, str(kind), str(total), text, again.id]
-"""
-
-
-def mypy_strict(program: Path) -> subprocess.CompletedProcess[str]:
-    """``mypy --strict`` on one file, with no project configuration and no cache."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--cache-dir",
-            os.devnull,
-            "--config-file",
-            os.devnull,
-            str(program),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=program.parent,
-    )
-
-
-def without_sdk(program: str) -> str:
-    head, _, rest = program.partition("# -- SDK --")
-    return head + rest.partition("# -- end SDK --")[2]
 
 
 # -- 12. replies, errors, a closed client ---------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 import sys
 from typing import Any
 
@@ -186,12 +185,6 @@ def key() -> _core.PrivateKey:
 
 
 # --- write_file ------------------------------------------------------------------------------
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- MADV_WIPEONFORK -------------------------------------------------------------------------

@@ -11,13 +11,11 @@ import socket
 import socketserver
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 import nomyo
@@ -27,7 +25,6 @@ from nomyo.testing import DevCertificates, DevRouter, RouterThread, make_test_ce
 
 NOMYO = [sys.executable, "-m", "nomyo"]
 PAYLOAD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -157,28 +154,6 @@ def test_changed_key_hint_names_the_file_in_use(tmp_path: Path) -> None:
 
 # -- 4. a declared Content-Length is not reserved ------------------------------------------
 
-_CHILD = textwrap.dedent(
-    """
-    import json, resource, sys
-    import nomyo
-
-    url, limit = sys.argv[1], int(sys.argv[2])
-    client = nomyo.SyncSecureCompletionClient(
-        url, allow_http=True, max_retries=0, max_response_size=limit
-    )
-    client.generate_keys()
-    client.fetch_server_public_key()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        client.send_secure_request({"model": "m", "messages": []}, "p")
-        outcome = "accepted"
-    except nomyo.NomyoError as exc:
-        outcome = type(exc).__name__
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"outcome": outcome, "grew_kib": after - before}))
-    """
-)
-
 
 class DeclaringServer(socketserver.ThreadingTCPServer):
     """Serves a real key, then declares ``declared`` reply bytes, sends 1 KiB and closes."""
@@ -250,42 +225,6 @@ def https_router(certs: DevCertificates) -> Iterator[RouterThread]:
     router = DevRouter(key_bits=2048, tls_cert=certs.cert, tls_key=certs.key)
     with router.run_in_thread() as handle:
         yield handle
-
-
-class Proxy:
-    """``nomyo proxy`` as a subprocess on a free loopback port."""
-
-    def __init__(self, *args: str) -> None:
-        env = {**os.environ, "NO_PROXY": "*"}
-        env.pop("NOMYO_BASE_URL", None)
-        self.proc = subprocess.Popen(
-            [*NOMYO, "proxy", "--listen", "127.0.0.1:0", "--allow-http", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "listening on " in line:
-                self.url = line.split("listening on ", 1)[1].split()[0]
-                break
-        else:
-            raise AssertionError(f"the proxy exited with {self.proc.wait(10)}")
-
-    def complete(self) -> httpx.Response:
-        body = {"model": "m", "messages": [{"role": "user", "content": "through the proxy"}]}
-        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as http:
-            return http.post("/v1/chat/completions", json=body)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 def test_known_hosts_normalises_urls_and_checks_its_mode(tmp_path: Path) -> None:
