@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from other_user import NOBODY, as_nobody, can_act_as_nobody, nobody_runs_this_python
 
 import nomyo
 from nomyo import _core
@@ -34,24 +35,17 @@ from nomyo._keys import save_key_pair
 from nomyo._known_hosts import KnownHosts
 from nomyo.testing import DevRouter, RouterThread
 
-NOBODY = 65534
 FINGERPRINT = "sha256:" + "ab" * 32
 URL = "https://router.example"
 as_root = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv (util-linux) to act as another user",
+    not can_act_as_nobody(), reason="needs root and setpriv (util-linux) to act as another user"
 )
 posix = pytest.mark.skipif(os.name != "posix", reason="POSIX owners and modes")
 
 
-def as_nobody(*command: str) -> None:
+def run_as_nobody(*command: str) -> None:
     """Run ``command`` as the user nobody (the other local user of the review)."""
-    subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    subprocess.run(as_nobody(*command), check=True, capture_output=True, timeout=30)
 
 
 @pytest.fixture
@@ -126,7 +120,7 @@ def test_planted_lock_symlink_is_refused(shared_dir: Path) -> None:
     """The review: ``known_hosts.lock`` -> a file of the victim's choosing was created."""
     hosts = shared_dir / "known_hosts"
     victim = shared_dir / "victims_file"  # does not exist: the link would create it
-    as_nobody("ln", "-s", str(victim), str(shared_dir / "known_hosts.lock"))
+    run_as_nobody("ln", "-s", str(victim), str(shared_dir / "known_hosts.lock"))
     assert os.lstat(shared_dir / "known_hosts.lock").st_uid == NOBODY
     with pytest.raises(nomyo.SecurityError, match="symbolic link"):
         KnownHosts(hosts).trust(URL, FINGERPRINT)
@@ -139,8 +133,8 @@ def test_planted_lock_symlink_is_refused(shared_dir: Path) -> None:
 @as_root
 def test_planted_known_hosts_symlink_is_refused(shared_dir: Path) -> None:
     theirs = shared_dir / "theirs"
-    as_nobody("sh", "-c", f"echo '{URL} {FINGERPRINT}' > {theirs} && chmod 600 {theirs}")
-    as_nobody("ln", "-s", str(theirs), str(shared_dir / "known_hosts"))
+    run_as_nobody("sh", "-c", f"echo '{URL} {FINGERPRINT}' > {theirs} && chmod 600 {theirs}")
+    run_as_nobody("ln", "-s", str(theirs), str(shared_dir / "known_hosts"))
     with pytest.raises(nomyo.SecurityError, match="symbolic link"):
         KnownHosts(shared_dir / "known_hosts").entries()
     # And their own file, named directly, is another user's.
@@ -186,8 +180,12 @@ def test_key_pair_planted_in_a_shared_key_dir_is_refused(
     router: RouterThread, shared_dir: Path
 ) -> None:
     """The review: a process given a shared key_dir sealed to the planted pair."""
+    if not nobody_runs_this_python():
+        pytest.skip(
+            f"the user nobody cannot start {sys.executable} (a directory it needs is closed)"
+        )
     key_dir = shared_dir / "keys"
-    as_nobody(
+    run_as_nobody(
         sys.executable,
         "-c",
         "import sys; from nomyo import _core; from nomyo._keys import save_key_pair; "
