@@ -6,6 +6,7 @@
 //! symmetric keys ([`secret`]). This crate has no Python in it; `nomyo-python` binds it.
 
 pub mod aead;
+pub mod alloc;
 pub mod b64;
 pub mod devcert;
 pub mod envelope;
