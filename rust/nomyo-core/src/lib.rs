@@ -12,6 +12,7 @@ pub mod devcert;
 pub mod envelope;
 pub mod error;
 pub mod http;
+pub mod info;
 pub mod json;
 pub mod keygen;
 pub mod keys;
