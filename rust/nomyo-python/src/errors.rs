@@ -10,7 +10,6 @@ use pyo3::exceptions::{
     PyRuntimeError, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::PyErr;
 
 pyo3::import_exception!(nomyo._exceptions, SecurityError);
 pyo3::import_exception!(nomyo._exceptions, EnvelopeError);

@@ -2,7 +2,6 @@
 //! helpers for the caller's own bytearrays.
 
 use nomyo_core::secret::{self, Policy};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
 
@@ -10,11 +9,7 @@ use crate::errors::CoreError;
 
 /// The policy named by a `secure_memory=` argument of the binding.
 pub(crate) fn policy(name: &str) -> PyResult<Policy> {
-    Policy::parse(name).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "secure_memory must be 'off', 'best_effort' or 'require', not {name:?}"
-        ))
-    })
+    Ok(Policy::named(name).map_err(CoreError)?)
 }
 
 /// A truthful report of what this process has achieved for secret memory: a probe page now,
