@@ -24,16 +24,10 @@ pub fn verify_attestation<'py>(
         Some(p) if block.is_some() && !p.is_none() => Some(json::dumps(p)?),
         _ => None,
     };
-    let result = py
-        .detach(|| {
-            let (block, pcrs) = (block.as_ref(), pcrs.as_ref());
-            tpm::verify_json(
-                block.map(|b| b.as_slice()),
-                payload_id,
-                pcrs.map(|p| p.as_slice()),
-                trusted_aiks.as_deref(),
-            )
-        })
-        .map_err(CoreError)?;
-    crate::info::to_python(py, &result)
+    let (block, pcrs) = (
+        block.as_ref().map(|b| b.as_slice()),
+        pcrs.as_ref().map(|p| p.as_slice()),
+    );
+    let result = py.detach(|| tpm::verify_json(block, payload_id, pcrs, trusted_aiks.as_deref()));
+    crate::info::to_python(py, &result.map_err(CoreError)?)
 }
