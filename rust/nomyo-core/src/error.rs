@@ -193,6 +193,31 @@ impl Error {
             Error::Encoding(_) => "encoding",
         }
     }
+
+    /// Why a connection failed (`TransportError.cause`): only for [`Error::Connect`].
+    pub fn cause(&self) -> Option<Cause> {
+        match self {
+            Error::Connect(cause, _) => Some(*cause),
+            _ => None,
+        }
+    }
+
+    /// What a forward proxy answered (`TransportError.status`): only for [`Error::Proxy`],
+    /// and `None` there when it gave no usable answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Proxy(status, _) => *status,
+            _ => None,
+        }
+    }
+
+    /// What timed out (`TransportError.phase`): only for [`Error::Timeout`].
+    pub fn phase(&self) -> Option<Phase> {
+        match self {
+            Error::Timeout(phase) => Some(*phase),
+            _ => None,
+        }
+    }
 }
 
 /// Why [`Policy::Require`] refused a secret buffer: what it needed and what the limit is.
@@ -233,5 +258,34 @@ impl std::fmt::Display for Shortfall {
              CAP_IPC_LOCK; `nomyo doctor --size BYTES` checks a request size",
             self.needed, self.locked
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_details_belong_to_their_own_variant_only() {
+        let connect = Error::Connect(Cause::DnsTransient, "no answer".into());
+        let proxy = Error::Proxy(Some(407), "auth".into());
+        let timeout = Error::Timeout(Phase::Pool);
+        let closed = Error::Closed("eof".into());
+        assert_eq!(connect.cause().map(Cause::as_str), Some("dns-transient"));
+        assert_eq!(proxy.status(), Some(407));
+        assert_eq!(Error::Proxy(None, "garbled".into()).status(), None);
+        assert_eq!(timeout.phase().map(Phase::as_str), Some("pool"));
+        for err in [&connect, &proxy, &timeout, &closed] {
+            let set = [
+                err.cause().is_some(),
+                err.status().is_some(),
+                err.phase().is_some(),
+            ];
+            assert!(set.iter().filter(|&&s| s).count() <= 1, "{err:?}");
+        }
+        assert_eq!(
+            (closed.cause(), closed.status(), closed.phase()),
+            (None, None, None)
+        );
     }
 }

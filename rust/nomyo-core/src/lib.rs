@@ -6,11 +6,13 @@
 //! symmetric keys ([`secret`]). This crate has no Python in it; `nomyo-python` binds it.
 
 pub mod aead;
+pub mod alloc;
 pub mod b64;
 pub mod devcert;
 pub mod envelope;
 pub mod error;
 pub mod http;
+pub mod info;
 pub mod json;
 pub mod keygen;
 pub mod keys;

@@ -4,13 +4,12 @@
 //! (`TransportError.kind`, `.cause`, `.status`, `.phase`, `SecureMemoryError.needed`, ...),
 //! never as text.
 
-use nomyo_core::Error;
+use nomyo_core::{Cause, Error, Phase};
 use pyo3::exceptions::{
-    PyFileExistsError, PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError,
-    PyValueError,
+    PyBaseException, PyFileExistsError, PyFileNotFoundError, PyOSError, PyPermissionError,
+    PyRuntimeError, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::PyErr;
 
 pyo3::import_exception!(nomyo._exceptions, SecurityError);
 pyo3::import_exception!(nomyo._exceptions, EnvelopeError);
@@ -38,22 +37,13 @@ impl From<Error> for CoreError {
     }
 }
 
-/// A `TransportError` carrying what Python decides on as attributes.
-fn transport(err: &Error) -> PyErr {
-    let (cause, status, phase) = match err {
-        Error::Connect(cause, _) => (Some(cause.as_str()), None, None),
-        Error::Proxy(status, _) => (None, *status, None),
-        Error::Timeout(phase) => (None, None, Some(phase.as_str())),
-        _ => (None, None, None),
-    };
-    let exception = TransportError::new_err(err.to_string());
+/// `exception` with the attributes `set` gives it (on a fresh instance this cannot fail).
+fn with_attrs(
+    exception: PyErr,
+    set: impl FnOnce(&Bound<'_, PyBaseException>) -> PyResult<()>,
+) -> PyErr {
     Python::attach(|py| {
-        let value = exception.value(py);
-        // Setting attributes on a fresh exception instance cannot fail.
-        let _ = value.setattr("kind", err.kind());
-        let _ = value.setattr("cause", cause);
-        let _ = value.setattr("status", status);
-        let _ = value.setattr("phase", phase);
+        let _ = set(exception.value(py));
     });
     exception
 }
@@ -76,19 +66,18 @@ impl From<CoreError> for PyErr {
             }
             Error::Io(..) => PyOSError::new_err(message),
             Error::Internal(_) => PyRuntimeError::new_err(message),
-            Error::Memory(shortfall) => {
-                let exception = SecureMemoryError::new_err(message);
-                Python::attach(|py| {
-                    let value = exception.value(py);
-                    // Setting attributes on a fresh exception instance cannot fail.
-                    let _ = value.setattr("needed", shortfall.needed);
-                    let _ = value.setattr("limit", shortfall.limit);
-                    let _ = value.setattr("locked", shortfall.locked);
-                });
-                exception
-            }
+            Error::Memory(s) => with_attrs(SecureMemoryError::new_err(message), |e| {
+                e.setattr("needed", s.needed)?;
+                e.setattr("limit", s.limit)?;
+                e.setattr("locked", s.locked)
+            }),
             Error::Connect(..) | Error::Proxy(..) | Error::Timeout(_) | Error::Closed(_) => {
-                transport(&err)
+                with_attrs(TransportError::new_err(message), |e| {
+                    e.setattr("kind", err.kind())?;
+                    e.setattr("cause", err.cause().map(Cause::as_str))?;
+                    e.setattr("status", err.status())?;
+                    e.setattr("phase", err.phase().map(Phase::as_str))
+                })
             }
         }
     }

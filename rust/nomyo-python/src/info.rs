@@ -1,23 +1,21 @@
-//! `crypto_info()`: how this build's cryptography is configured, for diagnostics and tests.
+//! `crypto_info()`, and how any core report becomes Python objects (a dict).
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+
+/// A core report (a `Serialize` struct) as Python objects, keys in the struct's order.
+pub(crate) fn to_python<'py>(
+    py: Python<'py>,
+    report: &impl serde::Serialize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let encoded = serde_json::to_vec(report)
+        .map_err(|e| PyValueError::new_err(format!("cannot encode the result: {e}")))?;
+    crate::json::loads(py, &encoded)
+}
 
 /// The crypto library, how it seeds its random generator, and how many RSA key generations
 /// `PrivateKey.generate` races here.
 #[pyfunction]
-pub fn crypto_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("library", "aws-lc")?;
-    let seed = if nomyo_core::rand::aws_lc_seeds_from_cpu_jitter() {
-        "cpu-jitter"
-    } else {
-        "os"
-    };
-    d.set_item("rng_seed", seed)?;
-    d.set_item(
-        "key_generation_racers",
-        nomyo_core::keygen::default_racers(),
-    )?;
-    Ok(d)
+pub fn crypto_info(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    to_python(py, &nomyo_core::info::crypto_info())
 }

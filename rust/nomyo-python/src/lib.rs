@@ -5,7 +5,6 @@
 //! transient plaintext (for example a JSON string being unescaped) never lingers in freed
 //! memory.
 
-mod alloc;
 mod buffer;
 #[cfg(unix)]
 mod completions;
@@ -22,6 +21,7 @@ mod runtime;
 mod tpm;
 mod transport;
 
+use nomyo_core::alloc;
 use pyo3::prelude::*;
 
 #[global_allocator]

@@ -28,6 +28,8 @@ mod pages;
 mod policy;
 mod pool;
 mod probe;
+mod region;
+mod report;
 mod scrub;
 #[cfg(test)]
 mod tests;
@@ -43,6 +45,8 @@ pub use self::policy::{policy, with_policy, Policy};
 pub use self::probe::{
     largest_lockable_request, lockable_now, locked_now, probe, request_peak, Protection,
 };
+pub use self::region::{disable_core_dumps, lock_region, unlock_region};
+pub use self::report::{level, report, Report};
 pub use self::scrub::scrub;
 pub use crate::error::Shortfall;
 use crate::error::{Error, Result};

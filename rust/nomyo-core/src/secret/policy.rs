@@ -2,6 +2,8 @@
 
 use std::cell::Cell;
 
+use crate::error::{Error, Result};
+
 /// How hard a secret buffer insists on locked, dump-excluded pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
@@ -24,6 +26,16 @@ impl Policy {
             "require" => Some(Policy::Require),
             _ => None,
         }
+    }
+
+    /// [`Policy::parse`] of a caller's `secure_memory=` argument: an unknown name is an
+    /// [`Error::Value`] naming the three.
+    pub fn named(name: &str) -> Result<Self> {
+        Self::parse(name).ok_or_else(|| {
+            Error::Value(format!(
+                "secure_memory must be 'off', 'best_effort' or 'require', not {name:?}"
+            ))
+        })
     }
 
     /// The name [`Policy::parse`] reads.

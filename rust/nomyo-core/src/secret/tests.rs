@@ -222,6 +222,11 @@ fn policy_is_scoped_to_the_thread_and_kept_by_the_buffer() {
         assert_eq!(Policy::parse(p.as_str()), Some(p));
     }
     assert_eq!(Policy::parse("true"), None);
+    assert_eq!(Policy::named("require"), Ok(Policy::Require));
+    assert_eq!(
+        Policy::named("True").unwrap_err().to_string(),
+        "secure_memory must be 'off', 'best_effort' or 'require', not \"True\""
+    );
 }
 
 #[test]

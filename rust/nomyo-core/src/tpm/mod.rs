@@ -42,6 +42,8 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::error::Error;
+
 pub use crypto::{
     sha256, verify_ecdsa_p256_sha256, verify_rsapss_sha256, verify_rsapss_sha256_with_salt,
     verify_rsassa_sha256, PssSalt,
@@ -210,6 +212,46 @@ pub fn verify_pinned(
     };
     run.check(&fields, payload_id, expected_pcrs);
     run.finish()
+}
+
+/// [`verify_pinned`] for a caller holding JSON text (the Python binding).
+///
+/// `block` is the attestation block as JSON, `None` when the caller could not write it as
+/// JSON; either that or JSON nested beyond the parser's depth limit gives `parse_error`.
+/// `expected_pcrs` is the policy as JSON (bank → {index: hex digest}), read only when the
+/// block parsed; one of another shape is the caller's mistake ([`Error::Value`]).
+/// `trusted_aiks` are `sha256:<hex>` fingerprints in either case, blanks around them ignored.
+pub fn verify_json(
+    block: Option<&[u8]>,
+    payload_id: &str,
+    expected_pcrs: Option<&[u8]>,
+    trusted_aiks: Option<&[String]>,
+) -> crate::Result<Verification> {
+    let trusted: Option<Vec<String>> =
+        trusted_aiks.map(|t| t.iter().map(|f| f.trim().to_ascii_lowercase()).collect());
+    let Some(block) = block.and_then(|b| serde_json::from_slice::<Value>(b).ok()) else {
+        let mut result = verify_pinned(&Value::Bool(false), payload_id, None, trusted.as_deref());
+        result.detail = "the attestation block is not a JSON object of bounded depth".into();
+        return Ok(result);
+    };
+    let policy: Option<PcrPolicy> = match expected_pcrs {
+        Some(text) => {
+            let value: Value = serde_json::from_slice(text)
+                .map_err(|e| Error::Value(format!("not JSON-like: {e}")))?;
+            Some(serde_json::from_value(value).map_err(|e| {
+                Error::Value(format!(
+                    "expected_pcrs must map bank -> {{index: hex digest}}: {e}"
+                ))
+            })?)
+        }
+        None => None,
+    };
+    Ok(verify_pinned(
+        &block,
+        payload_id,
+        policy.as_ref(),
+        trusted.as_deref(),
+    ))
 }
 
 /// Reads `is_available`; a `null` block counts as unavailable.
