@@ -7,6 +7,8 @@
 
 pub mod aead;
 pub mod b64;
+#[cfg(unix)]
+pub mod completions;
 pub mod devcert;
 pub mod envelope;
 pub mod error;
@@ -16,6 +18,7 @@ pub mod keygen;
 pub mod keys;
 pub mod rand;
 pub mod rsa;
+pub mod runtime;
 pub mod sealed;
 pub mod secret;
 pub mod tpm;
