@@ -8,6 +8,8 @@
 pub mod aead;
 pub mod alloc;
 pub mod b64;
+#[cfg(unix)]
+pub mod completions;
 pub mod devcert;
 pub mod envelope;
 pub mod error;
@@ -18,6 +20,7 @@ pub mod keygen;
 pub mod keys;
 pub mod rand;
 pub mod rsa;
+pub mod runtime;
 pub mod sealed;
 pub mod secret;
 pub mod tpm;

@@ -2,16 +2,19 @@
 //! client's key, with the timings of each step and the SHA-256 of both sealed bodies.
 //!
 //! This is the protocol's round trip without a language binding: `nomyo-python` converts one
-//! Python request into a [`Request`], runs [`exchange`] on its I/O runtime without the GIL,
-//! and hands the [`Reply`] back. Plaintext lives in [`SecretBuf`]s (under the request's
-//! secure-memory [`Policy`]) and is scrubbed from registers and stack after each secret step;
-//! only ciphertext reaches the HTTP engine.
+//! Python request into a [`Request`], starts it on the process's runtime without the GIL
+//! ([`start`], [`Waiting`]) and hands the [`Reply`] back (as a [`Shared`] one). Plaintext
+//! lives in [`SecretBuf`]s (under the request's secure-memory [`Policy`]) and is scrubbed from
+//! registers and stack after each secret step; only ciphertext reaches the HTTP engine.
 //!
 //! The two digests are what a receipt of the exchange can be built on: `request_sha256` of the
 //! sealed request body exactly as sent, `reply_sha256` of the reply body exactly as received
 //! (before it is opened).
+//!
+//! [`start`] runs one exchange on the process's runtime ([`crate::runtime`]) and hands its
+//! outcome to a callback; [`Waiting`] is the same for a caller that waits on its own thread.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
@@ -20,7 +23,9 @@ use crate::envelope::{self, Opened};
 use crate::error::Result;
 use crate::http::{self, Client, Method, Timeouts};
 use crate::keys::{PrivateKey, PublicKey};
+use crate::runtime;
 use crate::secret::{self, Policy, SecretBuf};
+use tokio::task::AbortHandle;
 
 /// What a request carries.
 pub enum Body {
@@ -104,6 +109,57 @@ pub struct Reply {
     pub reply_sha256: [u8; 32],
 }
 
+impl Reply {
+    /// The headers with each name once, in the order first seen; the values of a repeated
+    /// header joined with ", " (names are lower-case already).
+    pub fn joined_headers(&self) -> Vec<(String, String)> {
+        let mut joined: Vec<(String, String)> = Vec::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            match joined.iter_mut().find(|(seen, _)| seen == name) {
+                Some((_, values)) => {
+                    values.push_str(", ");
+                    values.push_str(value);
+                }
+                None => joined.push((name.clone(), value.clone())),
+            }
+        }
+        joined
+    }
+}
+
+/// A finished exchange with several owners (a binding may have to hand one over more than
+/// once), whose opened reply goes to the first that takes it.
+#[derive(Debug, Clone)]
+pub struct Shared(Arc<(Reply, Mutex<Option<Result<Opened>>>)>);
+
+impl From<Reply> for Shared {
+    fn from(mut reply: Reply) -> Self {
+        let opened = Mutex::new(reply.opened.take());
+        Shared(Arc::new((reply, opened)))
+    }
+}
+
+impl Shared {
+    /// The reply, without its opened reply (see [`Shared::take_opened`]).
+    pub fn reply(&self) -> &Reply {
+        &self.0 .0
+    }
+
+    fn opened(&self) -> std::sync::MutexGuard<'_, Option<Result<Opened>>> {
+        self.0 .1.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the opened reply (or why it could not be opened) is there to be taken.
+    pub fn has_opened(&self) -> bool {
+        self.opened().is_some()
+    }
+
+    /// The opened reply (or why it could not be opened), once.
+    pub fn take_opened(&self) -> Option<Result<Opened>> {
+        self.opened().take()
+    }
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -184,4 +240,84 @@ pub async fn exchange(client: &Client, request: Request) -> Result<Reply> {
         request_sha256,
         reply_sha256,
     })
+}
+
+/// Where [`start`] hands over the outcome of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deliver {
+    /// On the I/O worker that finished it: the callback must return at once.
+    OnWorker,
+    /// On a blocking-pool thread: the callback may wait (for example for an interpreter
+    /// lock) while the connections and timers of other requests keep running.
+    OnBlockingThread,
+}
+
+/// Run [`exchange`] on the process's runtime and hand its outcome to `deliver` (as `on`
+/// says). Aborting the returned handle cancels it (the connection it used is closed) and
+/// nothing is delivered, unless the outcome is already on its way.
+pub fn start<F>(
+    client: Arc<Client>,
+    request: Request,
+    on: Deliver,
+    deliver: F,
+) -> std::io::Result<AbortHandle>
+where
+    F: FnOnce(Result<Reply>) + Send + 'static,
+{
+    runtime::spawn(async move {
+        let outcome = exchange(&client, request).await;
+        match on {
+            Deliver::OnWorker => deliver(outcome),
+            Deliver::OnBlockingThread => {
+                let _ = tokio::task::spawn_blocking(move || deliver(outcome)).await;
+            }
+        }
+    })
+}
+
+/// An exchange started for a caller that waits for it on its own thread, in slices (so that
+/// it can do something else between them, such as checking for an interrupt).
+pub struct Waiting {
+    outcome: Mutex<mpsc::Receiver<Result<Reply>>>,
+    task: AbortHandle,
+}
+
+/// What one [`Waiting::wait`] found.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a return value, moved once: boxing would only allocate
+pub enum Waited {
+    Done(Result<Reply>),
+    /// Still running after the time given.
+    Running,
+    /// The task ended without an outcome (it was aborted, or it panicked).
+    Lost,
+}
+
+impl Waiting {
+    /// Start `request` on `client` (see [`start`]).
+    pub fn start(client: Arc<Client>, request: Request) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let task = start(client, request, Deliver::OnWorker, move |outcome| {
+            let _ = tx.send(outcome);
+        })?;
+        Ok(Waiting {
+            outcome: Mutex::new(rx),
+            task,
+        })
+    }
+
+    /// Wait up to `timeout` for the outcome.
+    pub fn wait(&self, timeout: Duration) -> Waited {
+        let outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome.recv_timeout(timeout) {
+            Ok(outcome) => Waited::Done(outcome),
+            Err(mpsc::RecvTimeoutError::Timeout) => Waited::Running,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Waited::Lost,
+        }
+    }
+
+    /// Cancel the exchange (the connection it used is closed).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
 }

@@ -14,7 +14,9 @@ use hyper_util::rt::TokioIo;
 use nomyo_core::envelope::{self, DEFAULT_MAX_ENVELOPE};
 use nomyo_core::http::{client_config, Client, Method, Timeouts};
 use nomyo_core::keys::PrivateKey;
-use nomyo_core::sealed::{self, sha256, Body, Open, Request};
+use nomyo_core::sealed::{
+    self, sha256, Body, Deliver, Open, Reply, Request, Shared, Timings, Waited, Waiting,
+};
 use nomyo_core::secret::{Policy, SecretBuf};
 use nomyo_core::{Cause, Error};
 use tokio::net::TcpListener;
@@ -229,5 +231,167 @@ fn a_raw_get_is_sent_as_it_is_and_a_refused_connection_is_typed() {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Connect(Cause::Refused, _)), "{err:?}");
+    });
+}
+
+/// Whether `task` is marked finished soon (just after its future is dropped).
+fn ends(task: &tokio::task::AbortHandle) -> bool {
+    (0..30_000).any(|_| {
+        std::thread::sleep(Duration::from_millis(1));
+        task.is_finished()
+    })
+}
+
+/// A port that accepts connections (the kernel's backlog) but never answers.
+fn silent_server() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+#[test]
+fn a_started_exchange_delivers_its_outcome_on_a_worker_or_a_blocking_thread() {
+    let rt = runtime();
+    let (addr, _seen) = rt.block_on(serve(Answer::Echo));
+    let client = Arc::new(http_client());
+    for on in [Deliver::OnWorker, Deliver::OnBlockingThread] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let task = sealed::start(
+            client.clone(),
+            request(format!("http://{addr}/"), b"{\"n\": 1}"),
+            on,
+            move |outcome| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                tx.send((outcome, thread)).unwrap();
+            },
+        )
+        .unwrap();
+        let (outcome, thread) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let reply = outcome.unwrap();
+        assert_eq!(reply.status, 200);
+        let opened = reply.opened.expect("asked to open").unwrap();
+        assert_eq!(opened.plaintext.as_slice(), b"{\"n\": 1}");
+        // Both kinds of thread belong to the process's runtime.
+        assert_eq!(thread.as_deref(), Some("nomyo-io"), "{on:?}");
+        assert!(ends(&task), "{on:?}");
+    }
+}
+
+#[test]
+fn a_waited_exchange_returns_its_reply_or_its_typed_failure() {
+    let rt = runtime();
+    let (addr, _seen) = rt.block_on(serve(Answer::Busy));
+    let client = Arc::new(http_client());
+    let waiting =
+        Waiting::start(client.clone(), request(format!("http://{addr}/"), b"{}")).unwrap();
+    let reply = loop {
+        match waiting.wait(Duration::from_millis(100)) {
+            Waited::Done(outcome) => break outcome.unwrap(),
+            Waited::Running => continue,
+            Waited::Lost => panic!("the task ended without an outcome"),
+        }
+    };
+    assert_eq!(reply.status, 503);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let waiting =
+        Waiting::start(client, request(format!("http://127.0.0.1:{port}/"), b"{}")).unwrap();
+    let err = loop {
+        match waiting.wait(Duration::from_millis(100)) {
+            Waited::Done(outcome) => break outcome.unwrap_err(),
+            Waited::Running => continue,
+            Waited::Lost => panic!("the task ended without an outcome"),
+        }
+    };
+    assert!(matches!(err, Error::Connect(Cause::Refused, _)), "{err:?}");
+}
+
+#[test]
+fn an_aborted_exchange_is_lost_to_its_waiter_and_delivers_nothing() {
+    let (_listener, url) = silent_server();
+    let client = Arc::new(http_client());
+    let mut silent = request(url.clone(), b"{}");
+    silent.timeouts = Timeouts::default(); // wait for the reply forever
+    silent.body_deadline = None;
+    let waiting = Waiting::start(client.clone(), silent).unwrap();
+    assert!(matches!(
+        waiting.wait(Duration::from_millis(50)),
+        Waited::Running
+    ));
+    waiting.abort();
+    assert!(matches!(
+        waiting.wait(Duration::from_secs(30)),
+        Waited::Lost
+    ));
+
+    let mut silent = request(url, b"{}");
+    silent.timeouts = Timeouts::default();
+    silent.body_deadline = None;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let task = sealed::start(client, silent, Deliver::OnWorker, move |_| {
+        tx.send(()).unwrap();
+    })
+    .unwrap();
+    task.abort();
+    // The callback (and the sender it holds) is dropped without being called.
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+    );
+    assert!(ends(&task), "an aborted task ends");
+}
+
+#[test]
+fn repeated_headers_are_joined_in_the_order_first_seen() {
+    let header = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+    let reply = Reply {
+        status: 200,
+        headers: vec![
+            header("set-cookie", "a=1"),
+            header("content-type", "application/json"),
+            header("set-cookie", "b=2"),
+            header("x-empty", ""),
+            header("set-cookie", "c=3"),
+        ],
+        body: Vec::new(),
+        opened: None,
+        sent_bytes: 0,
+        received_bytes: 0,
+        timings: Timings::default(),
+        request_sha256: sha256(b""),
+        reply_sha256: sha256(b""),
+    };
+    assert_eq!(
+        reply.joined_headers(),
+        vec![
+            header("set-cookie", "a=1, b=2, c=3"),
+            header("content-type", "application/json"),
+            header("x-empty", ""),
+        ]
+    );
+}
+
+#[test]
+fn a_shared_reply_gives_its_opened_reply_to_the_first_taker_only() {
+    let rt = runtime();
+    rt.block_on(async {
+        let (addr, _seen) = serve(Answer::Echo).await;
+        let reply = sealed::exchange(&http_client(), request(format!("http://{addr}/"), b"[1]"))
+            .await
+            .unwrap();
+        let shared = Shared::from(reply);
+        let other = shared.clone();
+        assert!(shared.reply().opened.is_none(), "moved out of the reply");
+        assert_eq!(other.reply().status, 200);
+        assert!(shared.has_opened() && other.has_opened());
+        let opened = other.take_opened().expect("the first taker").unwrap();
+        assert_eq!(opened.plaintext.as_slice(), b"[1]");
+        assert!(!shared.has_opened(), "taken for every owner");
+        assert!(shared.take_opened().is_none());
+        assert_eq!(shared.reply().reply_sha256, other.reply().reply_sha256);
     });
 }

@@ -17,7 +17,6 @@ mod keys;
 mod memory;
 mod reply;
 mod request;
-mod runtime;
 mod tpm;
 mod transport;
 

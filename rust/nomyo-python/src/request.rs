@@ -1,14 +1,13 @@
 //! One Python request (a dict) converted into the core's `sealed::Request`.
 
-use std::time::Duration;
-
-use nomyo_core::http::{Method, Timeouts};
+use nomyo_core::http::{self, Timeouts};
 use nomyo_core::sealed::{Body, Open, Request};
 use nomyo_core::secret::{self, Policy};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::errors::CoreError;
 use crate::json;
 use crate::keys::{PyPrivateKey, PyPublicKey};
 
@@ -37,29 +36,11 @@ pub(crate) struct PyRequest<'py> {
     proxy: Option<String>,
 }
 
-/// `value` seconds as a duration (None stays None).
-pub(crate) fn seconds(value: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
-    value
-        .map(|s| {
-            Duration::try_from_secs_f64(s)
-                .map_err(|_| PyValueError::new_err(format!("{what} must be >= 0 seconds")))
-        })
-        .transpose()
-}
-
 impl PyRequest<'_> {
     /// The core request; the payload is serialized here (before anything is sent) under
     /// `policy`.
     pub(crate) fn into_core(self, policy: Policy) -> PyResult<Request> {
-        let method = match self.method.as_str() {
-            "GET" => Method::GET,
-            "POST" => Method::POST,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unsupported method {other:?}"
-                )))
-            }
-        };
+        let method = http::method(&self.method).map_err(CoreError)?;
         let body = match (self.body, self.seal) {
             (Some(_), Some(_)) => {
                 return Err(PyValueError::new_err("pass either body or seal, not both"))
@@ -75,7 +56,6 @@ impl PyRequest<'_> {
             }
             (None, None) => Body::Empty,
         };
-        let (connect, read, write, pool) = self.timeouts;
         Ok(Request {
             method,
             url: self.url,
@@ -87,13 +67,8 @@ impl PyRequest<'_> {
             }),
             ok_limit: self.ok_limit,
             error_limit: self.error_limit,
-            timeouts: Timeouts {
-                connect: seconds(connect, "connect timeout")?,
-                read: seconds(read, "read timeout")?,
-                write: seconds(write, "write timeout")?,
-                pool: seconds(pool, "pool timeout")?,
-            },
-            body_deadline: seconds(self.body_deadline, "body deadline")?,
+            timeouts: Timeouts::from_seconds(self.timeouts).map_err(CoreError)?,
+            body_deadline: http::seconds(self.body_deadline, "body deadline").map_err(CoreError)?,
             proxy: self.proxy,
             policy,
         })

@@ -1,29 +1,28 @@
 //! `Transport`: the native HTTP/1.1 and HTTP/2 client (direct or through a forward proxy).
 //!
 //! One request runs as one task on the process's Tokio runtime, without the GIL:
-//! [`nomyo_core::sealed::exchange`] seals it, sends it and opens the reply into locked
-//! memory. Python only turns the payload into JSON before (see `request`) and the opened JSON
-//! into objects after (`Reply.reply`). A finished request reaches asyncio through
-//! `Completions` (no GIL on the workers) or, where a loop cannot watch a descriptor, through a
-//! callback run on a blocking-pool thread.
+//! [`nomyo_core::sealed::start`] seals it, sends it and opens the reply into locked memory.
+//! Python only turns the payload into JSON before (see `request`) and the opened JSON into
+//! objects after (`Reply.reply`). A finished request reaches asyncio through `Completions`
+//! (no GIL on the workers) or, where a loop cannot watch a descriptor, through a callback run
+//! on a blocking-pool thread.
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nomyo_core::http::{self, Client};
-use nomyo_core::sealed;
+use nomyo_core::sealed::{self, Deliver, Waited, Waiting};
 use nomyo_core::secret::Policy;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use tokio::task::AbortHandle;
 
 #[cfg(unix)]
-use crate::completions::{PyCompletions, Queue};
+use crate::completions::PyCompletions;
 use crate::errors::CoreError;
-use crate::reply::{Outcome, PyReply};
-use crate::request::{seconds, PyRequest};
-use crate::runtime;
+use crate::reply::{outcome_to_py, Outcome, PyReply};
+use crate::request::PyRequest;
 
 /// A request in flight; `cancel()` stops it (the connection it used is closed).
 #[pyclass(frozen, name = "Pending", module = "nomyo._core")]
@@ -43,55 +42,21 @@ impl PyPending {
     }
 }
 
-/// Where a finished request goes.
-enum Sink {
-    /// A Python callable `done(ok, value)`, called on a blocking-pool thread.
-    Call(Py<PyAny>),
-    /// A `Completions` queue, under this token.
-    #[cfg(unix)]
-    Queue(Arc<Queue>, u64),
+/// Call `done(ok, value)` with `outcome` (on a blocking-pool thread: waiting for the GIL
+/// never holds up an I/O worker).
+fn call_back(done: Py<PyAny>, outcome: Outcome) {
+    // Not attachable means the interpreter is shutting down: nobody waits.
+    Python::try_attach(|py| {
+        let (ok, value) =
+            outcome_to_py(py, outcome).unwrap_or_else(|err| (false, err.into_value(py).into_any()));
+        // An error here means the event loop has closed: nobody is waiting.
+        let _ = done.call1(py, (ok, value));
+        drop(done);
+    });
 }
 
-impl Sink {
-    fn new(done: Bound<'_, PyAny>, token: u64) -> Self {
-        #[cfg(unix)]
-        if let Ok(completions) = done.cast::<PyCompletions>() {
-            return Sink::Queue(completions.get().queue.clone(), token);
-        }
-        let _ = token;
-        Sink::Call(done.unbind())
-    }
-
-    async fn deliver(self, outcome: Outcome) {
-        match self {
-            #[cfg(unix)]
-            Sink::Queue(queue, token) => queue.push(token, outcome),
-            Sink::Call(done) => {
-                // Waiting for the GIL happens on a blocking-pool thread, never on an I/O
-                // worker: the connections and timers of other requests keep running.
-                let _ = tokio::task::spawn_blocking(move || {
-                    // Not attachable means the interpreter is shutting down: nobody waits.
-                    Python::try_attach(|py| {
-                        let (ok, value) = match outcome.map(|reply| Py::new(py, reply)) {
-                            Ok(Ok(reply)) => (true, reply.into_any()),
-                            Ok(Err(err)) => (false, err.into_value(py).into_any()),
-                            Err(err) => {
-                                (false, PyErr::from(CoreError(err)).into_value(py).into_any())
-                            }
-                        };
-                        // An error here means the event loop has closed: nobody is waiting.
-                        let _ = done.call1(py, (ok, value));
-                        drop(done);
-                    });
-                })
-                .await;
-            }
-        }
-    }
-}
-
-async fn run(client: Arc<Client>, request: sealed::Request) -> Outcome {
-    sealed::exchange(&client, request).await.map(PyReply::from)
+fn no_runtime(err: std::io::Error) -> PyErr {
+    PyRuntimeError::new_err(format!("cannot start the I/O runtime: {err}"))
 }
 
 /// The native HTTP/1.1 + HTTP/2 transport: verified TLS (rustls) with the given trust anchors, a
@@ -100,12 +65,6 @@ async fn run(client: Arc<Client>, request: sealed::Request) -> Outcome {
 pub struct PyTransport {
     client: Arc<Client>,
     policy: Policy,
-}
-
-fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> PyResult<AbortHandle> {
-    let handle = runtime::handle()
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the I/O runtime: {e}")))?;
-    Ok(handle.spawn(task).abort_handle())
 }
 
 #[pymethods]
@@ -124,12 +83,17 @@ impl PyTransport {
         secure_memory: &str,
     ) -> PyResult<Self> {
         let policy = crate::memory::policy(secure_memory)?;
-        let keepalive = seconds(Some(keepalive), "keepalive")?.unwrap_or_default();
+        let keepalive = http::seconds(Some(keepalive), "keepalive").map_err(CoreError)?;
         let config = py
             .detach(|| http::client_config(&ca_paths))
             .map_err(CoreError)?;
         Ok(PyTransport {
-            client: Arc::new(Client::new(config, max_connections, max_idle, keepalive)),
+            client: Arc::new(Client::new(
+                config,
+                max_connections,
+                max_idle,
+                keepalive.unwrap_or_default(),
+            )),
             policy,
         })
     }
@@ -144,37 +108,41 @@ impl PyTransport {
         request: PyRequest<'_>,
         token: u64,
     ) -> PyResult<PyPending> {
-        let request = request.into_core(self.policy)?;
-        let client = self.client.clone();
-        let sink = Sink::new(done, token);
-        let abort = spawn(async move { sink.deliver(run(client, request).await).await })?;
-        Ok(PyPending { abort })
+        let (client, request) = (self.client.clone(), request.into_core(self.policy)?);
+        #[cfg(unix)]
+        if let Ok(completions) = done.cast::<PyCompletions>() {
+            let queue = completions.get().queue.clone();
+            let push = move |outcome: nomyo_core::Result<_>| {
+                queue.push(token, outcome.map(PyReply::from));
+            };
+            let started = sealed::start(client, request, Deliver::OnWorker, push);
+            return started.map(|abort| PyPending { abort }).map_err(no_runtime);
+        }
+        let _ = token; // only a `Completions` queue files outcomes under it
+        let done = done.unbind();
+        let call = move |outcome: nomyo_core::Result<_>| {
+            call_back(done, outcome.map(PyReply::from));
+        };
+        let started = sealed::start(client, request, Deliver::OnBlockingThread, call);
+        started.map(|abort| PyPending { abort }).map_err(no_runtime)
     }
 
     /// The blocking twin of `start`: waits without the GIL (Ctrl-C still interrupts).
     fn send(&self, py: Python<'_>, request: PyRequest<'_>) -> PyResult<PyReply> {
         let request = request.into_core(self.policy)?;
-        let client = self.client.clone();
-        let (tx, rx) = mpsc::sync_channel(1);
-        let task = spawn(async move {
-            let _ = tx.send(run(client, request).await);
-        })?;
-        let mut rx = rx;
+        let waiting = Waiting::start(self.client.clone(), request).map_err(no_runtime)?;
         loop {
-            let (back, outcome) = py.detach(move || {
-                let outcome = rx.recv_timeout(Duration::from_millis(100));
-                (rx, outcome)
-            });
-            rx = back;
-            match outcome {
-                Ok(outcome) => return Ok(outcome.map_err(CoreError)?),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+            match py.detach(|| waiting.wait(Duration::from_millis(100))) {
+                Waited::Done(outcome) => {
+                    return Ok(outcome.map(PyReply::from).map_err(CoreError)?)
+                }
+                Waited::Running => {
                     if let Err(interrupted) = py.check_signals() {
-                        task.abort();
+                        waiting.abort();
                         return Err(interrupted);
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Waited::Lost => {
                     return Err(PyRuntimeError::new_err(
                         "the request task ended unexpectedly",
                     ))

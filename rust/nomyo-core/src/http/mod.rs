@@ -50,6 +50,40 @@ pub struct Timeouts {
     pub pool: Option<Duration>,
 }
 
+impl Timeouts {
+    /// `(connect, read, write, pool)` in seconds, None for no limit (see [`seconds`]).
+    pub fn from_seconds(
+        (connect, read, write, pool): (Option<f64>, Option<f64>, Option<f64>, Option<f64>),
+    ) -> Result<Self> {
+        Ok(Timeouts {
+            connect: seconds(connect, "connect timeout")?,
+            read: seconds(read, "read timeout")?,
+            write: seconds(write, "write timeout")?,
+            pool: seconds(pool, "pool timeout")?,
+        })
+    }
+}
+
+/// `value` seconds as a duration (None stays None); a negative, NaN or too large value is an
+/// [`Error::Value`] naming `what`.
+pub fn seconds(value: Option<f64>, what: &str) -> Result<Option<Duration>> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| Error::Value(format!("{what} must be >= 0 seconds")))
+        })
+        .transpose()
+}
+
+/// The protocol's two methods by name, `GET` and `POST` (another: [`Error::Value`]).
+pub fn method(name: &str) -> Result<Method> {
+    match name {
+        "GET" => Ok(Method::GET),
+        "POST" => Ok(Method::POST),
+        other => Err(Error::Value(format!("unsupported method {other:?}"))),
+    }
+}
+
 /// One request to send (its `Debug` shows neither headers nor the proxy URL: both may hold
 /// secrets).
 pub struct Request<'a> {

@@ -252,3 +252,40 @@ fn a_slow_head_is_a_read_timeout_and_a_full_client_a_pool_timeout() {
         );
     });
 }
+
+#[test]
+fn seconds_become_durations_and_bad_values_name_what_they_were_for() {
+    assert_eq!(seconds(None, "read timeout"), Ok(None));
+    assert_eq!(
+        seconds(Some(1.5), "read timeout"),
+        Ok(Some(Duration::from_millis(1500)))
+    );
+    assert_eq!(seconds(Some(0.0), "keepalive"), Ok(Some(Duration::ZERO)));
+    for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+        assert_eq!(
+            seconds(Some(bad), "body deadline"),
+            Err(Error::Value("body deadline must be >= 0 seconds".into())),
+            "{bad}"
+        );
+    }
+    let timeouts = Timeouts::from_seconds((Some(1.0), None, Some(2.0), Some(0.5))).unwrap();
+    assert_eq!(timeouts.connect, Some(Duration::from_secs(1)));
+    assert_eq!(timeouts.read, None);
+    assert_eq!(timeouts.write, Some(Duration::from_secs(2)));
+    assert_eq!(timeouts.pool, Some(Duration::from_millis(500)));
+    let err = Timeouts::from_seconds((None, None, None, Some(-0.1))).unwrap_err();
+    assert_eq!(err.to_string(), "pool timeout must be >= 0 seconds");
+    assert_eq!(err.kind(), "value");
+}
+
+#[test]
+fn only_get_and_post_are_methods_of_the_protocol() {
+    assert_eq!(method("GET"), Ok(Method::GET));
+    assert_eq!(method("POST"), Ok(Method::POST));
+    for other in ["PUT", "get", "", "POST "] {
+        assert_eq!(
+            method(other),
+            Err(Error::Value(format!("unsupported method {other:?}")))
+        );
+    }
+}
