@@ -1,10 +1,134 @@
-//! JSON text written straight into secret buffers: string escaping (ASCII runs found eight
-//! bytes at a time, code points encoded as UTF-8 through a wiped block) and numbers formatted
-//! as Python's `json.dumps` formats them. The binding walks the caller's objects and writes
-//! through these, so the plaintext of a request never passes through an ordinary allocation.
+//! JSON text written straight into secret buffers: a [`Writer`] that puts separators and
+//! quotes where they belong, string escaping (ASCII runs found eight bytes at a time, code
+//! points encoded as UTF-8 through a wiped block) and numbers formatted as Python's
+//! `json.dumps` formats them. The binding walks the caller's objects and says what comes next,
+//! so the plaintext of a request never passes through an ordinary allocation.
 
 use crate::error::{Error, Result};
 use crate::secret::SecretBuf;
+
+/// A JSON scalar as a caller hands it to a [`Writer`]: an integer as its decimal text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Null,
+    Bool(bool),
+    /// An optional `-` and digits (anything else is refused: it would not be JSON).
+    Int(String),
+    Float(f64),
+}
+
+/// Compact JSON (`json.dumps(separators=(",", ":"))`) written into a [`SecretBuf`] as the
+/// caller walks its values: it opens and closes containers, writes keys and values, and the
+/// writer puts the commas and colons in. Nesting is the caller's to bound.
+pub struct Writer {
+    out: SecretBuf,
+    /// A value or a closed container was just written: the next item needs a comma.
+    after_item: bool,
+}
+
+impl Writer {
+    /// A writer whose buffer starts with `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Result<Self> {
+        Ok(Writer {
+            out: SecretBuf::with_capacity(capacity)?,
+            after_item: false,
+        })
+    }
+
+    /// The JSON written.
+    pub fn finish(self) -> SecretBuf {
+        self.out
+    }
+
+    fn item(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.after_item, true) {
+            self.out.extend_from_slice(b",")?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, bracket: &[u8]) -> Result<()> {
+        self.item()?;
+        self.after_item = false;
+        self.out.extend_from_slice(bracket)
+    }
+
+    fn close(&mut self, bracket: &[u8]) -> Result<()> {
+        self.after_item = true;
+        self.out.extend_from_slice(bracket)
+    }
+
+    pub fn begin_object(&mut self) -> Result<()> {
+        self.open(b"{")
+    }
+
+    pub fn end_object(&mut self) -> Result<()> {
+        self.close(b"}")
+    }
+
+    pub fn begin_array(&mut self) -> Result<()> {
+        self.open(b"[")
+    }
+
+    pub fn end_array(&mut self) -> Result<()> {
+        self.close(b"]")
+    }
+
+    /// After a key written as a string: the colon before its value.
+    pub fn colon(&mut self) -> Result<()> {
+        self.after_item = false;
+        self.out.extend_from_slice(b":")
+    }
+
+    /// A scalar value.
+    pub fn scalar(&mut self, value: &Scalar) -> Result<()> {
+        self.item()?;
+        let text = match value {
+            Scalar::Null => "null",
+            Scalar::Bool(true) => "true",
+            Scalar::Bool(false) => "false",
+            Scalar::Int(digits) => {
+                let unsigned = digits.strip_prefix('-').unwrap_or(digits);
+                if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(Error::Value(
+                        "int formatting produced unexpected text".into(),
+                    ));
+                }
+                digits
+            }
+            Scalar::Float(v) => return self.out.extend_from_slice(float_text(*v)?.as_bytes()),
+        };
+        self.out.extend_from_slice(text.as_bytes())
+    }
+
+    /// A key that is not a string, as `json.dumps` writes one: the scalar's text in quotes.
+    pub fn scalar_key(&mut self, key: &Scalar) -> Result<()> {
+        self.item()?;
+        self.out.extend_from_slice(b"\"")?;
+        self.after_item = false;
+        self.scalar(key)?;
+        self.out.extend_from_slice(b"\"")?;
+        self.colon()
+    }
+
+    /// A string (value or key) given as ASCII bytes.
+    pub fn ascii_str(&mut self, bytes: &[u8]) -> Result<()> {
+        self.item()?;
+        self.out.extend_from_slice(b"\"")?;
+        escape_ascii(&mut self.out, bytes)?;
+        self.out.extend_from_slice(b"\"")
+    }
+
+    /// A string (value or key) given as code points, whose escaped UTF-8 takes `size` bytes
+    /// (see [`escaped_len`]): the buffer grows once, to that size.
+    pub fn chars_str(&mut self, size: usize, chars: impl Iterator<Item = u32>) -> Result<()> {
+        self.item()?;
+        self.out.reserve(size.saturating_add(2))?;
+        self.out.extend_from_slice(b"\"")?;
+        escape_chars(&mut self.out, chars)?;
+        self.out.extend_from_slice(b"\"")
+    }
+}
 
 /// A finite float as JSON, written exactly as Python's `float.__repr__` (and so json.dumps)
 /// writes it: shortest round-trip digits, positional for exponents -4..16 (with ".0" when
@@ -229,6 +353,46 @@ mod tests {
                 assert_eq!(out2.as_slice(), &reference(&bytes)[..], "len {len}");
             }
         }
+    }
+
+    #[test]
+    fn writer_puts_separators_where_json_dumps_does() {
+        let mut w = Writer::with_capacity(0).unwrap();
+        w.begin_object().unwrap();
+        w.ascii_str(b"a").unwrap();
+        w.colon().unwrap();
+        w.begin_array().unwrap();
+        for v in [
+            Scalar::Null,
+            Scalar::Bool(true),
+            Scalar::Int("-12".into()),
+            Scalar::Float(0.5),
+        ] {
+            w.scalar(&v).unwrap();
+        }
+        w.begin_object().unwrap();
+        w.end_object().unwrap();
+        w.begin_array().unwrap();
+        w.end_array().unwrap();
+        w.end_array().unwrap();
+        w.scalar_key(&Scalar::Int("7".into())).unwrap();
+        w.chars_str(4, "\u{e9}t\u{e9}".chars().map(u32::from))
+            .unwrap();
+        w.scalar_key(&Scalar::Bool(false)).unwrap();
+        w.scalar(&Scalar::Float(1e16)).unwrap();
+        w.end_object().unwrap();
+        let want = r#"{"a":[null,true,-12,0.5,{},[]],"7":"été","false":1e+16}"#;
+        assert_eq!(w.finish().as_slice(), want.as_bytes());
+    }
+
+    #[test]
+    fn writer_refuses_what_is_not_json() {
+        let mut w = Writer::with_capacity(0).unwrap();
+        for text in ["", "-", "1e3", "0x10", "1 ", "--1", "NaN"] {
+            assert!(w.scalar(&Scalar::Int(text.into())).is_err(), "{text:?}");
+        }
+        assert!(w.scalar(&Scalar::Float(f64::NAN)).is_err());
+        assert!(w.scalar(&Scalar::Float(f64::INFINITY)).is_err());
     }
 
     #[test]

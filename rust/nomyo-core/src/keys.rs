@@ -370,6 +370,11 @@ pub fn write_private_file(path: &Path, data: &[u8], overwrite: bool) -> Result<(
 /// `overwrite`, renamed over it. The temporary name is removed in every case, and the
 /// directory is fsync'ed.
 pub fn write_new_file(path: &Path, data: &[u8], overwrite: bool, mode: u32) -> Result<()> {
+    if mode > 0o7777 {
+        return Err(Error::Value(
+            "mode must be permission bits (at most 0o7777)".into(),
+        ));
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -532,6 +537,12 @@ impl PartialEq for PublicKey {
 }
 
 impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.der.hash(state);
+    }
+}
 
 #[cfg(test)]
 mod tests {

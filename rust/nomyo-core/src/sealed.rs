@@ -177,20 +177,17 @@ fn seal(body: Body, policy: Policy) -> Result<Vec<u8>> {
             recipient,
         } => {
             let mut out = vec![0u8; envelope::sealed_len(plaintext.len(), &recipient, None)];
-            let sealed = secret::with_policy(policy, || {
+            secret::secret_step(policy, || {
                 envelope::seal_in_place_into(&mut plaintext, &recipient, None, &mut out)
-            });
-            secret::scrub();
-            sealed.map(|()| out)
+            })
+            .map(|()| out)
         }
     }
 }
 
 /// Open `body` with `open` under `policy`.
 fn open(body: &[u8], open: &Open, policy: Policy) -> Result<Opened> {
-    let opened = secret::with_policy(policy, || envelope::open(body, &open.key, open.max_size));
-    secret::scrub();
-    opened
+    secret::secret_step(policy, || envelope::open(body, &open.key, open.max_size))
 }
 
 /// Seal, send and (for a 200 that asked for it) open one request on `client`.

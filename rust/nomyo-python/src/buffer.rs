@@ -6,6 +6,7 @@ use nomyo_core::secret::SecretBuf;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
+use zeroize::Zeroize;
 
 use crate::errors::CoreError;
 
@@ -38,24 +39,19 @@ impl PySecretBuffer {
     #[pyo3(signature = (data = None, lock = true))]
     fn new(data: Option<&Bound<'_, PyAny>>, lock: bool) -> PyResult<Self> {
         let mut buf = SecretBuf::with_capacity_and_lock(0, lock).map_err(CoreError)?;
-        match data {
-            None => {}
-            Some(d) if d.is_none() => {}
-            Some(d) => {
-                if let Ok(ba) = d.cast::<PyByteArray>() {
-                    // SAFETY: no Python code runs while the slice is borrowed.
-                    let src = unsafe { ba.as_bytes_mut() };
-                    let copied = buf.extend_from_slice(src);
-                    zeroize::Zeroize::zeroize(src);
-                    nomyo_core::secret::scrub();
-                    copied.map_err(CoreError)?;
-                } else if let Ok(b) = d.cast::<PyBytes>() {
-                    buf.extend_from_slice(b.as_bytes()).map_err(CoreError)?;
-                } else {
-                    return Err(PyTypeError::new_err(
-                        "SecretBuffer takes bytes or bytearray",
-                    ));
-                }
+        if let Some(d) = data.filter(|d| !d.is_none()) {
+            if let Ok(ba) = d.cast::<PyByteArray>() {
+                // SAFETY: no Python code runs while the slice is borrowed.
+                let src = unsafe { ba.as_bytes_mut() };
+                let copied = buf.extend_from_slice(src);
+                src.zeroize();
+                nomyo_core::secret::scrub();
+                copied.map_err(CoreError)?;
+            } else {
+                let b = d
+                    .cast::<PyBytes>()
+                    .map_err(|_| PyTypeError::new_err("SecretBuffer takes bytes or bytearray"))?;
+                buf.extend_from_slice(b.as_bytes()).map_err(CoreError)?;
             }
         }
         Ok(Self::from_buf(buf))
@@ -87,11 +83,7 @@ impl PySecretBuffer {
 
     /// Overwrite the contents with zeros (the length is kept).
     fn zero(&self) {
-        self.with(|b| {
-            let len = b.len();
-            b.clear();
-            let _ = b.resize_zeroed(len);
-        });
+        self.with(|b| b.as_mut_slice().zeroize());
     }
 
     /// Wipe and release the memory now.

@@ -8,9 +8,9 @@
 //! bytes into new Python objects with jiter, string cache off, so no decoded string outlives
 //! the objects handed to the caller.
 
-use nomyo_core::json::{escape_ascii, escape_chars, escaped_len, float_text};
+use nomyo_core::json::{escaped_len, Scalar, Writer};
 use nomyo_core::secret::SecretBuf;
-use pyo3::exceptions::{PyRecursionError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRecursionError, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -20,19 +20,31 @@ use crate::errors::{CoreError, EnvelopeError};
 
 const MAX_DEPTH: usize = 256;
 
-struct Writer {
-    out: SecretBuf,
+/// The walk over the caller's objects, writing through the core's JSON [`Writer`].
+struct Walk {
+    w: Writer,
 }
 
 fn mem(e: nomyo_core::Error) -> PyErr {
     CoreError(e).into()
 }
 
-impl Writer {
-    fn put(&mut self, bytes: &[u8]) -> PyResult<()> {
-        self.out.extend_from_slice(bytes).map_err(mem)
-    }
+/// `obj` as a JSON scalar, or None when it is a string or a container.
+fn scalar(obj: &Bound<'_, PyAny>) -> PyResult<Option<Scalar>> {
+    Ok(Some(if obj.is_none() {
+        Scalar::Null
+    } else if let Ok(b) = obj.cast::<PyBool>() {
+        Scalar::Bool(b.is_true())
+    } else if let Ok(i) = obj.cast::<PyInt>() {
+        Scalar::Int(int_text(i)?)
+    } else if let Ok(f) = obj.cast::<PyFloat>() {
+        Scalar::Float(f.value())
+    } else {
+        return Ok(None);
+    }))
+}
 
+impl Walk {
     fn value(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<()> {
         if depth > MAX_DEPTH {
             return Err(PyRecursionError::new_err(
@@ -42,17 +54,8 @@ impl Writer {
         if let Ok(s) = obj.cast::<PyString>() {
             return self.string(s);
         }
-        if obj.is_none() {
-            return self.put(b"null");
-        }
-        if let Ok(b) = obj.cast::<PyBool>() {
-            return self.put(if b.is_true() { b"true" } else { b"false" });
-        }
-        if let Ok(i) = obj.cast::<PyInt>() {
-            return self.int(i);
-        }
-        if let Ok(f) = obj.cast::<PyFloat>() {
-            return self.float(f.value());
+        if let Some(value) = scalar(obj)? {
+            return self.w.scalar(&value).map_err(mem);
         }
         if let Ok(d) = obj.cast::<PyDict>() {
             return self.dict(d, depth);
@@ -69,32 +72,19 @@ impl Writer {
         )))
     }
 
-    fn int(&mut self, i: &Bound<'_, PyInt>) -> PyResult<()> {
-        let text = int_text(i)?;
-        self.put(text.as_bytes())
-    }
-
-    fn float(&mut self, v: f64) -> PyResult<()> {
-        self.put(float_text(v).map_err(mem)?.as_bytes())
-    }
-
     fn dict(&mut self, d: &Bound<'_, PyDict>, depth: usize) -> PyResult<()> {
         // Walk a snapshot (a new list of (key, value) tuples, holding references): PyO3's dict
         // iterator panics if the dict changes size, and a finalizer run by the garbage
         // collector could change it mid-walk. `PyDict_Items` is the C function, so a dict
         // subclass cannot hook it.
         let items = d.items();
-        self.put(b"{")?;
-        for (n, item) in items.iter().enumerate() {
+        self.w.begin_object().map_err(mem)?;
+        for item in items.iter() {
             let item = item.cast_into::<PyTuple>()?;
-            if n > 0 {
-                self.put(b",")?;
-            }
             self.key(&item.get_item(0)?)?;
-            self.put(b":")?;
             self.value(&item.get_item(1)?, depth + 1)?;
         }
-        self.put(b"}")
+        self.w.end_object().map_err(mem)
     }
 
     /// A dict key. Non-string keys are formatted natively (never through `repr()`, which a
@@ -102,25 +92,16 @@ impl Writer {
     /// json.dumps does.
     fn key(&mut self, k: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Ok(s) = k.cast::<PyString>() {
-            return self.string(s);
+            self.string(s)?;
+            return self.w.colon().map_err(mem);
         }
-        let text = if k.is_none() {
-            "null".to_owned()
-        } else if let Ok(b) = k.cast::<PyBool>() {
-            (if b.is_true() { "true" } else { "false" }).to_owned()
-        } else if let Ok(f) = k.cast::<PyFloat>() {
-            float_text(f.value()).map_err(mem)?
-        } else if let Ok(i) = k.cast::<PyInt>() {
-            int_text(i)?
-        } else {
-            return Err(PyTypeError::new_err(format!(
+        match scalar(k)? {
+            Some(key) => self.w.scalar_key(&key).map_err(mem),
+            None => Err(PyTypeError::new_err(format!(
                 "keys must be str, int, float, bool or None, not {}",
                 k.get_type().name()?
-            )));
-        };
-        self.put(b"\"")?;
-        self.put(text.as_bytes())?;
-        self.put(b"\"")
+            ))),
+        }
     }
 
     fn seq<'py>(
@@ -128,39 +109,33 @@ impl Writer {
         items: impl Iterator<Item = Bound<'py, PyAny>>,
         depth: usize,
     ) -> PyResult<()> {
-        self.put(b"[")?;
-        for (n, item) in items.enumerate() {
-            if n > 0 {
-                self.put(b",")?;
-            }
+        self.w.begin_array().map_err(mem)?;
+        for item in items {
             self.value(&item, depth + 1)?;
         }
-        self.put(b"]")
+        self.w.end_array().map_err(mem)
     }
 
     fn string(&mut self, s: &Bound<'_, PyString>) -> PyResult<()> {
         let py = s.py();
-        self.put(b"\"")?;
         // Only an exact `str` may take the in-place path: on a subclass `isascii` could be
         // overridden to lie, and `PyUnicode_AsUTF8AndSize` would then cache a UTF-8 copy of
         // the text on the caller's object. On an exact str the call is `str.isascii` itself.
-        if s.is_exact_instance_of::<PyString>()
-            && s.call_method0(intern!(py, "isascii"))?.is_truthy()?
+        if !(s.is_exact_instance_of::<PyString>()
+            && s.call_method0(intern!(py, "isascii"))?.is_truthy()?)
         {
-            let mut size: ffi::Py_ssize_t = 0;
-            // SAFETY: s is a str; for an ASCII str the UTF-8 form is the object's own data (no
-            // copy is made), valid while s is alive, which it is for this call.
-            let ptr = unsafe { ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut size) };
-            if ptr.is_null() {
-                return Err(PyErr::fetch(py));
-            }
-            // SAFETY: ptr/size as returned above.
-            let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), size as usize) };
-            escape_ascii(&mut self.out, bytes).map_err(mem)?;
-        } else {
-            self.non_ascii(s)?;
+            return self.non_ascii(s);
         }
-        self.put(b"\"")
+        let mut size: ffi::Py_ssize_t = 0;
+        // SAFETY: s is a str; for an ASCII str the UTF-8 form is the object's own data (no
+        // copy is made), valid while s is alive, which it is for this call.
+        let ptr = unsafe { ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut size) };
+        if ptr.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: ptr/size as returned above.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), size as usize) };
+        self.w.ascii_str(bytes).map_err(mem)
     }
 
     /// A string that is not (exactly) ASCII, read in place: one pass sizes its escaped
@@ -185,10 +160,9 @@ impl Writer {
         for i in 0..len {
             size = size.saturating_add(escaped_len(read(i)?));
         }
-        self.out.reserve(size).map_err(mem)?;
         // Every read succeeded above, and a str does not change.
         let chars = (0..len).map(|i| read(i).unwrap_or(u32::MAX));
-        escape_chars(&mut self.out, chars).map_err(mem)
+        self.w.chars_str(size, chars).map_err(mem)
     }
 }
 
@@ -196,6 +170,7 @@ impl Writer {
 /// any Python code: `PyNumber_ToBase` takes the value through `PyNumber_Index` (which, for an
 /// int subclass, copies the value into an exact int without calling `__index__`) and formats
 /// it with int's own formatter, so an overridden `__repr__`/`__str__` is never used.
+/// (The core's writer checks that only an optional sign and digits reach the plaintext.)
 fn int_text(i: &Bound<'_, PyInt>) -> PyResult<String> {
     if let Ok(v) = i.extract::<i64>() {
         return Ok(v.to_string());
@@ -207,25 +182,16 @@ fn int_text(i: &Bound<'_, PyInt>) -> PyResult<String> {
     }
     // SAFETY: a new, owned reference.
     let text = unsafe { Bound::from_owned_ptr(i.py(), text) };
-    let text = text.cast_into::<PyString>()?;
-    let text = text.to_str()?;
-    // Defence in depth: only an optional sign and digits may reach the plaintext.
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(PyValueError::new_err(
-            "int formatting produced unexpected text",
-        ));
-    }
-    Ok(text.to_owned())
+    Ok(text.cast_into::<PyString>()?.to_str()?.to_owned())
 }
 
 /// Serialize `obj` as compact JSON into a new secret buffer.
 pub fn dumps(obj: &Bound<'_, PyAny>) -> PyResult<SecretBuf> {
-    let mut w = Writer {
-        out: SecretBuf::with_capacity(4096).map_err(mem)?,
+    let mut walk = Walk {
+        w: Writer::with_capacity(4096).map_err(mem)?,
     };
-    w.value(obj, 0)?;
-    Ok(w.out)
+    walk.value(obj, 0)?;
+    Ok(walk.w.finish())
 }
 
 /// Parse decrypted JSON into Python objects (no string cache, floats as float).

@@ -4,40 +4,35 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nomyo_core::keys::{PrivateKey, PublicKey};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use zeroize::Zeroizing;
 
 use crate::errors::CoreError;
 
-/// Bytes of a password given as `str` or `bytes`, in memory wiped on drop.
-pub fn password(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Zeroizing<Vec<u8>>>> {
-    let Some(obj) = obj else { return Ok(None) };
-    if obj.is_none() {
-        return Ok(None);
+/// The bytes of a `str` (UTF-8) or `bytes` argument (a password, PEM text, file contents),
+/// copied into memory that is wiped on drop.
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl<'py> FromPyObject<'_, 'py> for Secret {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'_, 'py, PyAny>) -> PyResult<Self> {
+        let bytes = if let Ok(s) = obj.cast::<PyString>() {
+            s.to_str()?.as_bytes().to_vec()
+        } else if let Ok(b) = obj.cast::<PyBytes>() {
+            b.as_bytes().to_vec()
+        } else {
+            return Err(PyTypeError::new_err("expected str or bytes"));
+        };
+        Ok(Secret(Zeroizing::new(bytes)))
     }
-    let bytes = if let Ok(s) = obj.cast::<PyString>() {
-        s.to_str()?.as_bytes().to_vec()
-    } else if let Ok(b) = obj.cast::<PyBytes>() {
-        b.as_bytes().to_vec()
-    } else {
-        return Err(pyo3::exceptions::PyTypeError::new_err(
-            "password must be str or bytes",
-        ));
-    };
-    Ok(Some(Zeroizing::new(bytes)))
 }
 
-fn pem_bytes(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
-    if let Ok(s) = data.cast::<PyString>() {
-        Ok(s.to_str()?.as_bytes().to_vec())
-    } else if let Ok(b) = data.cast::<PyBytes>() {
-        Ok(b.as_bytes().to_vec())
-    } else {
-        Err(pyo3::exceptions::PyTypeError::new_err(
-            "key data must be bytes or str",
-        ))
-    }
+/// An optional `Secret` as the core takes it.
+fn bytes(secret: &Option<Secret>) -> Option<&[u8]> {
+    secret.as_ref().map(|s| s.0.as_slice())
 }
 
 /// An RSA private key held in native memory.
@@ -47,34 +42,28 @@ pub struct PyPrivateKey {
     pub inner: Arc<PrivateKey>,
 }
 
+impl From<PrivateKey> for PyPrivateKey {
+    fn from(key: PrivateKey) -> Self {
+        PyPrivateKey {
+            inner: Arc::new(key),
+        }
+    }
+}
+
 #[pymethods]
 impl PyPrivateKey {
     #[staticmethod]
     #[pyo3(signature = (bits = 4096))]
     fn generate(py: Python<'_>, bits: usize) -> PyResult<Self> {
-        let inner = py
-            .detach(|| PrivateKey::generate(bits))
-            .map_err(CoreError)?;
-        Ok(PyPrivateKey {
-            inner: Arc::new(inner),
-        })
+        let key = py.detach(|| PrivateKey::generate(bits));
+        Ok(key.map_err(CoreError)?.into())
     }
 
     #[staticmethod]
     #[pyo3(signature = (data, password = None))]
-    fn from_pem(
-        py: Python<'_>,
-        data: &Bound<'_, PyAny>,
-        password: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let pem = Zeroizing::new(pem_bytes(data)?);
-        let pw = self::password(password)?;
-        let inner = py
-            .detach(|| PrivateKey::from_pem(&pem, pw.as_deref().map(Vec::as_slice)))
-            .map_err(CoreError)?;
-        Ok(PyPrivateKey {
-            inner: Arc::new(inner),
-        })
+    fn from_pem(py: Python<'_>, data: Secret, password: Option<Secret>) -> PyResult<Self> {
+        let key = py.detach(|| PrivateKey::from_pem(&data.0, bytes(&password)));
+        Ok(key.map_err(CoreError)?.into())
     }
 
     /// Load a PEM private key file; its bytes never pass through a Python object.
@@ -83,16 +72,11 @@ impl PyPrivateKey {
     fn load(
         py: Python<'_>,
         path: PathBuf,
-        password: Option<&Bound<'_, PyAny>>,
+        password: Option<Secret>,
         allow_readable: bool,
     ) -> PyResult<Self> {
-        let pw = self::password(password)?;
-        let inner = py
-            .detach(|| PrivateKey::load(&path, pw.as_deref().map(Vec::as_slice), allow_readable))
-            .map_err(CoreError)?;
-        Ok(PyPrivateKey {
-            inner: Arc::new(inner),
-        })
+        let key = py.detach(|| PrivateKey::load(&path, bytes(&password), allow_readable));
+        Ok(key.map_err(CoreError)?.into())
     }
 
     #[getter]
@@ -110,13 +94,10 @@ impl PyPrivateKey {
     fn to_pem<'py>(
         &self,
         py: Python<'py>,
-        password: Option<&Bound<'py, PyAny>>,
+        password: Option<Secret>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let pw = self::password(password)?;
-        let pem = py
-            .detach(|| self.inner.to_pem(pw.as_deref().map(Vec::as_slice)))
-            .map_err(CoreError)?;
-        Ok(PyBytes::new(py, pem.as_bytes()))
+        let pem = py.detach(|| self.inner.to_pem(bytes(&password)));
+        Ok(PyBytes::new(py, pem.map_err(CoreError)?.as_bytes()))
     }
 
     #[pyo3(signature = (path, password = None, overwrite = false))]
@@ -124,24 +105,15 @@ impl PyPrivateKey {
         &self,
         py: Python<'_>,
         path: PathBuf,
-        password: Option<&Bound<'_, PyAny>>,
+        password: Option<Secret>,
         overwrite: bool,
     ) -> PyResult<()> {
-        let pw = self::password(password)?;
-        py.detach(|| {
-            self.inner
-                .save(&path, pw.as_deref().map(Vec::as_slice), overwrite)
-        })
-        .map_err(CoreError)?;
-        Ok(())
+        let saved = py.detach(|| self.inner.save(&path, bytes(&password), overwrite));
+        Ok(saved.map_err(CoreError)?)
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "<PrivateKey rsa-{} {}>",
-            self.inner.key_size(),
-            self.inner.public_key().fingerprint()
-        )
+        format!("<PrivateKey {}>", describe(self.inner.public_key()))
     }
 }
 
@@ -151,55 +123,33 @@ impl PyPrivateKey {
 pub fn write_file(
     py: Python<'_>,
     path: PathBuf,
-    data: &Bound<'_, PyAny>,
+    data: Secret,
     overwrite: bool,
     mode: u32,
 ) -> PyResult<()> {
-    if mode > 0o7777 {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "mode must be permission bits (at most 0o7777)",
-        ));
-    }
-    let data = if let Ok(s) = data.cast::<PyString>() {
-        Zeroizing::new(s.to_str()?.as_bytes().to_vec())
-    } else if let Ok(b) = data.cast::<PyBytes>() {
-        Zeroizing::new(b.as_bytes().to_vec())
-    } else {
-        return Err(pyo3::exceptions::PyTypeError::new_err(
-            "data must be bytes or str",
-        ));
-    };
-    py.detach(|| nomyo_core::keys::write_new_file(&path, &data, overwrite, mode))
-        .map_err(CoreError)?;
-    Ok(())
+    let written = py.detach(|| nomyo_core::keys::write_new_file(&path, &data.0, overwrite, mode));
+    Ok(written.map_err(CoreError)?)
 }
 
 /// An RSA public key.
 #[pyclass(frozen, eq, hash, name = "PublicKey", module = "nomyo._core")]
-#[derive(PartialEq, Clone)]
+#[derive(PartialEq, Hash, Clone)]
 pub struct PyPublicKey {
     pub inner: PublicKey,
-}
-
-impl std::hash::Hash for PyPublicKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.inner.to_der().hash(state);
-    }
 }
 
 #[pymethods]
 impl PyPublicKey {
     #[staticmethod]
-    fn from_pem(data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let inner = PublicKey::from_pem(&pem_bytes(data)?).map_err(CoreError)?;
+    fn from_pem(data: Secret) -> PyResult<Self> {
+        let inner = PublicKey::from_pem(&data.0).map_err(CoreError)?;
         Ok(PyPublicKey { inner })
     }
 
     #[staticmethod]
     fn from_der(data: &[u8]) -> PyResult<Self> {
-        Ok(PyPublicKey {
-            inner: PublicKey::from_der(data).map_err(CoreError)?,
-        })
+        let inner = PublicKey::from_der(data).map_err(CoreError)?;
+        Ok(PyPublicKey { inner })
     }
 
     #[getter]
@@ -220,10 +170,11 @@ impl PyPublicKey {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "<PublicKey rsa-{} {}>",
-            self.inner.key_size(),
-            self.inner.fingerprint()
-        )
+        format!("<PublicKey {}>", describe(&self.inner))
     }
+}
+
+/// `rsa-<bits> sha256:<fingerprint>`, as both reprs show a key.
+fn describe(key: &PublicKey) -> String {
+    format!("rsa-{} {}", key.key_size(), key.fingerprint())
 }

@@ -41,7 +41,7 @@ use zeroize::Zeroize;
 pub use self::counters::Stats;
 pub use self::limits::{has_ipc_lock_capability, memlock_hard_limit, memlock_limit, page_size};
 use self::pages::{size_class, Pages};
-pub use self::policy::{policy, with_policy, Policy};
+pub use self::policy::{policy, secret_step, with_policy, Policy};
 pub use self::probe::{
     largest_lockable_request, lockable_now, locked_now, probe, request_peak, Protection,
 };

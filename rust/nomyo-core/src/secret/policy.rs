@@ -69,3 +69,11 @@ pub fn with_policy<T>(policy: Policy, f: impl FnOnce() -> T) -> T {
     let _restore = Restore(POLICY.with(|p| p.replace(policy)));
     f()
 }
+
+/// One secret step: `f` under `policy` (see [`with_policy`]), then [`scrub`](super::scrub) of
+/// the registers and stack it used, also when it failed.
+pub fn secret_step<T>(policy: Policy, f: impl FnOnce() -> T) -> T {
+    let out = with_policy(policy, f);
+    super::scrub();
+    out
+}
