@@ -27,36 +27,31 @@ use pyo3::prelude::*;
 static GLOBAL: alloc::Wiping = alloc::Wiping;
 
 #[pymodule]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("ENVELOPE_VERSION", nomyo_core::envelope::VERSION)?;
-    m.add("ENVELOPE_ALGORITHM", nomyo_core::envelope::ALGORITHM)?;
-    m.add_class::<keys::PyPrivateKey>()?;
-    m.add_class::<keys::PyPublicKey>()?;
-    m.add_class::<buffer::PySecretBuffer>()?;
-    m.add_class::<transport::PyTransport>()?;
-    m.add_class::<reply::PyReply>()?;
-    m.add_class::<transport::PyPending>()?;
+mod _core {
+    #[pymodule_export]
+    #[allow(non_upper_case_globals)] // the name Python reads
+    const __version__: &str = env!("CARGO_PKG_VERSION");
+    #[pymodule_export]
+    const ENVELOPE_VERSION: &str = nomyo_core::envelope::VERSION;
+    #[pymodule_export]
+    const ENVELOPE_ALGORITHM: &str = nomyo_core::envelope::ALGORITHM;
     #[cfg(unix)]
-    m.add_class::<completions::PyCompletions>()?;
-    m.add(
-        "TransportError",
-        m.py().get_type::<errors::TransportError>(),
-    )?;
-    m.add_function(wrap_pyfunction!(envelope::seal_json, m)?)?;
-    m.add_function(wrap_pyfunction!(envelope::open_json, m)?)?;
-    m.add_function(wrap_pyfunction!(envelope::seal_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(envelope::open_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(envelope::dumps, m)?)?;
-    m.add_function(wrap_pyfunction!(info::crypto_info, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::memory_protection_info, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::secure_memory_needed, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::disable_core_dumps, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::lock_bytearray, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::unlock_bytearray, m)?)?;
-    m.add_function(wrap_pyfunction!(memory::wipe_bytearray, m)?)?;
-    m.add_function(wrap_pyfunction!(tpm::verify_attestation, m)?)?;
-    m.add_function(wrap_pyfunction!(keys::write_file, m)?)?;
-    m.add_function(wrap_pyfunction!(devcert::write_dev_certificates, m)?)?;
-    Ok(())
+    #[pymodule_export]
+    use super::completions::PyCompletions;
+    #[pymodule_export]
+    use super::{
+        buffer::PySecretBuffer,
+        devcert::write_dev_certificates,
+        envelope::{dumps, open_bytes, open_json, seal_bytes, seal_json},
+        errors::TransportError,
+        info::crypto_info,
+        keys::{write_file, PyPrivateKey, PyPublicKey},
+        memory::{
+            disable_core_dumps, lock_bytearray, memory_protection_info, secure_memory_needed,
+            unlock_bytearray, wipe_bytearray,
+        },
+        reply::PyReply,
+        tpm::verify_attestation,
+        transport::{PyPending, PyTransport},
+    };
 }

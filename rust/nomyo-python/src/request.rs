@@ -46,14 +46,10 @@ impl PyRequest<'_> {
                 return Err(PyValueError::new_err("pass either body or seal, not both"))
             }
             (Some(raw), None) => Body::Raw(raw.as_bytes().to_vec()),
-            (None, Some((payload, key))) => {
-                let plaintext = secret::with_policy(policy, || json::dumps(&payload));
-                secret::scrub();
-                Body::Sealed {
-                    plaintext: plaintext?,
-                    recipient: key.get().inner.clone(),
-                }
-            }
+            (None, Some((payload, key))) => Body::Sealed {
+                plaintext: secret::secret_step(policy, || json::dumps(&payload))?,
+                recipient: key.get().inner.clone(),
+            },
             (None, None) => Body::Empty,
         };
         Ok(Request {
