@@ -1,4 +1,5 @@
-"""Shared fixtures: hypothesis profiles, the reference client driver, small test keys."""
+"""Shared fixtures: hypothesis profiles, the reference client driver, small test keys, and
+the chat-client tests' router, key, transport and retry fixtures (see ``chat_support``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_support import TRANSPORTS
 from hypothesis import HealthCheck, settings
+
+from nomyo import _core, _pipeline
+from nomyo.testing import DevRouter, RouterThread
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -131,3 +136,50 @@ def run_reference(reference_dir: Path) -> RunReference:
         return run_driver(reference_dir, *args, env=env)
 
     return run
+
+
+# --- the chat-client tests (test_chat, test_params, test_retry, test_config, test_exports) ----
+
+
+@pytest.fixture(scope="module")
+def client_key() -> _core.PrivateKey:
+    """A small client key (2048 bits) for a module's requests."""
+    return _core.PrivateKey.generate(2048)
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[RouterThread]:
+    """A development router over plain HTTP that asks for no API key (a module may override)."""
+    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture
+def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No NOMYO_* variable from the environment, and no router fault left from another test."""
+    for name in list(os.environ):
+        if name.startswith("NOMYO_"):
+            monkeypatch.delenv(name)
+    router.router.faults.clear()
+    yield
+    router.router.faults.clear()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each transport in turn, chosen through NOMYO_TRANSPORT."""
+    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
+    return str(request.param)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Retry after 10 ms instead of the backoff; records the delays asked for."""
+    asked: list[float] = []
+
+    def fast(attempt: int, retry_after: float | None = None) -> float:
+        asked.append(attempt)
+        return 0.01
+
+    monkeypatch.setattr(_pipeline, "retry_delay", fast)
+    return asked

@@ -17,12 +17,13 @@ import openai
 import pytest
 import sniffio
 import uvloop
+from chat_support import TRANSPORTS
 
 import nomyo
 from nomyo import _aio, _constants, _core
 from nomyo._transports import NativeTransport, _completions, _trio
 from nomyo._transports import native as _native
-from nomyo.testing import DevRouter, Fault, RecordedRequest, RouterThread
+from nomyo.testing import Fault, RecordedRequest, RouterThread
 
 T = TypeVar("T")
 #: tests/conftest.py's run_reference fixture
@@ -34,18 +35,6 @@ BACKENDS = {
     "uvloop": ("asyncio", {"use_uvloop": True}),
     "trio": ("trio", {}),
 }
-TRANSPORTS = ["native", "httpx"]
-
-
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
 
 
 @pytest.fixture(autouse=True)

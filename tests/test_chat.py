@@ -6,74 +6,22 @@ its other items moved to test_params, test_retry, test_config, test_response, te
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_support import HELLO, async_chat, sync_chat
 
 import nomyo
-from nomyo import _core, _pipeline
+from nomyo import _core
 from nomyo.testing import DevRouter, Fault, RouterThread, make_test_certificates
 
+pytestmark = pytest.mark.usefixtures("_clean")
+
 TESTS = Path(__file__).resolve().parent
-HELLO = [{"role": "user", "content": "hello"}]
 
 #: Both transports: the native one (default) and httpx.
-TRANSPORTS = ["native", "httpx"]
-
-
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("NOMYO_"):
-            monkeypatch.delenv(name)
-    router.router.faults.clear()
-    yield
-    router.router.faults.clear()
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
-    return str(request.param)
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Retry after 10 ms instead of the backoff; records the delays asked for."""
-    asked: list[float] = []
-
-    def fast(attempt: int, retry_after: float | None = None) -> float:
-        asked.append(attempt)
-        return 0.01
-
-    monkeypatch.setattr(_pipeline, "retry_delay", fast)
-    return asked
-
-
-def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
-    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
-
-
-def async_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SecureChatCompletion:
-    client = nomyo.SecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
 
 
 # -- 1. messages of the wrong shape are refused, not mangled -------------------------------------

@@ -19,17 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from oracle_server import OracleServer
 
 
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
-
-
 @pytest.fixture(autouse=True)
 def _clean_faults(router: RouterThread) -> Iterator[None]:
     router.router.faults.clear()

@@ -14,9 +14,10 @@ from typing import Any
 
 import openai
 import pytest
+from chat_support import HELLO, sync_chat
 
 import nomyo
-from nomyo import _config, _core, _pipeline
+from nomyo import _config, _core
 from nomyo.testing import DevRouter, Fault, RouterThread
 
 API_KEY = "sk-planted-apikey-5b3f1e"
@@ -190,22 +191,11 @@ def test_nomyo_log_env_writes_stderr_without_secrets(router: RouterThread, tmp_p
     assert_clean(proc.stderr + proc.stdout)
 
 
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-TRANSPORTS = ["native", "httpx"]
-
-
 @pytest.fixture(scope="module")
 def open_router() -> Iterator[RouterThread]:
     """A development router that asks for no API key."""
     with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
         yield handle
-
-
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
 
 
 @pytest.fixture
@@ -216,31 +206,6 @@ def _clean(open_router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterat
     open_router.router.faults.clear()
     yield
     open_router.router.faults.clear()
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
-    return str(request.param)
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Retry after 10 ms instead of the backoff; records the delays asked for."""
-    asked: list[float] = []
-
-    def fast(attempt: int, retry_after: float | None = None) -> float:
-        asked.append(attempt)
-        return 0.01
-
-    monkeypatch.setattr(_pipeline, "retry_delay", fast)
-    return asked
-
-
-def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
-    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
 
 
 @pytest.mark.usefixtures("_clean")

@@ -48,11 +48,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
     return make_test_certificates(tmp_path_factory.mktemp("certs"))
 

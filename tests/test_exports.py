@@ -8,16 +8,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_support import HELLO, sync_chat
 
 import nomyo
 from nomyo import _core
 from nomyo._client import SecureCompletionClient
-from nomyo.testing import DevRouter, RouterThread
+from nomyo.testing import RouterThread
 
 EXPECTED_ALL = [
     "NOT_GIVEN",
@@ -484,36 +484,6 @@ def test_native_module_matches_its_stub() -> None:
             f"runtime has {cls_name}.{m}, stub lacks it" for m in sorted(runtime - declared)
         ]
     assert problems == [], "\n".join(problems)
-
-
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
-
-
-@pytest.fixture
-def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("NOMYO_"):
-            monkeypatch.delenv(name)
-    router.router.faults.clear()
-    yield
-    router.router.faults.clear()
-
-
-def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
-    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
 
 
 _TYPED_PROGRAM = """

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
-import socketserver
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,6 @@ from typing import Any
 import pytest
 
 import nomyo
-from nomyo import _core
 from nomyo._known_hosts import KnownHosts, normalise_url
 from nomyo.testing import DevCertificates, DevRouter, RouterThread, make_test_certificates
 
@@ -150,65 +146,6 @@ def test_changed_key_hint_names_the_file_in_use(tmp_path: Path) -> None:
         assert not (tmp_path / "elsewhere").exists()
         send(handle.url, known_hosts=hosts)
         assert KnownHosts(hosts).entries() == {handle.url: {new.fingerprint()}}
-
-
-# -- 4. a declared Content-Length is not reserved ------------------------------------------
-
-
-class DeclaringServer(socketserver.ThreadingTCPServer):
-    """Serves a real key, then declares ``declared`` reply bytes, sends 1 KiB and closes."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, declared: int) -> None:
-        self.declared = declared
-        self.key_pem = _core.PrivateKey.generate(2048).public_key().to_pem().encode()
-        super().__init__(("127.0.0.1", 0), _DeclaringHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _DeclaringHandler(socketserver.StreamRequestHandler):
-    server: DeclaringServer
-
-    def handle(self) -> None:
-        while True:
-            line = self.rfile.readline(65536)
-            if not line:
-                return
-            head = [line]
-            while head[-1] not in (b"\r\n", b"\n", b""):
-                head.append(self.rfile.readline(65536))
-            length = 0
-            for header in head[1:]:
-                name, _, value = header.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            self.rfile.read(length)
-            if line.startswith(b"GET"):
-                body = self.server.key_pem
-                self.wfile.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                    + str(len(body)).encode()
-                    + b"\r\n\r\n"
-                    + body
-                )
-                continue
-            self.wfile.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                + f"Content-Length: {self.server.declared}\r\n\r\n".encode()
-                + b"{" * 1024
-            )
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-
-
-# -- 5. the CLI's trust options ------------------------------------------------------------
 
 
 # -- 6. injected transports must verify -------------------------------------------------------

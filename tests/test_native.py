@@ -33,11 +33,6 @@ from nomyo.testing import DevCertificates, DevRouter, Fault, RouterThread, make_
 
 
 @pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
     return make_test_certificates(tmp_path_factory.mktemp("certs"))
 

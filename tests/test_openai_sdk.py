@@ -21,11 +21,6 @@ MESSAGES = [{"role": "user", "content": "hello from the official SDK"}]
 
 
 @pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
 def router() -> Iterator[RouterThread]:
     with DevRouter(key_bits=2048, api_keys=["sk-nomyo"]).run_in_thread() as handle:
         yield handle

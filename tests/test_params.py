@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_support import HELLO, async_chat, sync_chat
 
 import nomyo
-from nomyo import _core, _pipeline
+from nomyo import _core
 from nomyo._params import (
     NOT_GIVEN,
     OPENAI_PARAMETERS,
@@ -25,21 +24,10 @@ from nomyo._params import (
     RequestOptions,
     split_arguments,
 )
-from nomyo.testing import DevRouter, Fault, RouterThread
+from nomyo.testing import Fault, RouterThread
 
 CHATS = [nomyo.SecureChatCompletion, nomyo.SyncSecureChatCompletion]
 USER = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
 
 
 def keywords(create: Any) -> list[str]:
@@ -166,53 +154,6 @@ def test_create_is_typed_on_both_clients(tmp_path: Path) -> None:
     expected = sorted(i + 1 for i, line in enumerate(lines) if "# E:" in line)
     assert flagged == expected, out
     assert status == 1
-
-
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-TRANSPORTS = ["native", "httpx"]
-
-
-@pytest.fixture
-def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("NOMYO_"):
-            monkeypatch.delenv(name)
-    router.router.faults.clear()
-    yield
-    router.router.faults.clear()
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
-    return str(request.param)
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Retry after 10 ms instead of the backoff; records the delays asked for."""
-    asked: list[float] = []
-
-    def fast(attempt: int, retry_after: float | None = None) -> float:
-        asked.append(attempt)
-        return 0.01
-
-    monkeypatch.setattr(_pipeline, "retry_delay", fast)
-    return asked
-
-
-def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
-    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
-
-
-def async_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SecureChatCompletion:
-    client = nomyo.SecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
 
 
 @pytest.mark.usefixtures("_clean")

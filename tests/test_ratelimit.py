@@ -187,11 +187,6 @@ def router() -> Iterator[RouterThread]:
         yield handle
 
 
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
 def test_off_by_default_on_with_one_argument(router: RouterThread) -> None:
     assert nomyo.SyncSecureChatCompletion(router.url, allow_http=True).rate_limiter is None
     on = nomyo.SecureChatCompletion(router.url, allow_http=True, rate_limit=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import pickle
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from chat_support import HELLO, sync_chat
 
 import nomyo
 from nomyo import _core
@@ -183,11 +183,6 @@ def router() -> Iterator[RouterThread]:
         yield handle
 
 
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
 def test_both_clients_return_chat_completion(
     router: RouterThread, client_key: _core.PrivateKey
 ) -> None:
@@ -212,25 +207,6 @@ def test_both_clients_return_chat_completion(
     call = sync_reply.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert sync_reply.choices[0].finish_reason == "tool_calls"
-
-
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("NOMYO_"):
-            monkeypatch.delenv(name)
-    router.router.faults.clear()
-    yield
-    router.router.faults.clear()
-
-
-def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
-    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
 
 
 @pytest.mark.usefixtures("_clean")

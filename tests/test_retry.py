@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import socket
 import ssl
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from chat_support import HELLO, sync_chat
 
 import nomyo
 from nomyo import _core, _pipeline, _retry
@@ -251,58 +251,6 @@ def test_per_call_max_retries_overrides_the_clients(no_sleep: list[float]) -> No
     with sync_client(handler, max_retries=4) as client, pytest.raises(nomyo.APIError):
         client.send_secure_request(PAYLOAD, "p-4", max_retries=1)
     assert len(made) == 2
-
-
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-TRANSPORTS = ["native", "httpx"]
-
-
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
-
-
-@pytest.fixture
-def _clean(router: RouterThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("NOMYO_"):
-            monkeypatch.delenv(name)
-    router.router.faults.clear()
-    yield
-    router.router.faults.clear()
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("NOMYO_TRANSPORT", request.param)
-    return str(request.param)
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Retry after 10 ms instead of the backoff; records the delays asked for."""
-    asked: list[float] = []
-
-    def fast(attempt: int, retry_after: float | None = None) -> float:
-        asked.append(attempt)
-        return 0.01
-
-    monkeypatch.setattr(_pipeline, "retry_delay", fast)
-    return asked
-
-
-def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
-    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
 
 
 @pytest.fixture(scope="module")

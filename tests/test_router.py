@@ -41,11 +41,6 @@ def server_key() -> _core.PrivateKey:
     return _core.PrivateKey.generate(2048)
 
 
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
 def serve(scenario: Scenario, key: _core.PrivateKey, **options: Any) -> None:
     """Run ``scenario`` against a fresh router and an httpx client pointed at it."""
 

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +113,6 @@ def sufficient_limit(size: int) -> int:
     if hard != resource.RLIM_INFINITY and hard < need:
         pytest.skip(f"the hard memlock limit ({hard} bytes) is below {need} bytes")
     return need if hard == resource.RLIM_INFINITY else hard
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
 
 
 def chat(

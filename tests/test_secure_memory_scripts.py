@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from test_secure_memory import SMALL, run_limited
 
-from nomyo.testing import DevRouter, RouterThread
+from nomyo.testing import RouterThread
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="memlock limits and capabilities are Linux's"
@@ -57,12 +56,6 @@ SCRIPTS = [
     pytest.param("\u4e2d", id="cjk"),
     pytest.param("\U0001f600", id="emoji"),
 ]
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
 
 
 def limited_request(router: RouterThread, char: str, how: str, size: int) -> dict[str, Any]:

@@ -44,11 +44,6 @@ WEATHER_TOOL = {
 
 
 @pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
 def router() -> Iterator[RouterThread]:
     with DevRouter(key_bits=2048).run_in_thread() as handle:
         yield handle

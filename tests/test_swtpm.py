@@ -60,11 +60,6 @@ def router(tpm: SwtpmAttestation) -> Iterator[RouterThread]:
         yield handle
 
 
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
 def client(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SecureCompletionClient:
     c = nomyo.SecureCompletionClient(url, allow_http=True, max_retries=0, **kwargs)
     c._set_key(key)

@@ -12,21 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from chat_support import sync_chat
 
 import nomyo
 from nomyo import _core, _pipeline
 from nomyo.testing import DevRouter, Fault, RouterThread
-
-
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
-@pytest.fixture(scope="module")
-def router() -> Iterator[RouterThread]:
-    with DevRouter(key_bits=2048, api_keys=None).run_in_thread() as handle:
-        yield handle
 
 
 @pytest.fixture(autouse=True)
@@ -47,12 +37,6 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(_pipeline, "retry_delay", fast)
     return asked
-
-
-def sync_chat(url: str, key: _core.PrivateKey, **kwargs: Any) -> nomyo.SyncSecureChatCompletion:
-    client = nomyo.SyncSecureChatCompletion(base_url=url, allow_http=True, **kwargs)
-    client.client._set_key(key)
-    return client
 
 
 def user(text: str) -> list[dict[str, Any]]:

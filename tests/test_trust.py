@@ -23,11 +23,6 @@ def fixture(name: str) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture(scope="module")
-def client_key() -> _core.PrivateKey:
-    return _core.PrivateKey.generate(2048)
-
-
 class Quotes:
     """An attestation provider that serves a chosen fixture block."""
 
