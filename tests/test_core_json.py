@@ -107,6 +107,22 @@ def test_non_string_keys_are_formatted_natively() -> None:
     assert json.dumps({Color.RED: 1}) == '{"5": 1}'
 
 
+def test_what_json_cannot_hold_is_a_type_error_naming_its_type() -> None:
+    with pytest.raises(TypeError, match=r"^Object of type set is not JSON serializable$"):
+        _core.dumps({"x": [1, {2}]})
+    with pytest.raises(TypeError, match=r"^keys must be str, int, float, bool or None, not tuple$"):
+        _core.dumps({(1, 2): "tuple key"})
+
+
+def test_nesting_is_bounded_at_256_levels() -> None:
+    nested: Any = 0
+    for _ in range(256):
+        nested = [nested]
+    assert bytes(_core.dumps(nested)) == b"[" * 256 + b"0" + b"]" * 256
+    with pytest.raises(RecursionError, match="more than 256 levels"):
+        _core.dumps({"deeper": nested})
+
+
 @pytest.mark.parametrize("key", [float("nan"), float("inf"), EvilFloat("-inf")])
 def test_non_finite_float_keys_are_refused(key: float) -> None:
     with pytest.raises(ValueError):

@@ -21,6 +21,10 @@ pub enum Error {
     Key(String),
     /// A value cannot be represented (e.g. JSON serialization of a NaN).
     Value(String),
+    /// A value of a type JSON cannot hold, or a key of a type JSON cannot write.
+    Type(String),
+    /// Values nested deeper than the given depth (or a circular reference).
+    TooDeep(usize),
     /// A file-system or OS failure, with the OS error kind kept.
     Io(std::io::ErrorKind, String),
     /// The OS random number generator or the crypto library failed unexpectedly.
@@ -142,8 +146,13 @@ impl fmt::Display for Error {
             Error::Internal(m) => write!(f, "internal error: {m}"),
             Error::Memory(shortfall) => shortfall.fmt(f),
             Error::Timeout(phase) => write!(f, "{} timeout", phase.as_str()),
+            Error::TooDeep(depth) => write!(
+                f,
+                "JSON nesting too deep (more than {depth} levels, or a circular reference)"
+            ),
             Error::Key(m)
             | Error::Value(m)
+            | Error::Type(m)
             | Error::Io(_, m)
             | Error::Config(m)
             | Error::Connect(_, m)
@@ -181,6 +190,8 @@ impl Error {
             Error::Envelope(_) => "envelope",
             Error::Key(_) => "key",
             Error::Value(_) => "value",
+            Error::Type(_) => "type",
+            Error::TooDeep(_) => "too_deep",
             Error::Io(..) => "io",
             Error::Internal(_) => "internal",
             Error::Memory(_) => "memory",

@@ -1,8 +1,12 @@
 //! JSON text written straight into secret buffers: a [`Writer`] that puts separators and
 //! quotes where they belong, string escaping (ASCII runs found eight bytes at a time, code
 //! points encoded as UTF-8 through a wiped block) and numbers formatted as Python's
-//! `json.dumps` formats them. The binding walks the caller's objects and says what comes next,
-//! so the plaintext of a request never passes through an ordinary allocation.
+//! `json.dumps` formats them. [`write`] walks a caller's values (the binding's Python objects)
+//! into a writer, so the plaintext of a request never passes through an ordinary allocation.
+
+mod walk;
+
+pub use walk::{write, EachItem, EachPair, Node, Value, MAX_DEPTH};
 
 use crate::error::{Error, Result};
 use crate::secret::SecretBuf;

@@ -7,7 +7,7 @@
 use nomyo_core::{Cause, Error, Phase};
 use pyo3::exceptions::{
     PyBaseException, PyFileExistsError, PyFileNotFoundError, PyOSError, PyPermissionError,
-    PyRuntimeError, PyValueError,
+    PyRecursionError, PyRuntimeError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 
@@ -31,12 +31,6 @@ pyo3::create_exception!(
 #[derive(Debug)]
 pub struct CoreError(pub Error);
 
-impl From<Error> for CoreError {
-    fn from(err: Error) -> Self {
-        CoreError(err)
-    }
-}
-
 /// `exception` with the attributes `set` gives it (on a fresh instance this cannot fail).
 fn with_attrs(
     exception: PyErr,
@@ -58,6 +52,8 @@ impl From<CoreError> for PyErr {
             }
             Error::Key(_) => KeyFormatError::new_err(message),
             Error::Value(_) => PyValueError::new_err(message),
+            Error::Type(_) => PyTypeError::new_err(message),
+            Error::TooDeep(_) => PyRecursionError::new_err(message),
             Error::Config(_) => ConfigurationError::new_err(message),
             Error::Io(std::io::ErrorKind::AlreadyExists, _) => PyFileExistsError::new_err(message),
             Error::Io(std::io::ErrorKind::NotFound, _) => PyFileNotFoundError::new_err(message),

@@ -1,16 +1,15 @@
 //! JSON between Python objects and native secret memory, with no Python copy in between.
 //!
-//! [`dumps`] walks the caller's objects and writes compact JSON straight into a
-//! [`SecretBuf`]. ASCII strings are read in place; other strings are read in place one code
+//! [`dumps`] hands the caller's objects to the core's walk, which writes compact JSON straight
+//! into a [`SecretBuf`]; this module says what each object is and reads strings. ASCII strings are read in place; other strings are read in place one code
 //! point at a time (`PyUnicode_ReadChar`), with no scratch copy and no UTF-8 copy cached on the
 //! caller's objects, into output reserved at their exact escaped size, so the locked memory a
 //! request takes is about its UTF-8 size whatever the script. [`loads`] parses decrypted
 //! bytes into new Python objects with jiter, string cache off, so no decoded string outlives
 //! the objects handed to the caller.
 
-use nomyo_core::json::{escaped_len, Scalar, Writer};
+use nomyo_core::json::{self, escaped_len, EachItem, EachPair, Node, Scalar, Writer};
 use nomyo_core::secret::SecretBuf;
-use pyo3::exceptions::{PyRecursionError, PyTypeError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -18,152 +17,99 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use crate::errors::{CoreError, EnvelopeError};
 
-const MAX_DEPTH: usize = 256;
+/// A Python object as the core's JSON walk sees it (`nomyo_core::json::write`).
+struct Obj<'py>(Bound<'py, PyAny>);
 
-/// The walk over the caller's objects, writing through the core's JSON [`Writer`].
-struct Walk {
-    w: Writer,
-}
+impl json::Value for Obj<'_> {
+    type Error = PyErr;
 
-fn mem(e: nomyo_core::Error) -> PyErr {
-    CoreError(e).into()
-}
-
-/// `obj` as a JSON scalar, or None when it is a string or a container.
-fn scalar(obj: &Bound<'_, PyAny>) -> PyResult<Option<Scalar>> {
-    Ok(Some(if obj.is_none() {
-        Scalar::Null
-    } else if let Ok(b) = obj.cast::<PyBool>() {
-        Scalar::Bool(b.is_true())
-    } else if let Ok(i) = obj.cast::<PyInt>() {
-        Scalar::Int(int_text(i)?)
-    } else if let Ok(f) = obj.cast::<PyFloat>() {
-        Scalar::Float(f.value())
-    } else {
-        return Ok(None);
-    }))
-}
-
-impl Walk {
-    fn value(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<()> {
-        if depth > MAX_DEPTH {
-            return Err(PyRecursionError::new_err(
-                "JSON nesting too deep (or a circular reference)",
-            ));
-        }
-        if let Ok(s) = obj.cast::<PyString>() {
-            return self.string(s);
-        }
-        if let Some(value) = scalar(obj)? {
-            return self.w.scalar(&value).map_err(mem);
-        }
-        if let Ok(d) = obj.cast::<PyDict>() {
-            return self.dict(d, depth);
-        }
-        if let Ok(l) = obj.cast::<PyList>() {
-            return self.seq(l.iter(), depth);
-        }
-        if let Ok(t) = obj.cast::<PyTuple>() {
-            return self.seq(t.iter(), depth);
-        }
-        Err(PyTypeError::new_err(format!(
-            "Object of type {} is not JSON serializable",
-            obj.get_type().name()?
-        )))
+    fn node(&self) -> PyResult<Node> {
+        let obj = &self.0;
+        Ok(if obj.is_instance_of::<PyString>() {
+            Node::Str
+        } else if obj.is_none() {
+            Node::Scalar(Scalar::Null)
+        } else if let Ok(b) = obj.cast::<PyBool>() {
+            Node::Scalar(Scalar::Bool(b.is_true()))
+        } else if let Ok(i) = obj.cast::<PyInt>() {
+            Node::Scalar(Scalar::Int(int_text(i)?))
+        } else if let Ok(f) = obj.cast::<PyFloat>() {
+            Node::Scalar(Scalar::Float(f.value()))
+        } else if obj.is_instance_of::<PyDict>() {
+            Node::Object
+        } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+            Node::Array
+        } else {
+            Node::Other
+        })
     }
 
-    fn dict(&mut self, d: &Bound<'_, PyDict>, depth: usize) -> PyResult<()> {
-        // Walk a snapshot (a new list of (key, value) tuples, holding references): PyO3's dict
-        // iterator panics if the dict changes size, and a finalizer run by the garbage
-        // collector could change it mid-walk. `PyDict_Items` is the C function, so a dict
-        // subclass cannot hook it.
-        let items = d.items();
-        self.w.begin_object().map_err(mem)?;
-        for item in items.iter() {
+    fn items(&self, each: &mut EachItem<'_, Self, PyErr>) -> PyResult<()> {
+        match self.0.cast::<PyList>() {
+            Ok(list) => list.iter().try_for_each(|item| each(&Obj(item))),
+            Err(_) => (self.0.cast::<PyTuple>()?.iter()).try_for_each(|item| each(&Obj(item))),
+        }
+    }
+
+    fn pairs(&self, each: &mut EachPair<'_, Self, PyErr>) -> PyResult<()> {
+        // A snapshot (a new list of (key, value) tuples, holding references): a finalizer run
+        // by the garbage collector could change the dict mid-walk. `PyDict_Items` is the C
+        // function, so a dict subclass cannot hook it.
+        for item in self.0.cast::<PyDict>()?.items() {
             let item = item.cast_into::<PyTuple>()?;
-            self.key(&item.get_item(0)?)?;
-            self.value(&item.get_item(1)?, depth + 1)?;
+            each(&Obj(item.get_item(0)?), &Obj(item.get_item(1)?))?;
         }
-        self.w.end_object().map_err(mem)
+        Ok(())
     }
 
-    /// A dict key. Non-string keys are formatted natively (never through `repr()`, which a
-    /// subclass could override): an int subclass such as IntEnum gives its integer value, as
-    /// json.dumps does.
-    fn key(&mut self, k: &Bound<'_, PyAny>) -> PyResult<()> {
-        if let Ok(s) = k.cast::<PyString>() {
-            self.string(s)?;
-            return self.w.colon().map_err(mem);
-        }
-        match scalar(k)? {
-            Some(key) => self.w.scalar_key(&key).map_err(mem),
-            None => Err(PyTypeError::new_err(format!(
-                "keys must be str, int, float, bool or None, not {}",
-                k.get_type().name()?
-            ))),
-        }
-    }
-
-    fn seq<'py>(
-        &mut self,
-        items: impl Iterator<Item = Bound<'py, PyAny>>,
-        depth: usize,
-    ) -> PyResult<()> {
-        self.w.begin_array().map_err(mem)?;
-        for item in items {
-            self.value(&item, depth + 1)?;
-        }
-        self.w.end_array().map_err(mem)
-    }
-
-    fn string(&mut self, s: &Bound<'_, PyString>) -> PyResult<()> {
-        let py = s.py();
+    fn write_str(&self, w: &mut Writer) -> PyResult<()> {
+        let s = self.0.cast::<PyString>()?;
         // Only an exact `str` may take the in-place path: on a subclass `isascii` could be
         // overridden to lie, and `PyUnicode_AsUTF8AndSize` would then cache a UTF-8 copy of
-        // the text on the caller's object. On an exact str the call is `str.isascii` itself.
-        if !(s.is_exact_instance_of::<PyString>()
-            && s.call_method0(intern!(py, "isascii"))?.is_truthy()?)
+        // the text on the caller's object. On an exact str the call is `str.isascii` itself,
+        // and the UTF-8 form of an ASCII str is its own data (no copy is made).
+        if s.is_exact_instance_of::<PyString>()
+            && s.call_method0(intern!(s.py(), "isascii"))?.is_truthy()?
         {
-            return self.non_ascii(s);
+            return w.ascii_str(s.to_str()?.as_bytes()).map_err(Self::error);
         }
-        let mut size: ffi::Py_ssize_t = 0;
-        // SAFETY: s is a str; for an ASCII str the UTF-8 form is the object's own data (no
-        // copy is made), valid while s is alive, which it is for this call.
-        let ptr = unsafe { ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut size) };
-        if ptr.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: ptr/size as returned above.
-        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), size as usize) };
-        self.w.ascii_str(bytes).map_err(mem)
+        non_ascii(w, s)
     }
 
-    /// A string that is not (exactly) ASCII, read in place: one pass sizes its escaped
-    /// UTF-8 (so the output grows once, to that size), a second writes it. The limited API
-    /// has no view of a str's characters; `PyUnicode_ReadChar` reads one without a copy.
-    fn non_ascii(&mut self, s: &Bound<'_, PyString>) -> PyResult<()> {
-        let py = s.py();
-        // SAFETY: s is a str.
-        let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
-        if len < 0 {
+    fn type_name(&self) -> PyResult<String> {
+        Ok(self.0.get_type().name()?.to_string())
+    }
+
+    fn error(err: nomyo_core::Error) -> PyErr {
+        CoreError(err).into()
+    }
+}
+
+/// A string that is not (exactly) ASCII, read in place: one pass sizes its escaped UTF-8 (so
+/// the output grows once, to that size), a second writes it. The limited API has no view of
+/// a str's characters; `PyUnicode_ReadChar` reads one without a copy.
+fn non_ascii(w: &mut Writer, s: &Bound<'_, PyString>) -> PyResult<()> {
+    let py = s.py();
+    // SAFETY: s is a str.
+    let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
+    if len < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let read = |i: ffi::Py_ssize_t| -> PyResult<u32> {
+        // SAFETY: s is a str (immutable) and 0 <= i < its length.
+        let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i) };
+        if c == u32::MAX {
             return Err(PyErr::fetch(py));
         }
-        let read = |i: ffi::Py_ssize_t| -> PyResult<u32> {
-            // SAFETY: s is a str (immutable) and 0 <= i < its length.
-            let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i) };
-            if c == u32::MAX {
-                return Err(PyErr::fetch(py));
-            }
-            Ok(c)
-        };
-        let mut size = 0usize;
-        for i in 0..len {
-            size = size.saturating_add(escaped_len(read(i)?));
-        }
-        // Every read succeeded above, and a str does not change.
-        let chars = (0..len).map(|i| read(i).unwrap_or(u32::MAX));
-        self.w.chars_str(size, chars).map_err(mem)
+        Ok(c)
+    };
+    let mut size = 0usize;
+    for i in 0..len {
+        size = size.saturating_add(escaped_len(read(i)?));
     }
+    // Every read succeeded above, and a str does not change.
+    let chars = (0..len).map(|i| read(i).unwrap_or(u32::MAX));
+    Ok(w.chars_str(size, chars).map_err(CoreError)?)
 }
 
 /// Decimal digits of an int (or int subclass) from its exact integer value, without running
@@ -187,11 +133,9 @@ fn int_text(i: &Bound<'_, PyInt>) -> PyResult<String> {
 
 /// Serialize `obj` as compact JSON into a new secret buffer.
 pub fn dumps(obj: &Bound<'_, PyAny>) -> PyResult<SecretBuf> {
-    let mut walk = Walk {
-        w: Writer::with_capacity(4096).map_err(mem)?,
-    };
-    walk.value(obj, 0)?;
-    Ok(walk.w.finish())
+    let mut w = Writer::with_capacity(4096).map_err(CoreError)?;
+    json::write(&mut w, &Obj(obj.clone()))?;
+    Ok(w.finish())
 }
 
 /// Parse decrypted JSON into Python objects (no string cache, floats as float).
