@@ -292,11 +292,8 @@ class Reply:
     @property
     def received_bytes(self) -> int: ...
     @property
-    def seal_seconds(self) -> float: ...
-    @property
-    def exchange_seconds(self) -> float: ...
-    @property
-    def open_seconds(self) -> float: ...
+    def timings(self) -> tuple[float, float, float]:
+        """Seconds spent ``(sealing, exchanging, opening)``."""
     @property
     def request_sha256(self) -> bytes:
         """SHA-256 (32 bytes) of the request body exactly as sent (the sealed envelope)."""
@@ -355,9 +352,6 @@ class Transport:
         keepalive: float = 5.0,
         secure_memory: str = "best_effort",
     ) -> Transport: ...
-    @property
-    def secure_memory(self) -> str:
-        """The policy of the secret buffers this transport's requests make."""
     def start(
         self,
         done: Completions | Callable[[bool, Any], object],

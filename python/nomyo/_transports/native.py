@@ -445,6 +445,7 @@ class NativeTransport(Transport):
             return opened
 
         opened = exchange.opened
+        seal_seconds, exchange_seconds, open_seconds = exchange.timings
         return Reply(
             exchange.status,
             {} if opened else exchange.headers(),
@@ -452,10 +453,10 @@ class NativeTransport(Transport):
             timings=Timings(
                 exchange.sent_bytes,
                 exchange.received_bytes,
-                exchange.seal_seconds,
+                seal_seconds,
                 waited,
-                exchange.exchange_seconds,
-                exchange.open_seconds,
+                exchange_seconds,
+                open_seconds,
             ),
             opener=opener if opened else None,
             digests=lambda: (exchange.request_sha256, exchange.reply_sha256),

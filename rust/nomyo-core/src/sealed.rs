@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::digest;
 
 use crate::envelope::{self, Opened};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::http::{self, Client, Method, Timeouts};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::runtime;
@@ -251,17 +251,18 @@ pub enum Deliver {
 
 /// Run [`exchange`] on the process's runtime and hand its outcome to `deliver` (as `on`
 /// says). Aborting the returned handle cancels it (the connection it used is closed) and
-/// nothing is delivered, unless the outcome is already on its way.
+/// nothing is delivered, unless the outcome is already on its way. [`Error::Io`] when the
+/// runtime cannot be started.
 pub fn start<F>(
     client: Arc<Client>,
     request: Request,
     on: Deliver,
     deliver: F,
-) -> std::io::Result<AbortHandle>
+) -> Result<AbortHandle>
 where
     F: FnOnce(Result<Reply>) + Send + 'static,
 {
-    runtime::spawn(async move {
+    let started = runtime::spawn(async move {
         let outcome = exchange(&client, request).await;
         match on {
             Deliver::OnWorker => deliver(outcome),
@@ -269,7 +270,8 @@ where
                 let _ = tokio::task::spawn_blocking(move || deliver(outcome)).await;
             }
         }
-    })
+    });
+    started.map_err(|e| Error::io("cannot start the I/O runtime", &e))
 }
 
 /// An exchange started for a caller that waits for it on its own thread, in slices (so that
@@ -279,20 +281,9 @@ pub struct Waiting {
     task: AbortHandle,
 }
 
-/// What one [`Waiting::wait`] found.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // a return value, moved once: boxing would only allocate
-pub enum Waited {
-    Done(Result<Reply>),
-    /// Still running after the time given.
-    Running,
-    /// The task ended without an outcome (it was aborted, or it panicked).
-    Lost,
-}
-
 impl Waiting {
     /// Start `request` on `client` (see [`start`]).
-    pub fn start(client: Arc<Client>, request: Request) -> std::io::Result<Self> {
+    pub fn start(client: Arc<Client>, request: Request) -> Result<Self> {
         let (tx, rx) = mpsc::sync_channel(1);
         let task = start(client, request, Deliver::OnWorker, move |outcome| {
             let _ = tx.send(outcome);
@@ -303,13 +294,16 @@ impl Waiting {
         })
     }
 
-    /// Wait up to `timeout` for the outcome.
-    pub fn wait(&self, timeout: Duration) -> Waited {
+    /// Wait up to `timeout` for the outcome: `None` while the exchange is still running. A
+    /// task that ended without an outcome (aborted, or panicked) is [`Error::Internal`].
+    pub fn wait(&self, timeout: Duration) -> Option<Result<Reply>> {
         let outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
         match outcome.recv_timeout(timeout) {
-            Ok(outcome) => Waited::Done(outcome),
-            Err(mpsc::RecvTimeoutError::Timeout) => Waited::Running,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Waited::Lost,
+            Ok(outcome) => Some(outcome),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Err(Error::Internal(
+                "the request task ended without an outcome",
+            ))),
         }
     }
 

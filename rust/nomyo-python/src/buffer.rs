@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use nomyo_core::secret::SecretBuf;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes};
+use pyo3::types::{PyByteArray, PyBytes, PyTuple};
 use zeroize::Zeroize;
 
 use crate::errors::CoreError;
@@ -95,12 +95,8 @@ impl PySecretBuffer {
         slf
     }
 
-    fn __exit__(
-        &self,
-        _exc_type: Option<&Bound<'_, PyAny>>,
-        _exc: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
-    ) {
+    #[pyo3(signature = (*_exc_info))]
+    fn __exit__(&self, _exc_info: &Bound<'_, PyTuple>) {
         self.close();
     }
 

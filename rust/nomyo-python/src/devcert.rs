@@ -18,9 +18,8 @@ pub fn write_dev_certificates(
     key_path: PathBuf,
     days: u32,
 ) -> PyResult<()> {
-    py.detach(|| {
+    let written = py.detach(|| {
         nomyo_core::devcert::write_dev_certificates(&ca_path, &cert_path, &key_path, days)
-    })
-    .map_err(CoreError)?;
-    Ok(())
+    });
+    Ok(written.map_err(CoreError)?)
 }

@@ -85,9 +85,7 @@ impl PyPrivateKey {
     }
 
     fn public_key(&self) -> PyPublicKey {
-        PyPublicKey {
-            inner: self.inner.public_key().clone(),
-        }
+        self.inner.public_key().clone().into()
     }
 
     #[pyo3(signature = (password = None))]
@@ -138,18 +136,22 @@ pub struct PyPublicKey {
     pub inner: PublicKey,
 }
 
+impl From<PublicKey> for PyPublicKey {
+    fn from(inner: PublicKey) -> Self {
+        PyPublicKey { inner }
+    }
+}
+
 #[pymethods]
 impl PyPublicKey {
     #[staticmethod]
     fn from_pem(data: Secret) -> PyResult<Self> {
-        let inner = PublicKey::from_pem(&data.0).map_err(CoreError)?;
-        Ok(PyPublicKey { inner })
+        Ok(PublicKey::from_pem(&data.0).map_err(CoreError)?.into())
     }
 
     #[staticmethod]
     fn from_der(data: &[u8]) -> PyResult<Self> {
-        let inner = PublicKey::from_der(data).map_err(CoreError)?;
-        Ok(PyPublicKey { inner })
+        Ok(PublicKey::from_der(data).map_err(CoreError)?.into())
     }
 
     #[getter]

@@ -51,19 +51,12 @@ impl PyReply {
         self.0.reply().received_bytes
     }
 
+    /// Seconds spent `(sealing, exchanging, opening)`.
     #[getter]
-    fn seal_seconds(&self) -> f64 {
-        self.0.reply().timings.seal.as_secs_f64()
-    }
-
-    #[getter]
-    fn exchange_seconds(&self) -> f64 {
-        self.0.reply().timings.exchange.as_secs_f64()
-    }
-
-    #[getter]
-    fn open_seconds(&self) -> f64 {
-        self.0.reply().timings.open.as_secs_f64()
+    fn timings(&self) -> (f64, f64, f64) {
+        let t = &self.0.reply().timings;
+        let seconds = |d: std::time::Duration| d.as_secs_f64();
+        (seconds(t.seal), seconds(t.exchange), seconds(t.open))
     }
 
     /// SHA-256 of the request body exactly as sent (the sealed envelope), 32 bytes.

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nomyo_core::http::{self, Client};
-use nomyo_core::sealed::{self, Deliver, Waited, Waiting};
+use nomyo_core::sealed::{self, Deliver, Waiting};
 use nomyo_core::secret::Policy;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use tokio::task::AbortHandle;
 
@@ -53,10 +52,6 @@ fn call_back(done: Py<PyAny>, outcome: Outcome) {
         let _ = done.call1(py, (ok, value));
         drop(done);
     });
-}
-
-fn no_runtime(err: std::io::Error) -> PyErr {
-    PyRuntimeError::new_err(format!("cannot start the I/O runtime: {err}"))
 }
 
 /// The native HTTP/1.1 + HTTP/2 transport: verified TLS (rustls) with the given trust anchors, a
@@ -116,7 +111,9 @@ impl PyTransport {
                 queue.push(token, outcome.map(PyReply::from));
             };
             let started = sealed::start(client, request, Deliver::OnWorker, push);
-            return started.map(|abort| PyPending { abort }).map_err(no_runtime);
+            return Ok(PyPending {
+                abort: started.map_err(CoreError)?,
+            });
         }
         let _ = token; // only a `Completions` queue files outcomes under it
         let done = done.unbind();
@@ -124,37 +121,24 @@ impl PyTransport {
             call_back(done, outcome.map(PyReply::from));
         };
         let started = sealed::start(client, request, Deliver::OnBlockingThread, call);
-        started.map(|abort| PyPending { abort }).map_err(no_runtime)
+        Ok(PyPending {
+            abort: started.map_err(CoreError)?,
+        })
     }
 
     /// The blocking twin of `start`: waits without the GIL (Ctrl-C still interrupts).
     fn send(&self, py: Python<'_>, request: PyRequest<'_>) -> PyResult<PyReply> {
         let request = request.into_core(self.policy)?;
-        let waiting = Waiting::start(self.client.clone(), request).map_err(no_runtime)?;
+        let waiting = Waiting::start(self.client.clone(), request).map_err(CoreError)?;
         loop {
-            match py.detach(|| waiting.wait(Duration::from_millis(100))) {
-                Waited::Done(outcome) => {
-                    return Ok(outcome.map(PyReply::from).map_err(CoreError)?)
-                }
-                Waited::Running => {
-                    if let Err(interrupted) = py.check_signals() {
-                        waiting.abort();
-                        return Err(interrupted);
-                    }
-                }
-                Waited::Lost => {
-                    return Err(PyRuntimeError::new_err(
-                        "the request task ended unexpectedly",
-                    ))
-                }
+            if let Some(outcome) = py.detach(|| waiting.wait(Duration::from_millis(100))) {
+                return Ok(outcome.map(PyReply::from).map_err(CoreError)?);
+            }
+            if let Err(interrupted) = py.check_signals() {
+                waiting.abort();
+                return Err(interrupted);
             }
         }
-    }
-
-    /// The secure-memory policy of this transport's secret buffers.
-    #[getter]
-    fn secure_memory(&self) -> &'static str {
-        self.policy.as_str()
     }
 
     /// Close idle keep-alive connections (requests in flight are not affected).
