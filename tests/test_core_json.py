@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import subprocess
 import sys
 from typing import Any
 
@@ -119,8 +120,39 @@ def test_nesting_is_bounded_at_256_levels() -> None:
     for _ in range(256):
         nested = [nested]
     assert bytes(_core.dumps(nested)) == b"[" * 256 + b"0" + b"]" * 256
-    with pytest.raises(RecursionError, match="more than 256 levels"):
+    with pytest.raises(RecursionError, match="inside more than 256 arrays or objects"):
         _core.dumps({"deeper": nested})
+
+
+def test_deep_values_do_not_overflow_a_small_thread_stack() -> None:
+    """A worker thread with musl's default 128 KiB stack (a recursive walk took about 1 KiB
+    per level and crashed the process before its depth limit). In a child process: a stack
+    overflow would kill the test run."""
+    script = """
+import threading
+from nomyo import _core
+def nest(n, inner):
+    for _ in range(n):
+        inner = [inner]
+    return inner
+found = []
+def work():
+    found.append(len(bytes(_core.dumps({"d": nest(254, {"k": 0})}))))  # 256 deep
+    try:
+        _core.dumps(nest(100_000, 0))
+    except RecursionError:
+        found.append("RecursionError")
+threading.stack_size(128 * 1024)
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print(found)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([2 * 254 + 13, "RecursionError"]), done.stderr
 
 
 @pytest.mark.parametrize("key", [float("nan"), float("inf"), EvilFloat("-inf")])

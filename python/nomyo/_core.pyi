@@ -158,7 +158,8 @@ def seal_json(
     """Serialize ``obj`` to JSON inside native memory and seal it to ``recipient``.
 
     Returns the envelope as UTF-8 JSON bytes. ``processed_at`` (server side) is added to the
-    envelope when given. Raises TypeError/ValueError for objects JSON cannot represent.
+    envelope when given. Raises TypeError/ValueError for objects JSON cannot represent, and
+    RecursionError for a value inside more than 256 arrays or objects (or a circular one).
     ``secure_memory`` (``off``, ``best_effort``, ``require``) is the policy of the secret
     buffers; under ``require`` a buffer that cannot be locked raises SecureMemoryError
     before anything is written to it.
@@ -361,9 +362,10 @@ class Transport:
     ) -> Pending:
         """Start ``request``. Its outcome, a ``Reply`` (ok) or the exception to raise, goes to
         ``done``: a ``Completions`` queue under ``token``, or a callable ``done(ok, value)``
-        called from a worker thread."""
+        called from a worker thread. OSError when the I/O runtime cannot be started."""
     def send(self, request: _Request) -> Reply:
-        """The blocking twin of ``start`` (waits without the GIL; Ctrl-C interrupts)."""
+        """The blocking twin of ``start`` (waits without the GIL; Ctrl-C interrupts). A request
+        task that ended without an outcome raises RuntimeError."""
     def close_idle(self) -> None:
         """Close idle keep-alive connections."""
     @property

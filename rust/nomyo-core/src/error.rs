@@ -23,7 +23,7 @@ pub enum Error {
     Value(String),
     /// A value of a type JSON cannot hold, or a key of a type JSON cannot write.
     Type(String),
-    /// Values nested deeper than the given depth (or a circular reference).
+    /// A value inside more than the given number of containers (or a circular reference).
     TooDeep(usize),
     /// A file-system or OS failure, with the OS error kind kept.
     Io(std::io::ErrorKind, String),
@@ -148,7 +148,8 @@ impl fmt::Display for Error {
             Error::Timeout(phase) => write!(f, "{} timeout", phase.as_str()),
             Error::TooDeep(depth) => write!(
                 f,
-                "JSON nesting too deep (more than {depth} levels, or a circular reference)"
+                "JSON nesting too deep (a value inside more than {depth} arrays or objects, or \
+                 a circular reference)"
             ),
             Error::Key(m)
             | Error::Value(m)

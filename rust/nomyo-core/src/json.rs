@@ -6,7 +6,7 @@
 
 mod walk;
 
-pub use walk::{write, EachItem, EachPair, Node, Value, MAX_DEPTH};
+pub use walk::{write, Node, Value, MAX_DEPTH};
 
 use crate::error::{Error, Result};
 use crate::secret::SecretBuf;

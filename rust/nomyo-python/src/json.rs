@@ -1,14 +1,13 @@
 //! JSON between Python objects and native secret memory, with no Python copy in between.
 //!
-//! [`dumps`] hands the caller's objects to the core's walk, which writes compact JSON straight
-//! into a [`SecretBuf`]; this module says what each object is and reads strings. ASCII strings are read in place; other strings are read in place one code
-//! point at a time (`PyUnicode_ReadChar`), with no scratch copy and no UTF-8 copy cached on the
-//! caller's objects, into output reserved at their exact escaped size, so the locked memory a
-//! request takes is about its UTF-8 size whatever the script. [`loads`] parses decrypted
-//! bytes into new Python objects with jiter, string cache off, so no decoded string outlives
-//! the objects handed to the caller.
+//! [`dumps`] hands the caller's objects to the core's walk (`nomyo_core::json::write`), which
+//! writes compact JSON straight into a [`SecretBuf`]; this module says what each object is and
+//! reads its strings in place: ASCII as the str's own bytes, others one code point at a time
+//! (`PyUnicode_ReadChar`), with no scratch copy and no UTF-8 copy cached on the caller's
+//! objects. [`loads`] parses decrypted bytes into new Python objects with jiter, string cache
+//! off, so no decoded string outlives the objects handed to the caller.
 
-use nomyo_core::json::{self, escaped_len, EachItem, EachPair, Node, Scalar, Writer};
+use nomyo_core::json::{self, escaped_len, Node, Scalar, Writer};
 use nomyo_core::secret::SecretBuf;
 use pyo3::ffi;
 use pyo3::intern;
@@ -23,7 +22,7 @@ struct Obj<'py>(Bound<'py, PyAny>);
 impl json::Value for Obj<'_> {
     type Error = PyErr;
 
-    fn node(&self) -> PyResult<Node> {
+    fn node(&self) -> PyResult<Node<Self>> {
         let obj = &self.0;
         Ok(if obj.is_instance_of::<PyString>() {
             Node::Str
@@ -35,8 +34,11 @@ impl json::Value for Obj<'_> {
             Node::Scalar(Scalar::Int(int_text(i)?))
         } else if let Ok(f) = obj.cast::<PyFloat>() {
             Node::Scalar(Scalar::Float(f.value()))
-        } else if obj.is_instance_of::<PyDict>() {
-            Node::Object
+        } else if let Ok(d) = obj.cast::<PyDict>() {
+            // A snapshot (a new list of (key, value) tuples, holding references): a finalizer
+            // run by the garbage collector could change the dict mid-walk. `PyDict_Items` is
+            // the C function, so a dict subclass cannot hook it.
+            Node::Object(Obj(d.items().into_any()))
         } else if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
             Node::Array
         } else {
@@ -44,22 +46,26 @@ impl json::Value for Obj<'_> {
         })
     }
 
-    fn items(&self, each: &mut EachItem<'_, Self, PyErr>) -> PyResult<()> {
-        match self.0.cast::<PyList>() {
-            Ok(list) => list.iter().try_for_each(|item| each(&Obj(item))),
-            Err(_) => (self.0.cast::<PyTuple>()?.iter()).try_for_each(|item| each(&Obj(item))),
-        }
+    /// A list is read at its current length (a finalizer could shrink it mid-walk).
+    fn item(&self, index: usize) -> PyResult<Option<Self>> {
+        let item = match self.0.cast::<PyList>() {
+            Ok(list) => (index < list.len()).then(|| list.get_item(index)),
+            Err(_) => {
+                let tuple = self.0.cast::<PyTuple>()?;
+                (index < tuple.len()).then(|| tuple.get_item(index))
+            }
+        };
+        Ok(item.transpose()?.map(Obj))
     }
 
-    fn pairs(&self, each: &mut EachPair<'_, Self, PyErr>) -> PyResult<()> {
-        // A snapshot (a new list of (key, value) tuples, holding references): a finalizer run
-        // by the garbage collector could change the dict mid-walk. `PyDict_Items` is the C
-        // function, so a dict subclass cannot hook it.
-        for item in self.0.cast::<PyDict>()?.items() {
-            let item = item.cast_into::<PyTuple>()?;
-            each(&Obj(item.get_item(0)?), &Obj(item.get_item(1)?))?;
+    /// `self` is the snapshot [`Node::Object`] gave: a list of (key, value) tuples.
+    fn pair(&self, index: usize) -> PyResult<Option<(Self, Self)>> {
+        let items = self.0.cast::<PyList>()?;
+        if index >= items.len() {
+            return Ok(None);
         }
-        Ok(())
+        let pair = items.get_item(index)?.cast_into::<PyTuple>()?;
+        Ok(Some((Obj(pair.get_item(0)?), Obj(pair.get_item(1)?))))
     }
 
     fn write_str(&self, w: &mut Writer) -> PyResult<()> {
@@ -121,20 +127,16 @@ fn int_text(i: &Bound<'_, PyInt>) -> PyResult<String> {
     if let Ok(v) = i.extract::<i64>() {
         return Ok(v.to_string());
     }
-    // SAFETY: i is a valid int object; the result is a new reference or NULL with an error.
-    let text = unsafe { ffi::PyNumber_ToBase(i.as_ptr(), 10) };
-    if text.is_null() {
-        return Err(PyErr::fetch(i.py()));
-    }
-    // SAFETY: a new, owned reference.
-    let text = unsafe { Bound::from_owned_ptr(i.py(), text) };
+    // SAFETY: i is a valid int object; the result is a new reference, or NULL with an error.
+    let text =
+        unsafe { Bound::from_owned_ptr_or_err(i.py(), ffi::PyNumber_ToBase(i.as_ptr(), 10)) }?;
     Ok(text.cast_into::<PyString>()?.to_str()?.to_owned())
 }
 
 /// Serialize `obj` as compact JSON into a new secret buffer.
 pub fn dumps(obj: &Bound<'_, PyAny>) -> PyResult<SecretBuf> {
     let mut w = Writer::with_capacity(4096).map_err(CoreError)?;
-    json::write(&mut w, &Obj(obj.clone()))?;
+    json::write(&mut w, Obj(obj.clone()))?;
     Ok(w.finish())
 }
 
