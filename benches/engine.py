@@ -43,25 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from compare import (
-    BENCHES,
-    FULL,
-    SMOKE,
-    Plan,
-    Workers,
-    helper_process,
-    log,
-    make_trust_store,
-    merge_timed,
-    split,
-)
+from _harness import BENCHES, Workers, helper_process, log, make_trust_store
+from _plan import FULL, SMOKE, Plan
+from _targets import merge_timed, split
 
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")
 
 
 @dataclass
 class VariantWorkers(Workers):
-    """``compare.Workers`` for variants of our client: each its own extra environment."""
+    """``_harness.Workers`` for variants of our client: each its own extra environment."""
 
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
 

@@ -37,7 +37,7 @@ from typing import Any
 BENCHES = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHES))
 
-from compare import helper_process, make_trust_store  # noqa: E402
+from _harness import helper_process, make_trust_store  # noqa: E402
 
 MODEL = "Qwen/Qwen3-0.6B"
 TOKEN = "bench-gateway-token"

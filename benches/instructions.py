@@ -31,10 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compare import (
+from _harness import (
     BENCHES,
     CLIENTS,
-    FULL,
     WORKER,
     BenchError,
     Workers,
@@ -43,6 +42,7 @@ from compare import (
     log,
     make_trust_store,
 )
+from _plan import FULL
 
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compare import (
+from _harness import (
     BENCHES,
     BenchError,
     _package_folder,

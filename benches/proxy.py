@@ -45,7 +45,7 @@ BENCHES = Path(__file__).resolve().parent
 ROOT = BENCHES.parent
 sys.path.insert(0, str(BENCHES))
 
-from compare import helper_process, make_trust_store  # noqa: E402
+from _harness import helper_process, make_trust_store  # noqa: E402
 
 MODEL = "Qwen/Qwen3-0.6B"
 MESSAGES = [{"role": "user", "content": "ping"}]

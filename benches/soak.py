@@ -72,7 +72,7 @@ BENCHES = Path(__file__).resolve().parent
 if str(BENCHES) not in sys.path:
     sys.path.insert(0, str(BENCHES))
 
-from compare import _readline, make_trust_store  # noqa: E402
+from _harness import _readline, make_trust_store  # noqa: E402
 
 ROUTER = BENCHES / "_soak_router.py"
 SHORT_REQUESTS = 300
