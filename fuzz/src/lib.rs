@@ -9,6 +9,8 @@
 //!   quote/signature/AIK bytes wrapped as base64 into a block taken from a real fixture.
 //! * `pem_keys`: the bytes are a PEM/DER private or public key, with or without password.
 
+pub mod mutate;
+
 use std::cell::Cell;
 use std::sync::OnceLock;
 
