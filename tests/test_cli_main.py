@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import Server, cli_env, nomyo
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from test_cli import Server, cli_env, nomyo
 
 from nomyo.cli import build_parser
 from nomyo.testing import DevRouter, RouterThread

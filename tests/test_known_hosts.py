@@ -1,25 +1,23 @@
 """``nomyo._known_hosts``, trust on first use, against a real server: a broken or foreign
 file refuses instead of starting over, ``keys trust`` refuses a non-fingerprint, the hint of
 a changed key names the file. (Written for issue 18, finding 3, and the security review;
-its findings 4-6 moved to test_native, test_cli and test_transport.)"""
+its findings 4-6 moved to test_native, test_cli_chat and test_transport.)"""
 
 from __future__ import annotations
 
 import os
 import shlex
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import cli
 
 import nomyo
 from nomyo._known_hosts import KnownHosts, normalise_url
 from nomyo.testing import DevCertificates, DevRouter, RouterThread, make_test_certificates
 
-NOMYO = [sys.executable, "-m", "nomyo"]
 PAYLOAD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -33,16 +31,6 @@ def send(url: str, **options: Any) -> dict[str, Any]:
     with nomyo.SyncSecureCompletionClient(url, allow_http=True, **options) as client:
         client.generate_keys()
         return dict(client.send_secure_request(dict(PAYLOAD), "review-security"))
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "NO_PROXY": "*", **(env or {})}
-    full_env.pop("NOMYO_BASE_URL", None)
-    return subprocess.run(
-        [*NOMYO, *args], capture_output=True, text=True, timeout=120, env=full_env, input=stdin
-    )
 
 
 # -- 3. known_hosts ------------------------------------------------------------------------

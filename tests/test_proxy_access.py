@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_cli import Server, assert_openai_error, chat_body, nomyo
+from cli_support import Server, assert_openai_error, chat_body, nomyo
 
 from nomyo.testing import DevRouter, RouterThread
 

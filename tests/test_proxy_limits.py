@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_cli import Server, cli_env
+from cli_support import Server, cli_env
 
 from nomyo.testing import DevRouter, RouterThread
 

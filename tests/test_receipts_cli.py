@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import Server, nomyo
+from cli_support import Server, nomyo
 from tpm_oracle import oracle_verify
 
 from nomyo import _core

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import cli_env
+from cli_support import cli_env
 
 from nomyo.testing import DevRouter, RouterThread
 

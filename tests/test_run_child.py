@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import cli_env
 from other_user import as_nobody, nobody_runs_this_python
-from test_cli import cli_env
 
 from nomyo.cli import _tether
 from nomyo.cli._child import WITHHELD_VARIABLES, child_environment

@@ -1,11 +1,10 @@
-"""A hostile router: malformed, oversized, slow and lying replies to a real client.
+"""A hostile router: malformed, oversized, slow and lying replies, for the client tests
+``test_hostile_replies`` and ``test_hostile_retries``.
 
 A raw asyncio TCP server (deliberately not the DevRouter, which only speaks correct HTTP)
 serves a valid ``/pki/public_key`` and answers ``POST /v1/chat/secure_completion`` in the
-way the current ``mode`` says. For every hostile mode the client (async and sync) must raise
-a typed ``nomyo.NomyoError`` within its configured timeout, and then, on the SAME client
-instance, a normal request must succeed once the server switches to ``good`` mode (it opens
-the request with its key and seals an echo to the client's ``X-Public-Key``).
+way the current ``mode`` (a key of ``MODES``) says; in ``good`` mode it opens the request
+with its key and seals an echo to the client's ``X-Public-Key``.
 """
 
 from __future__ import annotations
@@ -15,21 +14,32 @@ import contextlib
 import functools
 import gzip
 import json
-import os
 import socket
 import struct
 import threading
-import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import pytest
-
-import nomyo
 from nomyo import _core
+
+__all__ = [
+    "CLIENT_KEY",
+    "KEY_MODES",
+    "LIMIT",
+    "MARKER",
+    "MODES",
+    "SERVER_KEY",
+    "STRANGER",
+    "TIMEOUT",
+    "Handler",
+    "HostileServer",
+    "MiB",
+    "Request",
+    "Writer",
+    "gzip_bomb_body",
+]
 
 SERVER_KEY = _core.PrivateKey.generate(2048)
 CLIENT_KEY = _core.PrivateKey.generate(2048)
@@ -468,310 +478,3 @@ MODES: dict[str, Handler] = {
     "429_storm": storm([429], [""]),
     "429_retry_after_one_hour": storm([429], ["3600"]),
 }
-
-
-# --- the client side ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[HostileServer]:
-    gzip_bomb_body()  # outside the timed part of the test that uses it
-    srv = HostileServer().start()
-    yield srv
-    srv.stop()
-
-
-@dataclass
-class Client:
-    """The async client (on one event loop for its whole life) or the sync client."""
-
-    kind: str
-    inner: Any
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-
-    def send(self, text: str, payload_id: str) -> Any:
-        payload = {"model": "m", "messages": [{"role": "user", "content": text}]}
-        if self.kind == "sync":
-            return self.inner.send_secure_request(payload, payload_id)
-        return self.loop.run_until_complete(self.inner.send_secure_request(payload, payload_id))
-
-    def close(self) -> None:
-        try:
-            if self.kind == "sync":
-                self.inner.close()
-            else:
-                self.loop.run_until_complete(self.inner.aclose())
-        finally:
-            self.loop.close()
-
-
-def make_client(kind: str, url: str, max_retries: int = 0) -> Client:
-    cls = nomyo.SyncSecureCompletionClient if kind == "sync" else nomyo.SecureCompletionClient
-    inner = cls(
-        url,
-        allow_http=True,
-        max_retries=max_retries,
-        timeout=httpx.Timeout(TIMEOUT),
-        max_response_size=LIMIT,
-    )
-    inner._set_key(CLIENT_KEY)
-    return Client(kind, inner)
-
-
-@pytest.fixture(params=["async", "sync"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def expect_typed(client: Client, expected: tuple[type[BaseException], ...], bound: float) -> Any:
-    started = time.monotonic()
-    with pytest.raises(nomyo.NomyoError) as info:
-        client.send(f"hello {MARKER}", "hostile-1")
-    elapsed = time.monotonic() - started
-    exc = info.value
-    assert isinstance(exc, expected), f"{type(exc).__name__}: {exc}"
-    assert elapsed < bound, f"took {elapsed:.1f}s (bound {bound}s)"
-    assert MARKER not in str(exc) and MARKER not in repr(exc)
-    return exc
-
-
-def then_good(server: HostileServer, client: Client) -> None:
-    server.reset("good")
-    reply = client.send("all good now", "good-1")
-    assert reply["choices"][0]["message"]["content"] == "all good now"
-    assert reply["_metadata"]["payload_id"] == "good-1"
-
-
-E = nomyo.EnvelopeError
-S = nomyo.SecurityError
-C = nomyo.APIConnectionError
-T = nomyo.APITimeoutError
-A = nomyo.APIError
-
-#: mode -> (the exceptions allowed, bound on the time to raise in seconds)
-HOSTILE: dict[str, tuple[tuple[type[BaseException], ...], float]] = {
-    "empty_200": ((E,), 2.0),
-    "not_json": ((E,), 2.0),
-    "invalid_utf8": ((E,), 2.0),
-    "json_array": ((E,), 2.0),
-    "json_string": ((E,), 2.0),
-    "missing_fields": ((E,), 2.0),
-    "wrong_types": ((E,), 2.0),
-    "null_fields": ((E,), 2.0),
-    "wrong_content_type_garbage": ((E,), 2.0),
-    "huge_base64_fields": ((E, S), 2.0),
-    "sealed_to_another_key": ((S,), 2.0),
-    "plaintext_not_json": ((E,), 2.0),
-    "plaintext_json_array": ((E,), 2.0),
-    "plaintext_metadata_not_object": ((E,), 2.0),
-    "reply_for_another_payload_id": ((S,), 2.0),
-    "declared_1GiB_closes_early": ((E,), 2.0),
-    "declared_70MiB": ((E,), 2.0),
-    "streamed_70MiB_chunked": ((E,), 3.0),
-    "streamed_70MiB_http10_no_length": ((E,), 3.0),
-    "gzip_bomb_64MiB": ((E,), 3.0),
-    "truncated_headers": ((C,), 2.0),
-    "headers_never_end": ((T,), TIMEOUT + 1.5),
-    "garbage_status_line": ((C,), 2.0),
-    "huge_header": ((C,), 3.0),
-    "reset_mid_body": ((C,), 2.0),
-    "reset_before_reply": ((C,), 2.0),
-    "close_without_reply": ((C,), 2.0),
-    "content_length_larger_than_body": ((C,), 2.0),
-    "http10_no_length_garbage": ((E,), 2.0),
-    "chunked_stalls": ((T,), TIMEOUT + 1.5),
-    "bad_chunk_size": ((C,), 2.0),
-    "slow_loris_over_read_timeout": ((T,), TIMEOUT + 1.5),
-    "redirect": ((A,), 2.0),
-}
-
-
-@pytest.mark.parametrize("mode", sorted(HOSTILE))
-def test_hostile_reply_raises_typed_error_then_client_recovers(
-    server: HostileServer, kind: str, mode: str
-) -> None:
-    expected, bound = HOSTILE[mode]
-    client = make_client(kind, server.url)
-    try:
-        then_good(server, client)  # a pooled keep-alive connection exists before the attack
-        server.reset(mode)
-        expect_typed(client, expected, bound)
-        assert server.secure_hits == 1, "no retries with max_retries=0"
-        if "70MiB" in mode:
-            assert server.sent < 32 * MiB, f"the client read {server.sent} bytes"
-        then_good(server, client)
-    finally:
-        server.reset("good")
-        client.close()
-
-
-def test_compressed_error_status_keeps_its_status(server: HostileServer, kind: str) -> None:
-    """A proxy that gzips a 503 anyway: still the (retryable) status, not an EnvelopeError."""
-    client = make_client(kind, server.url)
-    try:
-        then_good(server, client)
-        server.reset("compressed_503")
-        with pytest.raises(nomyo.ServiceUnavailableError) as info:
-            client.send("x", "c-1")
-        assert info.value.status_code == 503
-        then_good(server, client)
-    finally:
-        server.reset("good")
-        client.close()
-
-
-@pytest.mark.parametrize(
-    "mode", ["good_wrong_content_type", "good_http10_close_delimited"], ids=lambda m: m
-)
-def test_odd_but_authentic_replies_are_accepted(
-    server: HostileServer, kind: str, mode: str
-) -> None:
-    """The envelope is authenticated: an odd content type or framing does not matter."""
-    client = make_client(kind, server.url)
-    try:
-        server.reset(mode)
-        reply = client.send("odd framing", "odd-1")
-        assert reply["choices"][0]["message"]["content"] == "odd framing"
-        then_good(server, client)
-    finally:
-        server.reset("good")
-        client.close()
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the delays the client asks for between retries, and keep them short."""
-    from nomyo import _pipeline
-
-    asked: list[float] = []
-
-    def quick(attempt: int, retry_after: float | None = None) -> float:
-        from nomyo._retry import retry_delay
-
-        delay = retry_delay(attempt, retry_after)
-        asked.append(delay)
-        return min(delay, 0.05)
-
-    monkeypatch.setattr(_pipeline, "retry_delay", quick)
-    return asked
-
-
-@pytest.mark.parametrize(
-    ("mode", "error", "tries", "max_delay"),
-    [
-        ("5xx_storm_garbage_retry_after", A, 3, 8.0),
-        ("429_storm", nomyo.RateLimitError, 3, 8.0),
-        ("503_retry_after_infinite", nomyo.ServiceUnavailableError, 1, 0.0),
-        ("429_retry_after_one_hour", nomyo.RateLimitError, 1, 0.0),
-    ],
-)
-def test_status_storms_end_after_max_retries(
-    server: HostileServer,
-    kind: str,
-    fast_retries: list[float],
-    mode: str,
-    error: type[BaseException],
-    tries: int,
-    max_delay: float,
-) -> None:
-    client = make_client(kind, server.url, max_retries=2)
-    try:
-        server.reset(mode)
-        exc = expect_typed(client, (error,), 3.0)
-        assert isinstance(exc, nomyo.APIError) and exc.status_code in (429, 500, 502, 503, 504)
-        assert server.secure_hits == tries
-        assert len(fast_retries) == tries - 1
-        assert all(0.0 <= d <= max_delay for d in fast_retries), fast_retries
-        then_good(server, client)
-    finally:
-        server.reset("good")
-        client.close()
-
-
-def test_storm_total_time_is_bounded_with_real_delays(server: HostileServer) -> None:
-    """Garbage Retry-After values fall back to the capped backoff: 2 retries < 2 s."""
-    client = make_client("async", server.url, max_retries=2)
-    try:
-        server.reset("5xx_storm_garbage_retry_after")
-        expect_typed(client, (A,), 2.0 + 1.0)
-        assert server.secure_hits == 3
-        then_good(server, client)
-    finally:
-        server.reset("good")
-        client.close()
-
-
-@pytest.mark.parametrize("mode", ["slow_loris_1_byte_per_0.5s", "chunked_trickle_forever"])
-def test_trickled_reply_is_cut_off_by_an_overall_deadline(server: HostileServer, mode: str) -> None:
-    client = make_client("async", server.url)
-    payload = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
-
-    async def go() -> None:
-        try:
-            await asyncio.wait_for(client.inner.send_secure_request(payload, "slow"), 3 * TIMEOUT)
-        except TimeoutError:
-            pytest.fail(f"still reading after {3 * TIMEOUT}s (received {server.sent} bytes)")
-        finally:
-            await client.inner.aclose()
-
-    try:
-        server.reset(mode)
-        with pytest.raises(nomyo.APITimeoutError):
-            asyncio.run(go())
-    finally:
-        server.reset("good")
-
-
-def test_undecodable_content_encoding_raises_typed_error(server: HostileServer, kind: str) -> None:
-    client = make_client(kind, server.url)
-    try:
-        server.reset("bad_gzip")
-        try:
-            client.send("x", "gz")
-        except nomyo.NomyoError:
-            pass
-        except Exception as exc:
-            pytest.fail(f"untyped {type(exc).__module__}.{type(exc).__name__}: {exc}")
-        then_good(server, client)
-    finally:
-        server.reset("good")
-        client.close()
-
-
-@pytest.mark.parametrize("key_mode", ["key_streamed_70MiB", "key_bad_gzip"])
-def test_hostile_public_key_endpoint(server: HostileServer, kind: str, key_mode: str) -> None:
-    client = make_client(kind, server.url)
-    try:
-        server.reset("good")
-        server.key_mode = key_mode
-        try:
-            client.send("x", "key")
-        except nomyo.NomyoError:
-            pass
-        except Exception as exc:
-            pytest.fail(f"untyped {type(exc).__module__}.{type(exc).__name__}: {exc}")
-        else:
-            pytest.fail("a hostile key was accepted")
-        assert server.sent < 32 * MiB, f"the client read {server.sent // MiB} MiB of key"
-    finally:
-        server.reset("good")
-        client.close()
-
-
-def test_cases_are_all_exercised() -> None:
-    """Every hostile mode is used by one of the tests above."""
-    used = set(HOSTILE) | {
-        "good",
-        "good_wrong_content_type",
-        "good_http10_close_delimited",
-        "5xx_storm_garbage_retry_after",
-        "503_retry_after_infinite",
-        "429_storm",
-        "429_retry_after_one_hour",
-        "slow_loris_1_byte_per_0.5s",
-        "chunked_trickle_forever",
-        "bad_gzip",
-        "compressed_503",
-    }
-    assert used == set(MODES)
-    assert os.environ.get("NOMYO_PRINT_SECRETS") is None
