@@ -125,11 +125,17 @@ class HostileServer:
     def stop(self) -> None:
         if self.loop is not None and self._server is not None:
             self.reset("good")
-            self.loop.call_soon_threadsafe(self._server.close)
-            for task in asyncio.all_tasks(self.loop):
-                self.loop.call_soon_threadsafe(task.cancel)
+            self.loop.call_soon_threadsafe(self._shut)
         if self._thread is not None:
             self._thread.join(10)
+
+    def _shut(self) -> None:
+        """On the server's loop: close the listener and cancel every task. One callback, so
+        nothing is scheduled from outside once the cancelled main task lets the loop close."""
+        assert self.loop is not None and self._server is not None
+        self._server.close()
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
 
     # -- HTTP -------------------------------------------------------------------------------
 
